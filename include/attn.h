@@ -1,0 +1,239 @@
+/*
+ * attn.h — exact scaled dot-product attention for CPUs. The only public header; it is the manual.
+ *
+ *     O = softmax(Q·Kᵀ·scale) · V
+ *
+ * attn computes the three kinds of attention a language model uses:
+ *   - bidirectional self-attention (Lq = Lk, every token sees every token),
+ *   - causal self-attention        (token i sees keys j ≤ i: set causal = 1),
+ *   - cross (encoder–decoder)      (queries from one sequence, keys/values from another, Lq ≠ Lk).
+ *
+ * Example (one batch item, 8 heads, 128 tokens, head dim 64, causal):
+ *
+ *     attn_params p;
+ *     attn_params_init(&p, 1, 8, 8, 128, 128, 64, 64);   // packed [B, H, L, D] strides
+ *     p.causal = 1;
+ *     float *lse = malloc(sizeof(float) * 8 * 128);      // optional: log-sum-exp per row
+ *     attn_status st = attn_forward(&p, q, k, v, o, lse, NULL);
+ *     if (st != ATTN_STATUS_OK) {
+ *         fprintf(stderr, "%s: %s\n", attn_status_str(st), attn_last_error());
+ *         return 1;
+ *     }
+ *
+ * ---------------------------------------------------------------------------------------------
+ * Shapes (element strides given per dimension; index order is always the order listed here)
+ *
+ *     Q     [B, Hq,  Lq, D ]      input
+ *     K     [B, Hkv, Lk, D ]      input
+ *     V     [B, Hkv, Lk, Dv]      input; Dv may differ from D (Dv = 0 is allowed)
+ *     O     [B, Hq,  Lq, Dv]      output, overwritten
+ *     LSE   [B, Hq,  Lq]          optional output: natural-log log-sum-exp of each row's scores
+ *     P     [B, Hq,  Lq, Lk]      optional output: the exact attention weights (O(Lq·Lk) memory)
+ *     mask  [B, Hq,  Lq, Lk]      optional input, uint8, non-zero = visible; broadcast by stride 0
+ *     bias  [B, Hq,  Lq, Lk]      optional input, float, added to scores; broadcast by stride 0
+ *
+ * - Grouped-query heads: Hq % Hkv == 0 and query head h reads key/value head h / (Hq / Hkv)
+ *   (multi-query attention is Hkv = 1). K/V are never copied per query head.
+ * - Strides are in elements and may be 0 (broadcast) or negative for inputs. Output strides must
+ *   be positive for every dimension longer than 1 and must not make an output overlap itself.
+ *   The address ranges of the outputs must be disjoint from each other and from every input.
+ * - Sizes and offsets are 64-bit; a tensor whose byte extent overflows is
+ * ATTN_STATUS_SIZE_OVERFLOW.
+ * - A pointer may be NULL only when its tensor has no elements (it is then never dereferenced).
+ *
+ * Positions and alignment (when Lq ≠ Lk)
+ *   "The key position of query i", pos(i), is
+ *     ATTN_ALIGN_TOP_LEFT:      pos(i) = i
+ *     ATTN_ALIGN_BOTTOM_RIGHT:  pos(i) = i + klen(b) − Lq   (KV-cache convention: the last query
+ *                               lines up with the last valid key)
+ *   where klen(b) = kv_len[b] if kv_len is given, else Lk. Causal masking, windows and ALiBi all
+ *   measure from pos(i). If Lq ≠ Lk or kv_len is given, and causal, a window or ALiBi is used, the
+ *   alignment must be set explicitly; leaving it ATTN_ALIGN_UNSET is an error. When Lq = Lk and
+ *   kv_len is NULL the two coincide and UNSET is accepted.
+ *
+ * Which keys are visible: key j is visible to query i of batch b, head h, when all of these hold
+ *   1. j < klen(b);
+ *   2. causal:  j ≤ pos(i);
+ *   3. window (left, right), −1 = unbounded on that side:  pos(i) − left ≤ j ≤ pos(i) + right;
+ *   4. mask, if given:  mask[b,h,i,j] != 0;
+ *   5. bias, if given:  bias[b,h,i,j] != −inf.
+ *   A finite large negative bias (−1e30, −FLT_MAX) is ordinary data, not a mask; −inf is the way
+ *   to mask with a bias.
+ *
+ * The score of a visible pair, in this order
+ *   1. s = scale · (q_i · k_j)       scale defaults to 1/sqrt(D) (D of Q and K, not Dv)
+ *   2. softcap c > 0:  s = c · tanh(s / c)
+ *   3. ALiBi slope m_h:  s = s − m_h · |pos(i) − j|
+ *   4. bias:  s = s + bias[b,h,i,j]
+ *   Then over the visible keys only: LSE_i = log Σ_j exp(s_ij), P_ij = exp(s_ij − LSE_i),
+ *   O_i = Σ_j P_ij · v_j. Invisible keys have P_ij = 0.
+ *
+ * Rows with no visible key: O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN.
+ *
+ * NaN: K, V and bias values of invisible keys are never read into the result (NaN or inf stored
+ * there leaves the output bitwise unchanged). NaN in a visible value propagates to exactly the
+ * outputs that depend on it; the library never silently cleans NaN.
+ *
+ * Numbers: inputs fp32, accumulation fp32 or better. Results are bitwise identical from run to run
+ * and for any thread count on the same machine and kernel; different kernels may differ in the
+ * last bits.
+ *
+ * Errors: a call that cannot be honoured returns a status and writes nothing (outputs keep their
+ * previous bytes). attn_last_error() gives a message naming the function, the parameter, its value
+ * and the rule, e.g. "attn_forward: heads_q (12) is not a multiple of heads_kv (5)". An unsupported
+ * request is an error, never a silent fallback to different semantics.
+ */
+#ifndef ATTN_H
+#define ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(ATTN_BUILDING_LIBRARY) && defined(__GNUC__)
+#define ATTN_API __attribute__((visibility("default")))
+#else
+#define ATTN_API
+#endif
+
+#define ATTN_VERSION_MAJOR 0
+#define ATTN_VERSION_MINOR 1
+#define ATTN_VERSION_PATCH 0
+#define ATTN_VERSION_STRING "0.1.0"
+
+/* Status codes: one list feeds both the enum and attn_status_str(), so they cannot drift. */
+#define ATTN_STATUS_MAP(XX)                                                                        \
+  XX(OK, "success")                                                                                \
+  XX(INVALID_ARGUMENT, "invalid argument")                                                         \
+  XX(UNSUPPORTED, "unsupported request")                                                           \
+  XX(UNSUPPORTED_ISA, "the requested kernel cannot run on this CPU")                               \
+  XX(SIZE_OVERFLOW, "size or offset overflows")                                                    \
+  XX(OUT_OF_MEMORY, "out of memory")                                                               \
+  XX(INTERNAL, "internal error")
+
+typedef enum attn_status {
+#define ATTN__STATUS_ENUM(name, msg) ATTN_STATUS_##name,
+  ATTN_STATUS_MAP(ATTN__STATUS_ENUM)
+#undef ATTN__STATUS_ENUM
+      ATTN_STATUS_COUNT_
+} attn_status;
+
+/* Alignment of queries to keys when Lq ≠ Lk (see "Positions and alignment" above). */
+typedef enum attn_align {
+  ATTN_ALIGN_UNSET = 0,        /* accepted only when Lq = Lk and kv_len is NULL */
+  ATTN_ALIGN_TOP_LEFT = 1,     /* pos(i) = i */
+  ATTN_ALIGN_BOTTOM_RIGHT = 2, /* pos(i) = i + klen(b) − Lq */
+} attn_align;
+
+/* Which implementation runs the call. Every kernel computes the same contract. */
+typedef enum attn_kernel {
+  ATTN_KERNEL_AUTO = 0, /* the fastest kernel this CPU supports */
+  ATTN_KERNEL_REF = 1,  /* textbook formula, fp64 accumulation, materialised scores: the oracle */
+  ATTN_KERNEL_GENERIC =
+      2, /* fused tiled online-softmax kernel in portable C, O(tile) extra memory */
+  ATTN_KERNEL_COUNT_
+} attn_kernel;
+
+/*
+ * Everything about one attention call except the data pointers. Fill it with attn_params_init()
+ * (which sets every field to its default and the strides to packed [B, H, L, D] order), then change
+ * the fields you need. Fields added in later versions get defaults from attn_params_init().
+ */
+typedef struct attn_params {
+  /* Sizes. batch, heads_q, heads_kv, len_q, len_k ≥ 0; dim ≥ 1; dim_v ≥ 0; heads_kv ≥ 1 and
+   * heads_q % heads_kv == 0. */
+  int64_t batch, heads_q, heads_kv, len_q, len_k, dim, dim_v;
+
+  /* Strides in elements, per dimension in the index order of the shapes above. */
+  int64_t q_stride[4];     /* Q [B, Hq, Lq, D]  */
+  int64_t k_stride[4];     /* K [B, Hkv, Lk, D] */
+  int64_t v_stride[4];     /* V [B, Hkv, Lk, Dv] */
+  int64_t o_stride[4];     /* O [B, Hq, Lq, Dv] */
+  int64_t lse_stride[3];   /* LSE [B, Hq, Lq] */
+  int64_t probs_stride[4]; /* P [B, Hq, Lq, Lk] */
+
+  /* Score. */
+  int has_scale;             /* 0: scale = 1/sqrt(dim) (rounded to float); 1: use `scale` */
+  float scale;               /* must be finite; 0 and negative are allowed */
+  float softcap;             /* 0 = off; > 0: s = softcap · tanh(s / softcap) */
+  const float *alibi_slopes; /* [heads_q] finite slopes, or NULL */
+
+  /* Visibility. */
+  int causal;             /* 0 or 1 */
+  attn_align align;       /* see "Positions and alignment" */
+  int64_t window_left;    /* −1 = unbounded, else ≥ 0 */
+  int64_t window_right;   /* −1 = unbounded, else ≥ 0 */
+  const int64_t *kv_len;  /* [batch] key lengths 0 ≤ kv_len[b] ≤ len_k, or NULL */
+  const uint8_t *mask;    /* [B, Hq, Lq, Lk] non-zero = visible, or NULL */
+  int64_t mask_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
+  const float *bias;      /* [B, Hq, Lq, Lk] additive bias, −inf masks, or NULL */
+  int64_t bias_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
+
+  /* Execution. */
+  int threads;        /* 0 = one per online CPU; otherwise 1..ATTN_MAX_THREADS */
+  attn_kernel kernel; /* ATTN_KERNEL_AUTO unless you need a specific implementation */
+} attn_params;
+
+#define ATTN_MAX_THREADS 1024
+
+/* Sets every field of *p to its default: the given sizes, packed strides ([B, H, L, D] for Q, K,
+ * V, O; [B, Hq, Lq] for LSE; [B, Hq, Lq, Lk] for P, mask and bias), default scale, no softcap, no
+ * ALiBi, not causal, alignment unset, unbounded window, no kv_len/mask/bias, threads = 0, kernel
+ * AUTO. Never fails; sizes are checked by attn_forward. */
+ATTN_API void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t heads_kv,
+                               int64_t len_q, int64_t len_k, int64_t dim, int64_t dim_v);
+
+/* Strides of a packed array of shape [n0, n1, n2, n3] (n0 is not needed): {n1·n2·n3, n2·n3, n3, 1}.
+ */
+ATTN_API void attn_strides_packed(int64_t stride[4], int64_t n1, int64_t n2, int64_t n3);
+
+/* Strides, in [B, H, L, D] index order, of a tensor stored as [B, L, H, D] in memory (the
+ * "BSHD" layout of most projection outputs): {L·H·D, D, H·D, 1}. */
+ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, int64_t dim);
+
+/*
+ * The forward pass.
+ *   q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]: read only.
+ *   o [B, Hq, Lq, Dv]: overwritten.
+ *   lse [B, Hq, Lq]: overwritten if non-NULL (natural log; −inf for rows with no visible key).
+ *   probs [B, Hq, Lq, Lk]: overwritten if non-NULL with the exact attention weights.
+ * Extra memory: O(threads · tile) for the fused kernels; the P output itself when requested.
+ * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
+ * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
+ */
+ATTN_API attn_status attn_forward(const attn_params *p, const float *q, const float *k,
+                                  const float *v, float *o, float *lse, float *probs);
+
+/* A static, never-NULL description of a status ("invalid argument"); "unknown status" otherwise. */
+ATTN_API const char *attn_status_str(attn_status status);
+
+/* The detail message of the last attn call on this thread ("" if it succeeded), e.g.
+ * "attn_forward: dim (0) must be at least 1". Valid until the next attn call on this thread. */
+ATTN_API const char *attn_last_error(void);
+
+/* "0.1.0" */
+ATTN_API const char *attn_version(void);
+
+/* Kernel names: "auto", "ref", "generic". attn_kernel_from_name returns ATTN_KERNEL_COUNT_ for an
+ * unknown name. */
+ATTN_API const char *attn_kernel_name(attn_kernel kernel);
+ATTN_API attn_kernel attn_kernel_from_name(const char *name);
+
+/* 1 if this CPU and build can run the kernel, else 0. AUTO is always supported. */
+ATTN_API int attn_kernel_supported(attn_kernel kernel);
+
+/* The kernel ATTN_KERNEL_AUTO resolves to on this CPU. */
+ATTN_API attn_kernel attn_kernel_auto(void);
+
+/* Writes the CPU features attn detected (cpuid plus the OS's xgetbv check), space-separated, e.g.
+ * "sse4.2 avx avx2 fma", into buf (always NUL-terminated). Returns buf. */
+ATTN_API char *attn_cpu_features(char *buf, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTN_H */

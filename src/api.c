@@ -1,0 +1,52 @@
+/* api.c — public entry points: validate, pick the kernel, run. */
+#include "internal.h"
+
+void attn_strides_packed(int64_t stride[4], int64_t n1, int64_t n2, int64_t n3) {
+  stride[3] = 1;
+  stride[2] = n3;
+  stride[1] = n2 * n3;
+  stride[0] = n1 * n2 * n3;
+}
+
+void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, int64_t dim) {
+  stride[0] = len * heads * dim;
+  stride[1] = dim;
+  stride[2] = heads * dim;
+  stride[3] = 1;
+}
+
+void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t heads_kv,
+                      int64_t len_q, int64_t len_k, int64_t dim, int64_t dim_v) {
+  *p = (attn_params){0};
+  p->batch = batch;
+  p->heads_q = heads_q;
+  p->heads_kv = heads_kv;
+  p->len_q = len_q;
+  p->len_k = len_k;
+  p->dim = dim;
+  p->dim_v = dim_v;
+  attn_strides_packed(p->q_stride, heads_q, len_q, dim);
+  attn_strides_packed(p->k_stride, heads_kv, len_k, dim);
+  attn_strides_packed(p->v_stride, heads_kv, len_k, dim_v);
+  attn_strides_packed(p->o_stride, heads_q, len_q, dim_v);
+  p->lse_stride[0] = heads_q * len_q;
+  p->lse_stride[1] = len_q;
+  p->lse_stride[2] = 1;
+  attn_strides_packed(p->probs_stride, heads_q, len_q, len_k);
+  attn_strides_packed(p->mask_stride, heads_q, len_q, len_k);
+  attn_strides_packed(p->bias_stride, heads_q, len_q, len_k);
+  p->window_left = -1;
+  p->window_right = -1;
+  p->align = ATTN_ALIGN_UNSET;
+  p->kernel = ATTN_KERNEL_AUTO;
+}
+
+attn_status attn_forward(const attn_params *p, const float *q, const float *k, const float *v,
+                         float *o, float *lse, float *probs) {
+  attn__problem pr;
+  attn__clear_error();
+  attn_status st = attn__check_forward("attn_forward", p, q, k, v, o, lse, probs, &pr);
+  if (st != ATTN_STATUS_OK) return st;
+  if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) return ATTN_STATUS_OK;
+  return attn__kernel_fwd(pr.kernel)(&pr, q, k, v, o, lse, probs);
+}

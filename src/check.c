@@ -1,0 +1,223 @@
+/*
+ * check.c — argument validation only. Every rule of the contract that a caller can break is checked
+ * here, in parameter order, before any output is touched; kernels may then assume a valid call.
+ * Messages name the function, the parameter, its value and the rule.
+ */
+#include "internal.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdint.h>
+
+/* A strided tensor as the validator sees it. */
+typedef struct tensor_desc {
+  const char *name;   /* pointer name as in the prototype: "q", "o", "mask", ... */
+  const char *stride; /* stride field name in attn_params: "q_stride", ... */
+  const void *ptr;
+  int rank;
+  int64_t size[4];
+  const int64_t *strides;
+  int64_t elem_size;
+  int is_output;
+  /* filled by check_tensor: the byte range [lo, hi) it touches; empty if no elements */
+  int empty;
+  uintptr_t lo, hi;
+} tensor_desc;
+
+/* Checks pointer, strides and byte extent of one tensor and fills its address range. */
+static attn_status check_tensor(const char *fn, tensor_desc *t) {
+  int64_t lo_off = 0, hi_off = 0; /* element offsets of the lowest and highest element */
+  t->empty = 0;
+  for (int d = 0; d < t->rank; d++)
+    if (t->size[d] == 0) t->empty = 1;
+  if (t->empty) return ATTN_STATUS_OK; /* never dereferenced: NULL and any strides are fine */
+  if (!t->ptr)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: %s is NULL but the tensor has elements (shape [%" PRId64 ", %" PRId64
+                      ", %" PRId64 ", %" PRId64 "])",
+                      fn, t->name, t->size[0], t->size[1], t->size[2],
+                      t->rank > 3 ? t->size[3] : (int64_t)1);
+  for (int d = 0; d < t->rank; d++) {
+    int64_t s = t->strides[d], span;
+    if (t->size[d] == 1) continue;
+    if (t->is_output && s <= 0)
+      return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                        "%s: %s[%d] (%" PRId64 ") must be positive: dimension %d of output %s has "
+                        "%" PRId64 " elements",
+                        fn, t->stride, d, s, d, t->name, t->size[d]);
+    if (!attn__mul_ok(s, t->size[d] - 1, &span) ||
+        !attn__add_ok(s < 0 ? lo_off : hi_off, span, s < 0 ? &lo_off : &hi_off))
+      return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                        "%s: %s[%d] (%" PRId64 ") times %" PRId64 " elements overflows a 64-bit "
+                        "offset",
+                        fn, t->stride, d, s, t->size[d]);
+  }
+  /* byte offsets, then the address range; both must stay inside the address space */
+  int64_t lo_b, hi_b;
+  if (!attn__mul_ok(lo_off, t->elem_size, &lo_b) || !attn__mul_ok(hi_off, t->elem_size, &hi_b) ||
+      !attn__add_ok(hi_b, t->elem_size, &hi_b) || hi_b > PTRDIFF_MAX || lo_b < -PTRDIFF_MAX ||
+      (uintptr_t)t->ptr < (uintptr_t)(-lo_b) || UINTPTR_MAX - (uintptr_t)t->ptr < (uintptr_t)hi_b)
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "%s: the byte extent of %s (strides %s) overflows the address space", fn,
+                      t->name, t->stride);
+  t->lo = (uintptr_t)t->ptr - (uintptr_t)(-lo_b);
+  t->hi = (uintptr_t)t->ptr + (uintptr_t)hi_b;
+
+  if (t->is_output) {
+    /* No self-overlap: with the dimensions sorted by stride, each stride must exceed the span of
+     * all smaller ones (a sufficient condition for distinct elements at distinct addresses). */
+    int order[4], n = 0;
+    for (int d = 0; d < t->rank; d++)
+      if (t->size[d] > 1) order[n++] = d;
+    for (int a = 1; a < n; a++)
+      for (int b = a; b > 0 && t->strides[order[b]] < t->strides[order[b - 1]]; b--) {
+        int tmp = order[b];
+        order[b] = order[b - 1];
+        order[b - 1] = tmp;
+      }
+    int64_t inner = 0; /* span of the smaller dimensions, in elements (no overflow: ≤ hi_off) */
+    for (int a = 0; a < n; a++) {
+      int d = order[a];
+      if (t->strides[d] <= inner)
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: %s[%d] (%" PRId64 ") makes output %s overlap itself: it must "
+                          "exceed %" PRId64 ", the span of the dimensions with smaller strides",
+                          fn, t->stride, d, t->strides[d], t->name, inner);
+      inner += t->strides[d] * (t->size[d] - 1);
+    }
+  }
+  return ATTN_STATUS_OK;
+}
+
+static int ranges_overlap(const tensor_desc *a, const tensor_desc *b) {
+  return !a->empty && !b->empty && a->lo < b->hi && b->lo < a->hi;
+}
+
+static attn_status check_sizes(const char *fn, const attn_params *p) {
+  const struct {
+    const char *name;
+    int64_t value, min;
+  } sizes[] = {
+      {"batch", p->batch, 0}, {"heads_q", p->heads_q, 0}, {"heads_kv", p->heads_kv, 1},
+      {"len_q", p->len_q, 0}, {"len_k", p->len_k, 0},     {"dim", p->dim, 1},
+      {"dim_v", p->dim_v, 0},
+  };
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (sizes[i].value < sizes[i].min)
+      return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                        "%s: %s (%" PRId64 ") must be at least %" PRId64, fn, sizes[i].name,
+                        sizes[i].value, sizes[i].min);
+  if (p->heads_q % p->heads_kv != 0)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: heads_q (%" PRId64 ") is not a multiple of heads_kv (%" PRId64 ")", fn,
+                      p->heads_q, p->heads_kv);
+  return ATTN_STATUS_OK;
+}
+
+static attn_status check_options(const char *fn, const attn_params *p) {
+  if (p->has_scale != 0 && p->has_scale != 1)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: has_scale (%d) must be 0 or 1", fn,
+                      p->has_scale);
+  if (p->has_scale && !isfinite(p->scale))
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: scale (%g) must be finite", fn,
+                      (double)p->scale);
+  if (!isfinite(p->softcap) || p->softcap < 0)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: softcap (%g) must be 0 (off) or a finite positive number", fn,
+                      (double)p->softcap);
+  if (p->causal != 0 && p->causal != 1)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: causal (%d) must be 0 or 1", fn,
+                      p->causal);
+  if (p->align != ATTN_ALIGN_UNSET && p->align != ATTN_ALIGN_TOP_LEFT &&
+      p->align != ATTN_ALIGN_BOTTOM_RIGHT)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: align (%d) is not an attn_align value (UNSET, TOP_LEFT, BOTTOM_RIGHT)",
+                      fn, (int)p->align);
+  if (p->window_left < -1)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: window_left (%" PRId64 ") must be -1 (unbounded) or at least 0", fn,
+                      p->window_left);
+  if (p->window_right < -1)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: window_right (%" PRId64 ") must be -1 (unbounded) or at least 0", fn,
+                      p->window_right);
+  if (p->kv_len)
+    for (int64_t b = 0; b < p->batch; b++)
+      if (p->kv_len[b] < 0 || p->kv_len[b] > p->len_k)
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: kv_len[%" PRId64 "] (%" PRId64 ") must be in [0, len_k = %" PRId64
+                          "]",
+                          fn, b, p->kv_len[b], p->len_k);
+  if (p->alibi_slopes)
+    for (int64_t h = 0; h < p->heads_q; h++)
+      if (!isfinite(p->alibi_slopes[h]))
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: alibi_slopes[%" PRId64 "] (%g) must be finite", fn, h,
+                          (double)p->alibi_slopes[h]);
+  int uses_position =
+      p->causal || p->window_left >= 0 || p->window_right >= 0 || p->alibi_slopes != NULL;
+  int positions_differ = p->len_q != p->len_k || p->kv_len != NULL;
+  if (uses_position && positions_differ && p->align == ATTN_ALIGN_UNSET)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: align is unset but causal, window or ALiBi needs query positions and "
+                      "len_q (%" PRId64 ") != len_k (%" PRId64 ")%s: choose ATTN_ALIGN_TOP_LEFT "
+                      "(pos(i) = i) or ATTN_ALIGN_BOTTOM_RIGHT (pos(i) = i + klen - len_q)",
+                      fn, p->len_q, p->len_k, p->kv_len ? " or kv_len is given" : "");
+  if (p->threads < 0 || p->threads > ATTN_MAX_THREADS)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: threads (%d) must be 0 (one per CPU) or in [1, %d]", fn, p->threads,
+                      ATTN_MAX_THREADS);
+  if ((unsigned)p->kernel >= (unsigned)ATTN_KERNEL_COUNT_)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: kernel (%d) is not an attn_kernel value",
+                      fn, (int)p->kernel);
+  if (!attn_kernel_supported(p->kernel))
+    return attn__fail(ATTN_STATUS_UNSUPPORTED_ISA, "%s: kernel %s cannot run on this CPU", fn,
+                      attn_kernel_name(p->kernel));
+  return ATTN_STATUS_OK;
+}
+
+attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
+                                const float *k, const float *v, const float *o, const float *lse,
+                                const float *probs, attn__problem *pr) {
+  attn_status st;
+  if (!p) return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: p (params) is NULL", fn);
+  if ((st = check_sizes(fn, p)) != ATTN_STATUS_OK) return st;
+  if ((st = check_options(fn, p)) != ATTN_STATUS_OK) return st;
+
+  const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
+  enum { Q, K, V, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
+  tensor_desc t[N_TENSORS] = {
+      [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, 4, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", k, 4, {B, Hkv, Lk, p->dim}, p->k_stride, 4, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", v, 4, {B, Hkv, Lk, p->dim_v}, p->v_stride, 4, 0, 0, 0, 0},
+      [MASK] = {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0},
+      [BIAS] = {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", o, 4, {B, Hq, Lq, p->dim_v}, p->o_stride, 4, 1, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 1, 0, 0, 0},
+      [PROBS] =
+          {"probs", "probs_stride", probs, 4, {B, Hq, Lq, Lk}, p->probs_stride, 4, 1, 0, 0, 0},
+  };
+  int present[N_TENSORS] = {
+      1, 1, 1, p->mask != NULL, p->bias != NULL, 1, lse != NULL, probs != NULL};
+  for (int i = 0; i < N_TENSORS; i++) {
+    if (!present[i]) {
+      t[i].empty = 1;
+      continue;
+    }
+    if ((st = check_tensor(fn, &t[i])) != ATTN_STATUS_OK) return st;
+  }
+  for (int a = O; a < N_TENSORS; a++)
+    for (int b = 0; b < a; b++)
+      if (present[a] && present[b] && ranges_overlap(&t[a], &t[b]))
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: output %s overlaps %s %s: outputs must not overlap each other or "
+                          "the inputs",
+                          fn, t[a].name, b >= O ? "output" : "input", t[b].name);
+
+  pr->p = p;
+  pr->scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dim));
+  pr->group = Hq / Hkv;
+  pr->threads = p->threads ? p->threads : attn__cpu_count();
+  pr->kernel = p->kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : p->kernel;
+  return ATTN_STATUS_OK;
+}

@@ -1,0 +1,83 @@
+/*
+ * internal.h — private declarations shared by the library's source files. Private symbols use the
+ * attn__ prefix and are hidden from the shared library.
+ */
+#ifndef ATTN_INTERNAL_H
+#define ATTN_INTERNAL_H
+
+#include "attn.h"
+
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define ATTN__PRINTF(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))
+#else
+#define ATTN__PRINTF(fmt_index, first_arg)
+#endif
+
+/* ---- errors (error.c) ---- */
+
+/* Records the detail message for attn_last_error() and returns status. */
+attn_status attn__fail(attn_status status, const char *fmt, ...) ATTN__PRINTF(2, 3);
+/* Clears the detail message; called at the start of every public entry point. */
+void attn__clear_error(void);
+
+/* ---- a validated call (check.c) ---- */
+
+typedef struct attn__problem {
+  const attn_params *p; /* the caller's parameters, already validated */
+  float scale;          /* resolved: p->scale or 1/sqrt(dim) */
+  int64_t group;        /* heads_q / heads_kv: query head h reads kv head h / group */
+  int threads;          /* resolved thread count, ≥ 1 */
+  attn_kernel kernel;   /* resolved kernel, never AUTO */
+} attn__problem;
+
+/* Validates every argument of attn_forward before any output is written; fills *pr on success. */
+attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
+                                const float *k, const float *v, const float *o, const float *lse,
+                                const float *probs, attn__problem *pr);
+
+/* klen(b): per-batch key length or len_k. */
+static inline int64_t attn__klen(const attn_params *p, int64_t b) {
+  return p->kv_len ? p->kv_len[b] : p->len_k;
+}
+
+/* The offset between query index and key position: pos(i) = i + attn__pos_shift(p, b). */
+static inline int64_t attn__pos_shift(const attn_params *p, int64_t b) {
+  return p->align == ATTN_ALIGN_BOTTOM_RIGHT ? attn__klen(p, b) - p->len_q : 0;
+}
+
+/* ---- kernels (dispatch.c, ref/, kernels/) ---- */
+
+typedef attn_status (*attn__fwd_fn)(const attn__problem *pr, const float *q, const float *k,
+                                    const float *v, float *o, float *lse, float *probs);
+
+attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const float *k,
+                               const float *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
+                                   const float *v, float *o, float *lse, float *probs);
+
+/* The forward function of a resolved (non-AUTO, supported) kernel. */
+attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);
+
+/* ---- threads (threads.c) ---- */
+
+/* Runs fn(ctx, item, worker) for every item in [0, n_items) on up to `workers` threads (the caller
+ * is worker 0). Items are handed out dynamically; each item must write disjoint memory, so the
+ * result never depends on which worker ran it. worker < workers indexes per-worker scratch. */
+typedef void (*attn__task_fn)(void *ctx, int64_t item, int worker);
+void attn__parallel_for(int workers, int64_t n_items, attn__task_fn fn, void *ctx);
+
+/* Number of online CPUs, at least 1. */
+int attn__cpu_count(void);
+
+/* ---- checked size arithmetic ---- */
+
+static inline int attn__mul_ok(int64_t a, int64_t b, int64_t *r) {
+  return !__builtin_mul_overflow(a, b, r);
+}
+static inline int attn__add_ok(int64_t a, int64_t b, int64_t *r) {
+  return !__builtin_add_overflow(a, b, r);
+}
+
+#endif /* ATTN_INTERNAL_H */

@@ -1,0 +1,344 @@
+/*
+ * fwd_generic.c — attn__fwd_f32__generic: the fused FlashAttention-2 style forward in portable C.
+ *
+ * Work item = (batch b, query head h, block of BR query rows). For each item, over key tiles of BC
+ * keys that some row of the block can see:
+ *   1. pack the K and V tile (any strides) into contiguous panels;
+ *   2. S = Q·Kᵀ                                (qk_tile: the first microkernel slot)
+ *   3. S = scale, softcap, ALiBi, bias; −inf where invisible          (score_tile)
+ *   4. online softmax: m_new = max(m, rowmax S), α = exp(m − m_new), P = exp(S − m_new),
+ *      l = α·l + rowsum P        (Milakov & Gimelshein arXiv:1805.02867; Dao arXiv:2307.08691)
+ *   5. acc = α·acc + P·V                       (pv_tile: the second microkernel slot)
+ * then O = acc / l and LSE = m + log l, with the empty-row rule (l = 0 → O = +0, LSE = −inf).
+ * If P is requested, a second sweep recomputes S per tile and writes exp(S − LSE).
+ *
+ * Extra memory: one scratch block per worker, O(BR·D + BC·(D + Dv) + BR·BC + BR·Dv), never
+ * O(Lq·Lk). Key tiles no row of the block can see (key length, causal, window) are never touched,
+ * so causal attention does about half the work. Results do not depend on the thread count: each
+ * item is computed by one worker with the same code, and items write disjoint outputs.
+ *
+ * Masked values: a V tile holding any non-finite value takes a path that skips invisible pairs
+ * instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never reaches O. With only
+ * finite values, adding 0·v leaves acc bitwise unchanged, so both paths agree exactly.
+ */
+#include "../../internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { BR = 64, BC = 128 }; /* query rows per block, keys per tile */
+
+typedef struct fwd_job {
+  const attn__problem *pr;
+  const float *q, *k, *v;
+  float *o, *lse, *probs;
+  int64_t n_qblocks;
+  unsigned char *scratch; /* n_workers × scratch_bytes */
+  size_t scratch_bytes;
+} fwd_job;
+
+/* One worker's scratch, carved from fwd_job.scratch. */
+typedef struct tile_scratch {
+  int64_t *lo, *hi;     /* [BR] visible key range [lo, hi) of each row */
+  float *qs;            /* [BR, D]  packed query rows */
+  float *ks;            /* [BC, D]  packed key tile */
+  float *vs;            /* [BC, Dv] packed value tile */
+  float *s;             /* [BR, BC] scores, then probabilities */
+  float *acc;           /* [BR, Dv] unnormalised output */
+  float *m, *l, *alpha; /* [BR] running max, running sum, this tile's rescale factor */
+  unsigned char *vis;   /* [BR, BC] 1 where the pair is visible */
+} tile_scratch;
+
+/* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
+ * if its size overflows. */
+enum { N_PARTS = 11 };
+static int scratch_layout(int64_t D, int64_t Dv, size_t offs[N_PARTS], size_t *total) {
+  const int64_t counts[N_PARTS] = {BR,
+                                   BR,
+                                   (int64_t)BR * D,
+                                   (int64_t)BC * D,
+                                   (int64_t)BC * Dv,
+                                   (int64_t)BR * BC,
+                                   (int64_t)BR * Dv,
+                                   BR,
+                                   BR,
+                                   BR,
+                                   (int64_t)BR * BC};
+  const int64_t sizes[N_PARTS] = {8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 1};
+  int64_t at = 0, bytes;
+  for (int i = 0; i < N_PARTS; i++) {
+    offs[i] = (size_t)at;
+    if (!attn__mul_ok(counts[i], sizes[i], &bytes) || !attn__add_ok(at, bytes, &at) ||
+        !attn__add_ok(at, 63, &at))
+      return 0;
+    at &= ~(int64_t)63;
+  }
+  *total = (size_t)at;
+  return 1;
+}
+
+static tile_scratch carve(const fwd_job *job, int worker) {
+  size_t o[N_PARTS], total;
+  scratch_layout(job->pr->p->dim, job->pr->p->dim_v, o, &total);
+  unsigned char *base = job->scratch + (size_t)worker * job->scratch_bytes;
+  tile_scratch t = {
+      (int64_t *)(base + o[0]),
+      (int64_t *)(base + o[1]),
+      (float *)(base + o[2]),
+      (float *)(base + o[3]),
+      (float *)(base + o[4]),
+      (float *)(base + o[5]),
+      (float *)(base + o[6]),
+      (float *)(base + o[7]),
+      (float *)(base + o[8]),
+      (float *)(base + o[9]),
+      base + o[10],
+  };
+  return t;
+}
+
+/* Visible key range [lo, hi) of the query at key position pos from key length, causal and window
+ * (mask and bias are per pair and handled in score_tile). Written to avoid overflow for any window.
+ */
+static void row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64_t *lo,
+                          int64_t *hi) {
+  int64_t a = 0, e = klen;
+  if (p->causal && pos < e - 1) e = pos + 1;
+  if (p->window_left >= 0 && pos - a > p->window_left) a = pos - p->window_left;
+  if (p->window_right >= 0 && e - 1 - pos > p->window_right) e = pos + p->window_right + 1;
+  if (e < a) e = a;
+  *lo = a;
+  *hi = e;
+}
+
+/* Packs rows [j0, j0 + cols) of a [L, n] strided matrix into dst [cols, n]; returns 1 if every
+ * packed value is finite. */
+static int pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
+                     int64_t n, float *dst) {
+  int finite = 1;
+  for (int c = 0; c < cols; c++) {
+    const float *row = src + (j0 + c) * row_stride;
+    float *out = dst + (int64_t)c * n;
+    for (int64_t d = 0; d < n; d++) {
+      float x = row[d * col_stride];
+      out[d] = x;
+      finite &= (x - x == 0.0f); /* false for NaN and ±inf */
+    }
+  }
+  return finite;
+}
+
+/* Microkernel slot 1. S [rows, BC] = Qs [rows, D] · Ks [cols, D]ᵀ. */
+static void qk_tile(const float *qs, const float *ks, int rows, int cols, int64_t D, float *s) {
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < cols; c++) {
+      const float *a = qs + (int64_t)r * D, *b = ks + (int64_t)c * D;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; d++)
+        dot += a[d] * b[d];
+      s[r * BC + c] = dot;
+    }
+}
+
+/* Microkernel slot 2. acc [rows, Dv] = α[r]·acc + P [rows, BC] · Vs [cols, Dv]. When skip_invisible
+ * is set (V tile holds non-finite values), pairs with vis = 0 are skipped instead of adding 0·v. */
+static void pv_tile(const float *pm, const float *vs, const float *alpha, const unsigned char *vis,
+                    int skip_invisible, int rows, int cols, int64_t Dv, float *acc) {
+  for (int r = 0; r < rows; r++) {
+    float *a = acc + (int64_t)r * Dv;
+    const float ar = alpha[r];
+    if (ar != 1.0f)
+      for (int64_t d = 0; d < Dv; d++)
+        a[d] *= ar;
+    for (int c = 0; c < cols; c++) {
+      if (skip_invisible && !vis[r * BC + c]) continue;
+      const float pr = pm[r * BC + c];
+      const float *vr = vs + (int64_t)c * Dv;
+      for (int64_t d = 0; d < Dv; d++)
+        a[d] += pr * vr[d];
+    }
+  }
+}
+
+/* Turns raw dot products S [rows, BC] for keys [j0, j0 + cols) into the contract's scores, in the
+ * contract's order (scale, softcap, ALiBi, bias), with −inf and vis = 0 for invisible pairs. Bias
+ * is read only for pairs visible by the other rules. */
+static void score_tile(const attn__problem *pr, int64_t b, int64_t h, int64_t i0, int64_t shift,
+                       const tile_scratch *ts, int rows, int64_t j0, int cols) {
+  const attn_params *p = pr->p;
+  const float scale = pr->scale, cap = p->softcap;
+  const float slope = p->alibi_slopes ? p->alibi_slopes[h] : 0.0f;
+  for (int r = 0; r < rows; r++) {
+    const int64_t i = i0 + r, pos = i + shift;
+    const uint8_t *mrow =
+        p->mask ? p->mask + b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2]
+                : NULL;
+    const float *brow =
+        p->bias ? p->bias + b * p->bias_stride[0] + h * p->bias_stride[1] + i * p->bias_stride[2]
+                : NULL;
+    float *srow = ts->s + r * BC;
+    unsigned char *vrow = ts->vis + r * BC;
+    for (int c = 0; c < cols; c++) {
+      const int64_t j = j0 + c;
+      int visible = j >= ts->lo[r] && j < ts->hi[r];
+      if (visible && mrow && mrow[j * p->mask_stride[3]] == 0) visible = 0;
+      float bias = 0.0f;
+      if (visible && brow) {
+        bias = brow[j * p->bias_stride[3]];
+        if (bias == -INFINITY) visible = 0;
+      }
+      vrow[c] = (unsigned char)visible;
+      if (!visible) {
+        srow[c] = -INFINITY;
+        continue;
+      }
+      float s = scale * srow[c];
+      if (cap > 0.0f) s = cap * tanhf(s / cap);
+      if (p->alibi_slopes) s -= slope * (float)(pos >= j ? pos - j : j - pos);
+      if (brow) s += bias;
+      srow[c] = s;
+    }
+  }
+}
+
+/* Online-softmax update of one tile (step 4): S becomes P = exp(S − m_new) in place. A visible NaN
+ * makes the running max NaN, so it propagates to the row's O and LSE as in a plain softmax. */
+static void softmax_tile(const tile_scratch *ts, int rows, int cols) {
+  for (int r = 0; r < rows; r++) {
+    float *srow = ts->s + r * BC;
+    float mt = -INFINITY;
+    for (int c = 0; c < cols; c++)
+      if (srow[c] > mt || isnan(srow[c])) mt = srow[c];
+    const float m_old = ts->m[r];
+    const float m_new = (isnan(m_old) || isnan(mt)) ? NAN : (mt > m_old ? mt : m_old);
+    if (m_new == -INFINITY) { /* nothing visible yet: the row is unchanged */
+      ts->alpha[r] = 1.0f;
+      for (int c = 0; c < cols; c++)
+        srow[c] = 0.0f;
+      continue;
+    }
+    const float alpha = expf(m_old - m_new); /* m_old = −inf → 0 (acc and l are still 0) */
+    float sum = 0.0f;
+    for (int c = 0; c < cols; c++) {
+      const float pv = expf(srow[c] - m_new); /* invisible: exp(−inf) = 0 */
+      srow[c] = pv;
+      sum += pv;
+    }
+    ts->alpha[r] = alpha;
+    ts->l[r] = ts->l[r] * alpha + sum;
+    ts->m[r] = m_new;
+  }
+}
+
+static void fwd_item(void *ctx, int64_t item, int worker) {
+  const fwd_job *job = ctx;
+  const attn__problem *pr = job->pr;
+  const attn_params *p = pr->p;
+  const int64_t D = p->dim, Dv = p->dim_v, Lq = p->len_q, Lk = p->len_k;
+  const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
+  const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / pr->group;
+  const int64_t i0 = qb * BR;
+  const int rows = (int)(Lq - i0 < BR ? Lq - i0 : BR);
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
+  tile_scratch ts = carve(job, worker);
+
+  /* key range of every row and of the block */
+  int64_t blo = klen, bhi = 0;
+  for (int r = 0; r < rows; r++) {
+    row_key_range(p, i0 + r + shift, klen, &ts.lo[r], &ts.hi[r]);
+    if (ts.lo[r] < ts.hi[r]) {
+      if (ts.lo[r] < blo) blo = ts.lo[r];
+      if (ts.hi[r] > bhi) bhi = ts.hi[r];
+    }
+  }
+  if (bhi <= blo) blo = bhi = 0;
+
+  const float *qbase = job->q + b * p->q_stride[0] + h * p->q_stride[1];
+  const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
+  const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  pack_rows(qbase, p->q_stride[2], p->q_stride[3], i0, rows, D, ts.qs);
+  for (int r = 0; r < rows; r++) {
+    ts.m[r] = -INFINITY;
+    ts.l[r] = 0.0f;
+  }
+  memset(ts.acc, 0, sizeof(float) * (size_t)rows * (size_t)Dv);
+
+  for (int64_t j0 = blo; j0 < bhi; j0 += BC) {
+    const int cols = (int)(bhi - j0 < BC ? bhi - j0 : BC);
+    pack_rows(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts.ks);
+    const int v_finite = pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, ts.vs);
+    qk_tile(ts.qs, ts.ks, rows, cols, D, ts.s);
+    score_tile(pr, b, h, i0, shift, &ts, rows, j0, cols);
+    softmax_tile(&ts, rows, cols);
+    pv_tile(ts.s, ts.vs, ts.alpha, ts.vis, !v_finite, rows, cols, Dv, ts.acc);
+  }
+
+  /* normalise once; empty rows give O = +0, LSE = −inf */
+  for (int r = 0; r < rows; r++) {
+    const int64_t i = i0 + r;
+    float *orow = job->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
+    const float l = ts.l[r];
+    float row_lse;
+    if (l == 0.0f) {
+      for (int64_t d = 0; d < Dv; d++)
+        orow[d * p->o_stride[3]] = 0.0f;
+      row_lse = -INFINITY;
+    } else {
+      const float *a = ts.acc + (int64_t)r * Dv;
+      for (int64_t d = 0; d < Dv; d++)
+        orow[d * p->o_stride[3]] = a[d] / l;
+      row_lse = ts.m[r] + logf(l);
+    }
+    ts.m[r] = row_lse; /* m now holds the LSE for the P sweep */
+    if (job->lse)
+      job->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = row_lse;
+  }
+
+  if (!job->probs) return;
+  /* P sweep: zeros outside [blo, bhi), exp(S − LSE) inside */
+  for (int r = 0; r < rows; r++) {
+    float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +
+                  (i0 + r) * p->probs_stride[2];
+    for (int64_t j = 0; j < Lk; j++)
+      if (j < blo || j >= bhi) prow[j * p->probs_stride[3]] = 0.0f;
+  }
+  for (int64_t j0 = blo; j0 < bhi; j0 += BC) {
+    const int cols = (int)(bhi - j0 < BC ? bhi - j0 : BC);
+    pack_rows(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts.ks);
+    qk_tile(ts.qs, ts.ks, rows, cols, D, ts.s);
+    score_tile(pr, b, h, i0, shift, &ts, rows, j0, cols);
+    for (int r = 0; r < rows; r++) {
+      float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +
+                    (i0 + r) * p->probs_stride[2];
+      for (int c = 0; c < cols; c++)
+        prow[(j0 + c) * p->probs_stride[3]] =
+            ts.vis[r * BC + c] ? expf(ts.s[r * BC + c] - ts.m[r]) : 0.0f;
+    }
+  }
+}
+
+attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
+                                   const float *v, float *o, float *lse, float *probs) {
+  const attn_params *p = pr->p;
+  fwd_job job = {pr, q, k, v, o, lse, probs, (p->len_q + BR - 1) / BR, NULL, 0};
+  int64_t n_items;
+  size_t offs[N_PARTS];
+  if (!attn__mul_ok(p->batch, p->heads_q, &n_items) ||
+      !attn__mul_ok(n_items, job.n_qblocks, &n_items) ||
+      !scratch_layout(p->dim, p->dim_v, offs, &job.scratch_bytes))
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
+                      (long long)p->dim, (long long)p->dim_v);
+  int workers = pr->threads;
+  if (workers > n_items) workers = (int)n_items;
+  /* all scratch is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
+  if (job.scratch_bytes > SIZE_MAX / (size_t)workers ||
+      !(job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers)))
+    return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
+                      "attn_forward: could not allocate %d × %zu bytes of tile scratch", workers,
+                      job.scratch_bytes);
+  attn__parallel_for(workers, n_items, fwd_item, &job);
+  free(job.scratch);
+  return ATTN_STATUS_OK;
+}

@@ -1,0 +1,108 @@
+/*
+ * fwd_ref.c — attn__fwd_f32__ref: the textbook formula, the oracle every other kernel is held to.
+ *
+ * For each (b, h, i) it materialises the row of scores in double, applies the contract's rules in
+ * the contract's order, takes a two-pass softmax (max, then exp and sum) over the visible keys and
+ * forms O = P·V in double. No tiles, no SIMD, one thread: simple enough to check by reading.
+ * Deliberately does not share visibility code with the fused kernels, so a wrong mask in one is not
+ * hidden by the same wrong mask in the other.
+ */
+#include "../internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Row (b, h, i) of the forward. s, vis: scratch of len_k entries. */
+static void ref_row(const attn__problem *pr, const float *q, const float *k, const float *v,
+                    float *o, float *lse, float *probs, int64_t b, int64_t h, int64_t i, double *s,
+                    unsigned char *vis) {
+  const attn_params *p = pr->p;
+  const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / pr->group;
+  const int64_t klen = p->kv_len ? p->kv_len[b] : Lk;
+  const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - p->len_q : i;
+  const float *qi = q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
+
+  /* 1. visibility and scores */
+  double m = -INFINITY;
+  int any_visible = 0;
+  for (int64_t j = 0; j < Lk; j++) {
+    int visible = j < klen;
+    if (visible && p->causal && j > pos) visible = 0;
+    if (visible && p->window_left >= 0 && pos - j > p->window_left) visible = 0;
+    if (visible && p->window_right >= 0 && j - pos > p->window_right) visible = 0;
+    if (visible && p->mask &&
+        p->mask[b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2] +
+                j * p->mask_stride[3]] == 0)
+      visible = 0;
+    double bias = 0.0;
+    if (visible && p->bias) {
+      bias = p->bias[b * p->bias_stride[0] + h * p->bias_stride[1] + i * p->bias_stride[2] +
+                     j * p->bias_stride[3]];
+      if (bias == -INFINITY) visible = 0;
+    }
+    vis[j] = (unsigned char)visible;
+    if (!visible) continue;
+
+    const float *kj = k + b * p->k_stride[0] + hk * p->k_stride[1] + j * p->k_stride[2];
+    double dot = 0.0;
+    for (int64_t d = 0; d < D; d++)
+      dot += (double)qi[d * p->q_stride[3]] * kj[d * p->k_stride[3]];
+    double sij = (double)pr->scale * dot;
+    if (p->softcap > 0) sij = p->softcap * tanh(sij / p->softcap);
+    if (p->alibi_slopes) sij -= (double)p->alibi_slopes[h] * fabs((double)(pos - j));
+    sij += bias;
+    s[j] = sij;
+    any_visible = 1;
+    if (isnan(sij) || isnan(m))
+      m = NAN; /* a visible NaN poisons the whole row, as in a plain implementation */
+    else if (sij > m)
+      m = sij;
+  }
+
+  /* 2. softmax over the visible keys */
+  double row_lse = -INFINITY;
+  if (any_visible) {
+    double sum = 0.0;
+    for (int64_t j = 0; j < Lk; j++)
+      if (vis[j]) sum += exp(s[j] - m);
+    row_lse = m + log(sum);
+  }
+
+  /* 3. O = P·V; P written if requested */
+  float *oi = o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
+  const float *vb = v + b * p->v_stride[0] + hk * p->v_stride[1];
+  for (int64_t d = 0; d < Dv; d++) {
+    double acc = 0.0;
+    for (int64_t j = 0; j < Lk; j++)
+      if (vis[j]) acc += exp(s[j] - row_lse) * vb[j * p->v_stride[2] + d * p->v_stride[3]];
+    oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
+  }
+  if (lse) lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = (float)row_lse;
+  if (probs) {
+    float *pi = probs + b * p->probs_stride[0] + h * p->probs_stride[1] + i * p->probs_stride[2];
+    for (int64_t j = 0; j < Lk; j++)
+      pi[j * p->probs_stride[3]] = vis[j] ? (float)exp(s[j] - row_lse) : 0.0f;
+  }
+}
+
+attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const float *k,
+                               const float *v, float *o, float *lse, float *probs) {
+  const attn_params *p = pr->p;
+  size_t n = (size_t)(p->len_k > 0 ? p->len_k : 1);
+  double *s = malloc(n * sizeof *s);
+  unsigned char *vis = malloc(n);
+  if (!s || !vis) {
+    free(s);
+    free(vis);
+    return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
+                      "attn_forward: ref kernel could not allocate %zu bytes of row scratch",
+                      n * (sizeof *s + 1));
+  }
+  for (int64_t b = 0; b < p->batch; b++)
+    for (int64_t h = 0; h < p->heads_q; h++)
+      for (int64_t i = 0; i < p->len_q; i++)
+        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis);
+  free(s);
+  free(vis);
+  return ATTN_STATUS_OK;
+}
