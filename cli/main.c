@@ -390,7 +390,7 @@ static int cmd_run(int argc, char **argv) {
   }
   for (int i = 0; i < 3; i++) {
     if (!outs[i].path) continue;
-    int bad = npy_write_f32(outs[i].f, bufs[i], ranks[i], shapes[i]) != 0;
+    int bad = npy_write(outs[i].f, bufs[i], NPY_F32, ranks[i], shapes[i]) != 0;
     bad |= fflush(outs[i].f) != 0 || fsync(fileno(outs[i].f)) != 0;
     bad |= fclose(outs[i].f) != 0;
     outs[i].f = NULL;

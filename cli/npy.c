@@ -124,10 +124,12 @@ fail:
   return -1;
 }
 
-int npy_write_f32(void *stream, const float *data, int ndim, const int64_t *shape) {
+int npy_write(void *stream, const void *data, npy_dtype dtype, int ndim, const int64_t *shape) {
   FILE *f = stream;
+  const size_t esize = dtype == NPY_F32 ? 4 : 1;
   char dict[256];
-  int n = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+  int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                   dtype == NPY_F32 ? "<f4" : "|u1");
   int64_t count = 1;
   for (int d = 0; d < ndim; d++) {
     n += snprintf(dict + n, sizeof dict - (size_t)n, "%" PRId64 "%s", shape[d],
@@ -146,7 +148,7 @@ int npy_write_f32(void *stream, const float *data, int ndim, const int64_t *shap
   for (size_t i = total; i < padded; i++)
     if (fputc(' ', f) == EOF) return -1;
   if (fputc('\n', f) == EOF) return -1;
-  if (count > 0 && fwrite(data, sizeof(float), (size_t)count, f) != (size_t)count) return -1;
+  if (count > 0 && fwrite(data, esize, (size_t)count, f) != (size_t)count) return -1;
   return 0;
 }
 

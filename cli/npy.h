@@ -24,8 +24,8 @@ typedef struct npy_array {
 /* Reads path into *a. Returns 0, or -1 with a one-line reason (without the path) in err. */
 int npy_read(const char *path, npy_array *a, char *err, size_t err_size);
 
-/* Writes a C-order float32 array of the given shape to an open stream. Returns 0 or -1. */
-int npy_write_f32(void *stream, const float *data, int ndim, const int64_t *shape);
+/* Writes a C-order array (float32 or uint8) of the given shape to an open FILE. Returns 0 or -1. */
+int npy_write(void *stream, const void *data, npy_dtype dtype, int ndim, const int64_t *shape);
 
 void npy_free(npy_array *a);
 

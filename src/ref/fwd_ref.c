@@ -59,10 +59,10 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
       m = sij;
   }
 
-  /* 2. softmax over the visible keys */
-  double row_lse = -INFINITY;
+  /* 2. softmax over the visible keys: P = exp(s − m) / Σ exp(s − m). (Not exp(s − LSE): when
+   * |s| is huge, e.g. a −1e30 bias, LSE = m + log Σ rounds to m and every weight would be 1.) */
+  double sum = 0.0, row_lse = -INFINITY;
   if (any_visible) {
-    double sum = 0.0;
     for (int64_t j = 0; j < Lk; j++)
       if (vis[j]) sum += exp(s[j] - m);
     row_lse = m + log(sum);
@@ -74,14 +74,14 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   for (int64_t d = 0; d < Dv; d++) {
     double acc = 0.0;
     for (int64_t j = 0; j < Lk; j++)
-      if (vis[j]) acc += exp(s[j] - row_lse) * vb[j * p->v_stride[2] + d * p->v_stride[3]];
+      if (vis[j]) acc += exp(s[j] - m) / sum * vb[j * p->v_stride[2] + d * p->v_stride[3]];
     oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
   }
   if (lse) lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = (float)row_lse;
   if (probs) {
     float *pi = probs + b * p->probs_stride[0] + h * p->probs_stride[1] + i * p->probs_stride[2];
     for (int64_t j = 0; j < Lk; j++)
-      pi[j * p->probs_stride[3]] = vis[j] ? (float)exp(s[j] - row_lse) : 0.0f;
+      pi[j * p->probs_stride[3]] = vis[j] ? (float)(exp(s[j] - m) / sum) : 0.0f;
   }
 }
 

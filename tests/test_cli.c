@@ -1,0 +1,368 @@
+/*
+ * test_cli.c — the `attn` command line, end to end: random cases of every contract rule written as
+ * .npy files, `attn run` on them, outputs read back and held to the fp64 oracle under the tolerance
+ * rule; then bad inputs, each of which must exit 2 with one line on stderr and leave no output file
+ * created or touched.
+ * Usage: test_cli PATH_TO_ATTN_BINARY
+ */
+#include "harness.h"
+#include "npy.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *attn_bin;
+static char dir[64];
+
+static char *path(const char *name) {
+  static char buf[8][256];
+  static int at;
+  at = (at + 1) % 8;
+  snprintf(buf[at], sizeof buf[at], "%s/%s", dir, name);
+  return buf[at];
+}
+
+static void write_npy(const char *name, const void *data, npy_dtype dtype, int ndim,
+                      const int64_t *shape) {
+  FILE *f = fopen(path(name), "wb");
+  if (!f || npy_write(f, data, dtype, ndim, shape) != 0 || fclose(f) != 0) {
+    fprintf(stderr, "test_cli: cannot write %s\n", path(name));
+    exit(3);
+  }
+}
+
+static void write_raw(const char *name, const void *bytes, size_t n) {
+  FILE *f = fopen(path(name), "wb");
+  fwrite(bytes, 1, n, f);
+  fclose(f);
+}
+
+/* Runs `attn <args>` with stderr captured in dir/err.txt; returns the exit status. */
+static int run_attn(const char *fmt, ...) {
+  char args[2048], cmd[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s %s 2> %s/err.txt > %s/out.txt", attn_bin, args, dir, dir);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int stderr_lines(char *first, size_t size) {
+  FILE *f = fopen(path("err.txt"), "r");
+  int lines = 0, c;
+  size_t n = 0;
+  while (f && (c = fgetc(f)) != EOF) {
+    if (c == '\n')
+      lines++;
+    else if (lines == 0 && n + 1 < size)
+      first[n++] = (char)c;
+  }
+  first[n] = '\0';
+  if (f) fclose(f);
+  return lines;
+}
+
+static int tmp_files_left(void) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  int n = 0;
+  while ((e = readdir(d)))
+    if (strstr(e->d_name, ".tmp.")) n++;
+  closedir(d);
+  return n;
+}
+
+static float *read_f32(const char *name, int ndim, const int64_t *shape) {
+  npy_array a;
+  char err[256];
+  if (npy_read(path(name), &a, err, sizeof err) != 0) {
+    CHECKF(0, "reading %s: %s", name, err);
+    return NULL;
+  }
+  int ok = a.dtype == NPY_F32 && a.ndim == ndim;
+  for (int d = 0; ok && d < ndim; d++)
+    ok &= a.shape[d] == shape[d];
+  CHECKF(ok, "%s has the wrong dtype or shape", name);
+  if (!ok) {
+    npy_free(&a);
+    return NULL;
+  }
+  return a.data;
+}
+
+/* Writes the case's inputs, runs the CLI with the matching flags and checks the outputs. */
+static void check_case(const tspec *s, const char *extra) {
+  tcase c;
+  tcase_make(&c, s); /* LAYOUT_BHLD: the tensors are packed C-order arrays */
+  const int64_t qs[4] = {s->B, s->Hq, s->Lq, s->D}, ks[4] = {s->B, s->Hkv, s->Lk, s->D},
+                vs[4] = {s->B, s->Hkv, s->Lk, s->Dv};
+  write_npy("q.npy", tbuf_f32(&c.q), NPY_F32, 4, qs);
+  write_npy("k.npy", tbuf_f32(&c.k), NPY_F32, 4, ks);
+  write_npy("v.npy", tbuf_f32(&c.v), NPY_F32, 4, vs);
+  char flags[1024] = "";
+  size_t n = 0;
+#define ADD(...) n += (size_t)snprintf(flags + n, sizeof flags - n, __VA_ARGS__)
+  if (s->causal) ADD(" --causal");
+  if (s->align) ADD(" --align %s", s->align == ATTN_ALIGN_TOP_LEFT ? "top-left" : "bottom-right");
+  if (s->window_left >= 0 || s->window_right >= 0)
+    ADD(" --window %lld,%lld", (long long)s->window_left, (long long)s->window_right);
+  if (s->kv_len) {
+    ADD(" --kv-len ");
+    for (int64_t b = 0; b < s->B; b++)
+      ADD("%s%lld", b ? "," : "", (long long)c.kv_len[b]);
+  }
+  if (s->mask) {
+    write_npy("mask.npy", c.mask.base, NPY_U8, 4, c.mask.size);
+    ADD(" --mask %s", path("mask.npy"));
+  }
+  if (s->bias) {
+    write_npy("bias.npy", tbuf_f32(&c.bias), NPY_F32, 4, c.bias.size);
+    ADD(" --bias %s", path("bias.npy"));
+  }
+  if (s->softcap > 0) ADD(" --softcap %.9g", (double)s->softcap);
+  if (s->alibi) {
+    write_npy("alibi.npy", c.alibi, NPY_F32, 1, &s->Hq);
+    ADD(" --alibi %s", path("alibi.npy"));
+  }
+  if (s->has_scale) ADD(" --scale %.9g", (double)s->scale);
+#undef ADD
+  unlink(path("o.npy")), unlink(path("lse.npy")), unlink(path("p.npy"));
+  int rc = run_attn("run --q %s --k %s --v %s --out %s --lse %s --probs %s%s %s", path("q.npy"),
+                    path("k.npy"), path("v.npy"), path("o.npy"), path("lse.npy"), path("p.npy"),
+                    flags, extra);
+  char label[512], line[512];
+  tcase_label(&c, label, sizeof label);
+  stderr_lines(line, sizeof line);
+  CHECKF(rc == 0, "attn run exited %d: %s\n  case: %s", rc, line, label);
+  if (rc == 0) {
+    const int64_t os[4] = {s->B, s->Hq, s->Lq, s->Dv}, ps[4] = {s->B, s->Hq, s->Lq, s->Lk};
+    float *o = read_f32("o.npy", 4, os), *lse = read_f32("lse.npy", 3, os),
+          *pr = read_f32("p.npy", 4, ps);
+    if (o && lse && pr) {
+      const size_t no = (size_t)(s->B * s->Hq * s->Lq * s->Dv), nl = (size_t)(s->B * s->Hq * s->Lq),
+                   np = (size_t)(s->B * s->Hq * s->Lq * s->Lk);
+      double *ro = malloc(8 * no + 8), *rl = malloc(8 * nl + 8), *rp = malloc(8 * np + 8);
+      float *bo = malloc(4 * no + 4), *bl = malloc(4 * nl + 4), *bp = malloc(4 * np + 4);
+      const float *q = tbuf_f32(&c.q), *k = tbuf_f32(&c.k), *v = tbuf_f32(&c.v);
+      oracle_forward(&c.p, q, k, v, ro, rl, rp);
+      baseline_forward(&c.p, 0, q, k, v, bo, bl, bp);
+      const float *bos[1] = {bo}, *bls[1] = {bl}, *bps[1] = {bp};
+      /* the CLI runs the same kernels as the library, so a single baseline with the max rule's
+       * factor is enough here; test_kernels holds the kernels to the full rule */
+      CHECK(t_compare(label, "O(cli)", o, ro, bos, 1, no, TOL_MAX_FACTOR));
+      CHECK(t_compare(label, "LSE(cli)", lse, rl, bls, 1, nl, TOL_MAX_FACTOR));
+      CHECK(t_compare(label, "P(cli)", pr, rp, bps, 1, np, TOL_MAX_FACTOR));
+      free(ro), free(rl), free(rp), free(bo), free(bl), free(bp);
+    }
+    free(o), free(lse), free(pr);
+  }
+  CHECK(tmp_files_left() == 0);
+  tcase_free(&c);
+}
+
+static void test_good_runs(void) {
+  tspec base = tspec_shape(2, 4, 2, 37, 53, 16, 12);
+  tspec s = base;
+  check_case(&s, "");
+  s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  check_case(&s, "--threads 2");
+  s.align = ATTN_ALIGN_TOP_LEFT, s.kv_len = 1;
+  check_case(&s, "--kernel ref");
+  s = base, s.window_left = 4, s.window_right = 2, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  check_case(&s, "--kernel generic --threads 3");
+  for (int mk = MASK_FULL; mk < N_MASKS; mk++) {
+    s = base, s.mask = mk;
+    check_case(&s, "");
+  }
+  for (int bk = BIAS_FULL; bk < N_BIASES; bk++) {
+    s = base, s.bias = bk;
+    check_case(&s, "");
+  }
+  s = base, s.softcap = 2.5f, s.q_mul = 3.0f;
+  check_case(&s, "");
+  s = base, s.alibi = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  check_case(&s, "");
+  s = base, s.has_scale = 1, s.scale = -0.3f;
+  check_case(&s, "");
+  s = base, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.kv_len = 1, s.mask = MASK_KEYPAD,
+  s.bias = BIAS_NEGINF, s.softcap = 8.0f, s.alibi = 1, s.window_left = 20;
+  check_case(&s, "--threads 0");
+}
+
+/* ---- bad input: exit 2, one line on stderr, no output created or touched ---- */
+
+static void expect_bad(const char *why, const char *args, const char *needle) {
+  static const char sentinel[] = "previous contents";
+  write_raw("existing.npy", sentinel, sizeof sentinel);
+  unlink(path("new.npy"));
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, args, path("existing.npy"));
+  int rc = run_attn("%s", cmd);
+  char line[512];
+  int lines = stderr_lines(line, sizeof line);
+  CHECKF(rc == 2, "%s: exit status %d, want 2", why, rc);
+  CHECKF(lines == 1, "%s: %d lines on stderr, want 1", why, lines);
+  CHECKF(!needle || strstr(line, needle), "%s: message \"%s\" lacks \"%s\"", why, line, needle);
+  FILE *f = fopen(path("existing.npy"), "rb");
+  char got[64] = "";
+  size_t n = f ? fread(got, 1, sizeof got, f) : 0;
+  if (f) fclose(f);
+  CHECKF(n == sizeof sentinel && memcmp(got, sentinel, n) == 0, "%s: the output file was touched",
+         why);
+  CHECKF(access(path("new.npy"), F_OK) != 0, "%s: an output file was created", why);
+  CHECKF(tmp_files_left() == 0, "%s: temporary files left behind", why);
+}
+
+static void test_bad_inputs(void) {
+  const int64_t qs[4] = {1, 2, 5, 4}, ks[4] = {1, 2, 7, 4}, k5[4] = {1, 2, 7, 5},
+                vs[4] = {1, 2, 7, 3}, m_bad[4] = {1, 2, 3, 7}, m_ok[4] = {1, 1, 5, 7};
+  float data[256] = {0};
+  uint8_t bytes[256] = {1};
+  write_npy("q.npy", data, NPY_F32, 4, qs);
+  write_npy("k.npy", data, NPY_F32, 4, ks);
+  write_npy("k5.npy", data, NPY_F32, 4, k5);
+  write_npy("v.npy", data, NPY_F32, 4, vs);
+  write_npy("mask_bad.npy", bytes, NPY_U8, 4, m_bad);
+  write_npy("mask_f32.npy", data, NPY_F32, 4, m_ok);
+  const int64_t q3[3] = {2, 5, 4};
+  write_npy("q3d.npy", data, NPY_F32, 3, q3);
+  write_raw("garbage.npy", "this is not an array", 20);
+  /* a truncated copy of q.npy */
+  FILE *f = fopen(path("q.npy"), "rb");
+  char buf[512];
+  size_t n = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  write_raw("trunc.npy", buf, n - 9);
+  /* float64 and Fortran-order headers */
+  char hdr[160];
+  memcpy(hdr, "\x93NUMPY\x01\x00\x76\x00", 10);
+  snprintf(hdr + 10, sizeof hdr - 10, "%-117s\n",
+           "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2, 5, 4), }");
+  write_raw("f64.npy", hdr, 128);
+  snprintf(hdr + 10, sizeof hdr - 10, "%-117s\n",
+           "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 2, 5, 4), }");
+  write_raw("fortran.npy", hdr, 128);
+
+  char good[1024], q[256], k[256], v[256];
+  snprintf(q, sizeof q, "%s", path("q.npy"));
+  snprintf(k, sizeof k, "%s", path("k.npy"));
+  snprintf(v, sizeof v, "%s", path("v.npy"));
+  snprintf(good, sizeof good, "run --q %s --k %s --v %s --lse %s/new.npy --out %%s", q, k, v, dir);
+  /* the good command itself works (and then is spoiled one way at a time) */
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, good, path("ok.npy"));
+  CHECK(run_attn("%s", cmd) == 0);
+  unlink(path("new.npy"));
+  unlink(path("ok.npy"));
+
+  struct {
+    const char *why, *fmt, *needle;
+  } bad[] = {
+      {"missing file", "run --q %s/nope.npy --k %s --v %s --out %%s", "nope.npy"},
+      {"malformed", "run --q %s/garbage.npy --k %s --v %s --out %%s", "not a .npy file"},
+      {"truncated", "run --q %s/trunc.npy --k %s --v %s --out %%s", "truncated"},
+      {"float64", "run --q %s/f64.npy --k %s --v %s --out %%s", "unsupported dtype '<f8'"},
+      {"fortran order", "run --q %s/fortran.npy --k %s --v %s --out %%s", "Fortran"},
+      {"3-D q", "run --q %s/q3d.npy --k %s --v %s --out %%s", "expected a 4-D array"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char fmt[1024];
+    snprintf(fmt, sizeof fmt, bad[i].fmt, dir, k, v);
+    expect_bad(bad[i].why, fmt, bad[i].needle);
+  }
+  struct {
+    const char *why, *extra, *needle;
+  } flags[] = {
+      {"head dims differ", "--k-replace", "head dims differ"},
+      {"scale not a number", "--scale abc", "--scale 'abc'"},
+      {"scale inf", "--scale inf", "finite"},
+      {"negative threads", "--threads -3", "--threads '-3'"},
+      {"one window number", "--window 1", "--window '1'"},
+      {"window too small", "--window -2,0", "--window"},
+      {"alignment needed", "--causal", "ATTN_ALIGN_BOTTOM_RIGHT"},
+      {"bad align", "--align middle", "--align 'middle'"},
+      {"mask shape", "--mask MASKBAD", "does not broadcast"},
+      {"mask dtype", "--mask MASKF32", "dtype must be uint8 or bool"},
+      {"unknown flag", "--foo 1", "unknown option '--foo'"},
+      {"unknown kernel", "--kernel avx9000", "--kernel 'avx9000'"},
+      {"kv-len count", "--kv-len 3,4", "must list 1 integers"},
+      {"kv-len range", "--kv-len 9 --align top-left", "[0, Lk = 7]"},
+      {"softcap", "--softcap -1", "--softcap"},
+      {"alibi missing", "--alibi NOPE", "nope"},
+      {"flag twice", "--threads 1 --threads 2", "given twice"},
+      {"value missing", "--threads", "needs a value"},
+  };
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    char extra[512] = "", fmt[2048];
+    const char *e = flags[i].extra;
+    if (strcmp(e, "--k-replace") == 0) {
+      snprintf(fmt, sizeof fmt, "run --q %s --k %s --v %s --out %%s", q, path("k5.npy"), v);
+      expect_bad(flags[i].why, fmt, flags[i].needle);
+      continue;
+    }
+    if (strstr(e, "MASKBAD"))
+      snprintf(extra, sizeof extra, "--mask %s", path("mask_bad.npy"));
+    else if (strstr(e, "MASKF32"))
+      snprintf(extra, sizeof extra, "--mask %s", path("mask_f32.npy"));
+    else if (strstr(e, "NOPE"))
+      snprintf(extra, sizeof extra, "--alibi %s", path("nope.npy"));
+    else
+      snprintf(extra, sizeof extra, "%s", e);
+    snprintf(fmt, sizeof fmt, "run --q %s --k %s --v %s --lse %s/new.npy --out %%s %s", q, k, v,
+             dir, extra);
+    expect_bad(flags[i].why, fmt, flags[i].needle);
+  }
+  /* heads that do not divide: the library's message comes through */
+  const int64_t k3[4] = {1, 3, 7, 4}, v3[4] = {1, 3, 7, 3};
+  write_npy("k3.npy", data, NPY_F32, 4, k3);
+  write_npy("v3.npy", data, NPY_F32, 4, v3);
+  char fmt[1024];
+  snprintf(fmt, sizeof fmt, "run --q %s --k %s --v %s --out %%s", q, path("k3.npy"),
+           path("v3.npy"));
+  expect_bad("heads", fmt, "heads_q (2) is not a multiple of heads_kv (3)");
+  snprintf(fmt, sizeof fmt, "run --q %s --k %s --v %s --out %%s --lse %s", q, k, v,
+           path("existing.npy"));
+  expect_bad("same output twice", fmt, "name the same file");
+  snprintf(fmt, sizeof fmt, "run --q %s --k %s --v %s --out %s/no/such/dir/o.npy --lse %%s", q, k,
+           v, dir);
+  expect_bad("output directory missing", fmt, "cannot create the output file");
+  expect_bad("missing --out", "run --q x.npy --k y.npy --v z.npy --lse %s", "--out is required");
+  expect_bad("unknown command", "frobnicate %s", "unknown command");
+}
+
+static void test_info(void) {
+  CHECK(run_attn("info") == 0);
+  FILE *f = fopen(path("out.txt"), "r");
+  char text[1024] = "";
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  text[n] = '\0';
+  fclose(f);
+  CHECKF(strstr(text, "attn " ATTN_VERSION_STRING) && strstr(text, "generic") &&
+             strstr(text, "chosen (auto)") && strstr(text, "cpu features"),
+         "attn info printed: %s", text);
+  CHECK(run_attn("--help") == 0);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: test_cli PATH_TO_ATTN\n");
+    return 2;
+  }
+  attn_bin = argv[1];
+  snprintf(dir, sizeof dir, "/tmp/attn_cli_XXXXXX");
+  if (!mkdtemp(dir)) return 3;
+  test_good_runs();
+  test_bad_inputs();
+  test_info();
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+  return t_finish("test_cli");
+}

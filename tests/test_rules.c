@@ -1,0 +1,481 @@
+/*
+ * test_rules.c — each rule of the contract (../shared/design/semantics.md) as its own test, on
+ * every kernel, plus metamorphic properties that need no oracle: empty rows; NaN/inf behind every
+ * kind of mask; visible NaN propagation; −FLT_MAX bias is data; causal prefix property; GQA =
+ * explicit head repetition; P rows sum to 1; causal flag = explicit mask; default scale = explicit
+ * scale; batched = per item; Lk = 1; scale 0 averages.
+ */
+#include "harness.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct result {
+  float *o, *lse, *probs;
+  size_t no, nl, np;
+} result;
+
+/* Runs the case and gathers packed O, LSE and P. */
+static result run_gather(tcase *c, attn_kernel kernel, int threads) {
+  touts out;
+  touts_make(&out, c, 1, 1);
+  attn_status st = t_run(c, kernel, threads, &out);
+  CHECKF(st == ATTN_STATUS_OK, "%s: %s", attn_kernel_name(kernel), attn_last_error());
+  CHECK(tbuf_check_output(&out.o, "o", 1) && tbuf_check_output(&out.lse, "lse", 1) &&
+        tbuf_check_output(&out.probs, "probs", 1));
+  result r;
+  r.no = (size_t)tbuf_count(&out.o), r.nl = (size_t)tbuf_count(&out.lse);
+  r.np = (size_t)tbuf_count(&out.probs);
+  r.o = malloc(sizeof(float) * (r.no + 1));
+  r.lse = malloc(sizeof(float) * (r.nl + 1));
+  r.probs = malloc(sizeof(float) * (r.np + 1));
+  tbuf_gather(&out.o, r.o);
+  tbuf_gather(&out.lse, r.lse);
+  tbuf_gather(&out.probs, r.probs);
+  touts_free(&out);
+  return r;
+}
+
+static void result_free(result *r) {
+  free(r->o);
+  free(r->lse);
+  free(r->probs);
+}
+
+static int same_bits(const result *a, const result *b) {
+  return a->no == b->no && a->nl == b->nl && memcmp(a->o, b->o, a->no * 4) == 0 &&
+         memcmp(a->lse, b->lse, a->nl * 4) == 0 && memcmp(a->probs, b->probs, a->np * 4) == 0;
+}
+
+static float *qv(tcase *c, int64_t b, int64_t h, int64_t i, int64_t d) {
+  return tbuf_f32(&c->q) + tbuf_index(&c->q, b, h, i, d);
+}
+static float *kv(tcase *c, int64_t b, int64_t h, int64_t j, int64_t d) {
+  return tbuf_f32(&c->k) + tbuf_index(&c->k, b, h, j, d);
+}
+static float *vv(tcase *c, int64_t b, int64_t h, int64_t j, int64_t d) {
+  return tbuf_f32(&c->v) + tbuf_index(&c->v, b, h, j, d);
+}
+
+/* ---- empty rows ---- */
+static void test_empty_rows(attn_kernel kern) {
+  tspec s = tspec_shape(3, 2, 1, 70, 150, 16, 16);
+  s.kv_len = 1;                                    /* batch 0 has kv_len 0 */
+  s.mask = MASK_FULL;                              /* every 4th row of head 0 fully masked */
+  s.bias = BIAS_NEGINF;                            /* rows with i % 5 == 2 all −inf */
+  s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1; /* Lq < Lk: fine; and below Lq > Lk */
+  for (int variant = 0; variant < 2; variant++) {
+    if (variant) s.Lq = 150, s.Lk = 70; /* bottom-right, Lq > Lk: first 80 rows see nothing */
+    tcase c;
+    tcase_make(&c, &s);
+    result r = run_gather(&c, kern, 2);
+    size_t empty = 0, bad = 0;
+    for (size_t row = 0; row < r.nl; row++) {
+      for (size_t d = 0; d < 16; d++)
+        bad += isnan(r.o[row * 16 + d]);
+      if (r.lse[row] != -INFINITY) continue;
+      empty++;
+      for (size_t d = 0; d < 16; d++)
+        bad += r.o[row * 16 + d] != 0.0f || signbit(r.o[row * 16 + d]);
+      for (size_t j = 0; j < (size_t)s.Lk; j++)
+        bad += r.probs[row * (size_t)s.Lk + j] != 0.0f;
+    }
+    CHECKF(empty > (size_t)s.Lq && bad == 0,
+           "empty rows (%s, variant %d): %zu empty rows, %zu bad values", attn_kernel_name(kern),
+           variant, empty, bad);
+    result_free(&r);
+    tcase_free(&c);
+  }
+}
+
+/* ---- NaN and inf behind masks leave results bitwise unchanged ---- */
+
+/* Poisons every K, V and bias value the case can never read and compares with zeros there. */
+typedef void (*poison_fn)(tcase *c, float value);
+
+static void poison_beyond_kv_len(tcase *c, float x) {
+  for (int64_t b = 0; b < c->p.batch; b++)
+    for (int64_t h = 0; h < c->p.heads_kv; h++)
+      for (int64_t j = c->kv_len[b]; j < c->p.len_k; j++) {
+        for (int64_t d = 0; d < c->p.dim; d++)
+          *kv(c, b, h, j, d) = x;
+        for (int64_t d = 0; d < c->p.dim_v; d++)
+          *vv(c, b, h, j, d) = x;
+      }
+}
+
+/* Key-padding mask [B,1,1,Lk]: masked keys are never visible to any row. */
+static void poison_padded_keys(tcase *c, float x) {
+  for (int64_t b = 0; b < c->p.batch; b++)
+    for (int64_t j = 0; j < c->p.len_k; j++) {
+      if (c->p.mask[b * c->p.mask_stride[0] + j * c->p.mask_stride[3]]) continue;
+      for (int64_t h = 0; h < c->p.heads_kv; h++) {
+        for (int64_t d = 0; d < c->p.dim; d++)
+          *kv(c, b, h, j, d) = x;
+        for (int64_t d = 0; d < c->p.dim_v; d++)
+          *vv(c, b, h, j, d) = x;
+      }
+    }
+}
+
+/* Bias entries that the mask, causal rule, window or key length hide. */
+static void poison_hidden_bias(tcase *c, float x) {
+  const attn_params *p = &c->p;
+  float *bias = tbuf_f32(&c->bias);
+  for (int64_t b = 0; b < p->batch; b++)
+    for (int64_t h = 0; h < p->heads_q; h++)
+      for (int64_t i = 0; i < p->len_q; i++)
+        for (int64_t j = 0; j < p->len_k; j++) {
+          const int64_t klen = p->kv_len ? p->kv_len[b] : p->len_k;
+          const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - p->len_q : i;
+          int hidden = j >= klen || (p->causal && j > pos) ||
+                       (p->window_left >= 0 && j < pos - p->window_left) ||
+                       (p->window_right >= 0 && j > pos + p->window_right) ||
+                       (p->mask && !p->mask[b * p->mask_stride[0] + h * p->mask_stride[1] +
+                                            i * p->mask_stride[2] + j * p->mask_stride[3]]);
+          if (hidden) bias[tbuf_index(&c->bias, b, h, i, j)] = x;
+        }
+}
+
+/* Keys whose bias column is −inf for every row: their K and V are never read. */
+static void poison_neginf_keys(tcase *c, float x) {
+  float *bias = tbuf_f32(&c->bias);
+  const attn_params *p = &c->p;
+  for (int64_t j = 1; j < p->len_k; j += 3) {
+    for (int64_t b = 0; b < p->batch; b++)
+      for (int64_t h = 0; h < p->heads_q; h++)
+        for (int64_t i = 0; i < p->len_q; i++)
+          bias[tbuf_index(&c->bias, b, h, i, j)] = -INFINITY;
+    for (int64_t b = 0; b < p->batch; b++)
+      for (int64_t h = 0; h < p->heads_kv; h++) {
+        for (int64_t d = 0; d < p->dim; d++)
+          *kv(c, b, h, j, d) = x;
+        for (int64_t d = 0; d < p->dim_v; d++)
+          *vv(c, b, h, j, d) = x;
+      }
+  }
+}
+
+static void test_masked_values(attn_kernel kern) {
+  struct {
+    const char *name;
+    tspec spec;
+    poison_fn fn;
+  } cases[4];
+  tspec s = tspec_shape(3, 4, 2, 67, 200, 24, 20);
+  s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
+  cases[0].name = "beyond kv_len", cases[0].spec = s, cases[0].fn = poison_beyond_kv_len;
+  s = tspec_shape(2, 4, 2, 130, 141, 24, 20);
+  s.mask = MASK_KEYPAD;
+  cases[1].name = "padded keys", cases[1].spec = s, cases[1].fn = poison_padded_keys;
+  s = tspec_shape(2, 4, 2, 90, 140, 16, 16);
+  s.bias = BIAS_FULL, s.mask = MASK_FULL, s.causal = 1, s.window_left = 30, s.window_right = 5;
+  s.kv_len = 1, s.align = ATTN_ALIGN_TOP_LEFT;
+  cases[2].name = "hidden bias", cases[2].spec = s, cases[2].fn = poison_hidden_bias;
+  s = tspec_shape(2, 2, 1, 50, 260, 16, 16);
+  s.bias = BIAS_FULL;
+  cases[3].name = "-inf bias keys", cases[3].spec = s, cases[3].fn = poison_neginf_keys;
+  const float poisons[] = {NAN, INFINITY, -INFINITY};
+  for (int ci = 0; ci < 4; ci++)
+    for (int pi = 0; pi < 3; pi++) {
+      tcase clean, dirty;
+      tcase_make(&clean, &cases[ci].spec);
+      tcase_make(&dirty, &cases[ci].spec);
+      cases[ci].fn(&clean, 0.0f);
+      cases[ci].fn(&dirty, poisons[pi]);
+      result a = run_gather(&clean, kern, 2), b = run_gather(&dirty, kern, 2);
+      CHECKF(same_bits(&a, &b), "%s (%s): %g stored behind the mask changed the result",
+             cases[ci].name, attn_kernel_name(kern), (double)poisons[pi]);
+      result_free(&a), result_free(&b);
+      tcase_free(&clean), tcase_free(&dirty);
+    }
+
+  /* a key visible to some rows only: NaN in its V reaches exactly those rows */
+  tspec t = tspec_shape(1, 1, 1, 10, 300, 8, 4);
+  t.causal = 1, t.align = ATTN_ALIGN_BOTTOM_RIGHT; /* row i sees keys ≤ 290 + i */
+  tcase clean, dirty;
+  tcase_make(&clean, &t);
+  tcase_make(&dirty, &t);
+  const int64_t jn = 295; /* visible to rows 5..9 only */
+  *vv(&clean, 0, 0, jn, 2) = 0.0f;
+  *vv(&dirty, 0, 0, jn, 2) = NAN;
+  result a = run_gather(&clean, kern, 1), b = run_gather(&dirty, kern, 1);
+  int ok = 1;
+  for (int64_t i = 0; i < 10; i++)
+    for (int64_t d = 0; d < 4; d++) {
+      const float x = a.o[i * 4 + d], y = b.o[i * 4 + d];
+      if (i >= 5 && d == 2)
+        ok &= isnan(y) != 0;
+      else
+        ok &= memcmp(&x, &y, 4) == 0;
+    }
+  CHECKF(ok && memcmp(a.lse, b.lse, 40) == 0,
+         "NaN in V of a key visible to rows 5..9 must reach O[5..9][2] only (%s)",
+         attn_kernel_name(kern));
+  result_free(&a), result_free(&b);
+  tcase_free(&clean), tcase_free(&dirty);
+}
+
+/* ---- visible NaN propagates to exactly the dependent outputs ---- */
+static void test_visible_nan(attn_kernel kern) {
+  tspec s = tspec_shape(1, 2, 1, 40, 150, 8, 6);
+  tcase clean, dirty;
+  tcase_make(&clean, &s);
+  result a = run_gather(&clean, kern, 1);
+  /* NaN in Q of row 7, head 1 → that row's O and LSE are NaN, nothing else changes */
+  tcase_make(&dirty, &s);
+  *qv(&dirty, 0, 1, 7, 3) = NAN;
+  result b = run_gather(&dirty, kern, 1);
+  size_t row = 1 * 40 + 7, wrong = 0;
+  for (size_t r = 0; r < 80; r++) {
+    for (size_t d = 0; d < 6; d++) {
+      const float x = a.o[r * 6 + d], y = b.o[r * 6 + d];
+      wrong += r == row ? !isnan(y) : memcmp(&x, &y, 4) != 0;
+    }
+    wrong += r == row ? !isnan(b.lse[r]) : memcmp(&a.lse[r], &b.lse[r], 4) != 0;
+  }
+  CHECKF(wrong == 0, "NaN in q: %zu outputs wrong (%s)", wrong, attn_kernel_name(kern));
+  result_free(&b);
+  tcase_free(&dirty);
+  /* NaN in V[key 100][col 4] → column 4 of every row NaN; LSE and other columns unchanged */
+  tcase_make(&dirty, &s);
+  *vv(&dirty, 0, 0, 100, 4) = NAN;
+  b = run_gather(&dirty, kern, 1);
+  wrong = 0;
+  for (size_t r = 0; r < 80; r++) {
+    for (size_t d = 0; d < 6; d++) {
+      const float x = a.o[r * 6 + d], y = b.o[r * 6 + d];
+      wrong += d == 4 ? !isnan(y) : memcmp(&x, &y, 4) != 0;
+    }
+    wrong += memcmp(&a.lse[r], &b.lse[r], 4) != 0;
+  }
+  CHECKF(wrong == 0, "NaN in v: %zu outputs wrong (%s)", wrong, attn_kernel_name(kern));
+  result_free(&b);
+  tcase_free(&dirty);
+  /* NaN in K of a visible key → every row that sees it is NaN */
+  tcase_make(&dirty, &s);
+  *kv(&dirty, 0, 0, 3, 0) = NAN;
+  b = run_gather(&dirty, kern, 1);
+  wrong = 0;
+  for (size_t r = 0; r < 80 * 6; r++)
+    wrong += !isnan(b.o[r]);
+  CHECKF(wrong == 0, "NaN in k: %zu outputs not NaN (%s)", wrong, attn_kernel_name(kern));
+  result_free(&a), result_free(&b);
+  tcase_free(&clean), tcase_free(&dirty);
+}
+
+/* ---- a −FLT_MAX bias is data: a uniform average, no NaN ---- */
+static void test_flt_max_bias(attn_kernel kern) {
+  const float values[] = {-FLT_MAX, -1e30f};
+  for (int vi = 0; vi < 2; vi++) {
+    tspec s = tspec_shape(1, 1, 1, 5, 200, 4, 3);
+    s.bias = BIAS_FULL;
+    s.q_mul = 0.0f; /* all scores equal: the bias decides */
+    tcase c;
+    tcase_make(&c, &s);
+    float *bias = tbuf_f32(&c.bias);
+    for (int64_t x = 0; x < tbuf_count(&c.bias); x++)
+      bias[x] = values[vi];
+    result r = run_gather(&c, kern, 1);
+    for (int64_t d = 0; d < 3; d++) {
+      double mean = 0;
+      for (int64_t j = 0; j < 200; j++)
+        mean += *vv(&c, 0, 0, j, d);
+      mean /= 200;
+      for (int64_t i = 0; i < 5; i++)
+        CHECKF(fabs(r.o[i * 3 + d] - mean) < 1e-5, "bias %g: o[%lld][%lld] = %g, mean %g (%s)",
+               (double)values[vi], (long long)i, (long long)d, (double)r.o[i * 3 + d], mean,
+               attn_kernel_name(kern));
+    }
+    CHECK(isfinite(r.lse[0]));
+    result_free(&r);
+    tcase_free(&c);
+  }
+}
+
+/* ---- causal prefix: changing later tokens never changes earlier outputs ---- */
+static void test_causal_prefix(attn_kernel kern) {
+  tspec s = tspec_shape(2, 2, 2, 200, 200, 16, 16);
+  s.causal = 1;
+  tcase a, b;
+  tcase_make(&a, &s);
+  tcase_make(&b, &s);
+  const int64_t t = 137;
+  for (int64_t bb = 0; bb < 2; bb++)
+    for (int64_t h = 0; h < 2; h++)
+      for (int64_t j = t + 1; j < 200; j++)
+        for (int64_t d = 0; d < 16; d++) {
+          *qv(&b, bb, h, j, d) += 1.0f;
+          *kv(&b, bb, h, j, d) = -*kv(&b, bb, h, j, d);
+          *vv(&b, bb, h, j, d) = NAN;
+        }
+  result ra = run_gather(&a, kern, 2), rb = run_gather(&b, kern, 2);
+  int same = 1;
+  for (int64_t bh = 0; bh < 4; bh++)
+    same &= memcmp(ra.o + bh * 200 * 16, rb.o + bh * 200 * 16, (t + 1) * 16 * 4) == 0 &&
+            memcmp(ra.lse + bh * 200, rb.lse + bh * 200, (t + 1) * 4) == 0;
+  CHECKF(same, "causal prefix changed by later tokens (%s)", attn_kernel_name(kern));
+  result_free(&ra), result_free(&rb);
+  tcase_free(&a), tcase_free(&b);
+}
+
+/* ---- GQA equals explicit head repetition, bitwise ---- */
+static void test_gqa(attn_kernel kern) {
+  const int64_t groups[] = {2, 3, 4, 7, 8};
+  for (int gi = 0; gi < 5; gi++) {
+    const int64_t g = groups[gi], Hkv = gi % 2 ? 1 : 2, Hq = Hkv * g;
+    tspec s = tspec_shape(2, Hq, Hkv, 33, 150, 16, 12);
+    s.causal = gi % 2, s.align = ATTN_ALIGN_TOP_LEFT;
+    tcase c;
+    tcase_make(&c, &s);
+    result gqa = run_gather(&c, kern, 2);
+    /* the same K/V viewed as Hq heads: stride 0 can't express h / g, so copy */
+    tspec m = s;
+    m.Hkv = Hq;
+    tcase mha;
+    tcase_make(&mha, &m);
+    memcpy(tbuf_f32(&mha.q), tbuf_f32(&c.q), sizeof(float) * (size_t)tbuf_count(&c.q));
+    for (int64_t b = 0; b < 2; b++)
+      for (int64_t h = 0; h < Hq; h++)
+        for (int64_t j = 0; j < 150; j++) {
+          for (int64_t d = 0; d < 16; d++)
+            *kv(&mha, b, h, j, d) = *kv(&c, b, h / g, j, d);
+          for (int64_t d = 0; d < 12; d++)
+            *vv(&mha, b, h, j, d) = *vv(&c, b, h / g, j, d);
+        }
+    result rep = run_gather(&mha, kern, 2);
+    CHECKF(same_bits(&gqa, &rep), "GQA group %lld differs from repeated heads (%s)", (long long)g,
+           attn_kernel_name(kern));
+    result_free(&gqa), result_free(&rep);
+    tcase_free(&c), tcase_free(&mha);
+  }
+}
+
+/* ---- equivalent spellings give identical bits ---- */
+static void test_equivalences(attn_kernel kern) {
+  /* causal flag = explicit lower-triangular mask */
+  tspec s = tspec_shape(2, 3, 3, 150, 150, 16, 16);
+  s.causal = 1;
+  tcase c;
+  tcase_make(&c, &s);
+  result flag = run_gather(&c, kern, 2);
+  uint8_t *tri = malloc(150 * 150);
+  for (int i = 0; i < 150; i++)
+    for (int j = 0; j < 150; j++)
+      tri[i * 150 + j] = j <= i;
+  c.p.causal = 0;
+  c.p.mask = tri;
+  c.p.mask_stride[0] = c.p.mask_stride[1] = 0, c.p.mask_stride[2] = 150, c.p.mask_stride[3] = 1;
+  result mask = run_gather(&c, kern, 2);
+  CHECKF(same_bits(&flag, &mask), "causal flag and explicit causal mask differ (%s)",
+         attn_kernel_name(kern));
+  c.p.mask = NULL;
+  /* default scale = explicit 1/sqrt(D) rounded to float */
+  result dflt = run_gather(&c, kern, 2);
+  c.p.has_scale = 1, c.p.scale = (float)(1.0 / sqrt(16.0));
+  result expl = run_gather(&c, kern, 2);
+  CHECKF(same_bits(&dflt, &expl), "default and explicit scale differ (%s)", attn_kernel_name(kern));
+  /* window ≥ Lk equals no window */
+  c.p.window_left = c.p.window_right = 1000;
+  result wide = run_gather(&c, kern, 2);
+  CHECKF(same_bits(&wide, &expl), "window >= Lk differs from no window (%s)",
+         attn_kernel_name(kern));
+  free(tri);
+  result_free(&flag), result_free(&mask), result_free(&dflt), result_free(&expl);
+  result_free(&wide);
+  tcase_free(&c);
+
+  /* batched = per item */
+  s = tspec_shape(3, 2, 1, 70, 90, 8, 8);
+  s.mask = MASK_FULL, s.bias = BIAS_FULL;
+  tcase_make(&c, &s);
+  result all = run_gather(&c, kern, 2);
+  int same = 1;
+  for (int64_t b = 0; b < 3; b++) {
+    attn_params one = c.p;
+    one.batch = 1;
+    one.mask = c.p.mask + b * c.p.mask_stride[0];
+    one.bias = c.p.bias + b * c.p.bias_stride[0];
+    float o[2 * 70 * 8], lse[2 * 70];
+    one.kernel = kern;
+    CHECK(attn_forward(&one, tbuf_f32(&c.q) + b * c.p.q_stride[0],
+                       tbuf_f32(&c.k) + b * c.p.k_stride[0], tbuf_f32(&c.v) + b * c.p.v_stride[0],
+                       o, lse, NULL) == ATTN_STATUS_OK);
+    same &= memcmp(o, all.o + b * 2 * 70 * 8, sizeof o) == 0 &&
+            memcmp(lse, all.lse + b * 2 * 70, sizeof lse) == 0;
+  }
+  CHECKF(same, "batched and per-item results differ (%s)", attn_kernel_name(kern));
+  result_free(&all);
+  tcase_free(&c);
+}
+
+/* ---- probabilities and simple exact cases ---- */
+static void test_probs_and_simple(attn_kernel kern) {
+  tspec s = tspec_shape(2, 2, 1, 77, 301, 16, 8);
+  s.mask = MASK_FULL, s.alibi = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  tcase c;
+  tcase_make(&c, &s);
+  result r = run_gather(&c, kern, 2);
+  size_t bad = 0;
+  for (size_t row = 0; row < r.nl; row++) {
+    double sum = 0;
+    for (size_t j = 0; j < 301; j++)
+      sum += r.probs[row * 301 + j];
+    bad += r.lse[row] == -INFINITY ? sum != 0.0 : fabs(sum - 1.0) > 1e-5;
+  }
+  CHECKF(bad == 0, "%zu rows of P do not sum to 1 (%s)", bad, attn_kernel_name(kern));
+  result_free(&r);
+  tcase_free(&c);
+
+  /* Lk = 1: O is exactly that V row */
+  s = tspec_shape(2, 2, 2, 50, 1, 8, 8);
+  tcase_make(&c, &s);
+  r = run_gather(&c, kern, 1);
+  bad = 0;
+  for (int64_t b = 0; b < 2; b++)
+    for (int64_t h = 0; h < 2; h++)
+      for (int64_t i = 0; i < 50; i++)
+        for (int64_t d = 0; d < 8; d++)
+          bad += r.o[((b * 2 + h) * 50 + i) * 8 + d] != *vv(&c, b, h, 0, d);
+  CHECKF(bad == 0, "Lk = 1: %zu outputs differ from the V row (%s)", bad, attn_kernel_name(kern));
+  result_free(&r);
+  tcase_free(&c);
+
+  /* scale 0: every visible key weighs the same, O = mean of V */
+  s = tspec_shape(1, 1, 1, 3, 257, 8, 4);
+  s.has_scale = 1, s.scale = 0.0f;
+  tcase_make(&c, &s);
+  r = run_gather(&c, kern, 1);
+  for (int64_t d = 0; d < 4; d++) {
+    double mean = 0;
+    for (int64_t j = 0; j < 257; j++)
+      mean += *vv(&c, 0, 0, j, d);
+    mean /= 257;
+    CHECKF(fabs(r.o[d] - mean) < 1e-5, "scale 0: o = %g, mean of V = %g (%s)", (double)r.o[d], mean,
+           attn_kernel_name(kern));
+  }
+  CHECK(fabs(r.lse[0] - log(257.0)) < 1e-5);
+  result_free(&r);
+  tcase_free(&c);
+}
+
+int main(void) {
+  for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
+    const attn_kernel kern = (attn_kernel)k;
+    if (!attn_kernel_supported(kern)) {
+      printf("  kernel %s: SKIP (not supported on this CPU)\n", attn_kernel_name(kern));
+      continue;
+    }
+    test_empty_rows(kern);
+    test_masked_values(kern);
+    test_visible_nan(kern);
+    test_flt_max_bias(kern);
+    test_causal_prefix(kern);
+    test_gqa(kern);
+    test_equivalences(kern);
+    test_probs_and_simple(kern);
+  }
+  return t_finish("test_rules");
+}
