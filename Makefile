@@ -1,10 +1,11 @@
 # Thin convenience layer over CMake (the canonical build). Each target runs CMake/CTest commands.
 BUILD    ?= build
 SANBUILD ?= build-sanitize
+TSANBUILD ?= build-tsan
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build test test-release test-sanitize demo clean
+.PHONY: all build test test-release test-sanitize test-tsan demo clean
 
 all: build
 
@@ -12,21 +13,27 @@ build:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Every test: the optimised build, then the whole suite again under ASan + UBSan.
-test: test-release test-sanitize
+# Every test: the optimised build, then the whole suite again under ASan + UBSan, then the
+# threaded tests under TSan.
+test: test-release test-sanitize test-tsan
 
 test-release: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
 test-sanitize:
-	cmake -S . -B $(SANBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=ON -DATTN_WERROR=ON $(CMAKE_FLAGS)
+	cmake -S . -B $(SANBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=address -DATTN_WERROR=ON $(CMAKE_FLAGS)
 	cmake --build $(SANBUILD) -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(SANBUILD) --output-on-failure -j $(JOBS)
+
+test-tsan:
+	cmake -S . -B $(TSANBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=thread -DATTN_WERROR=ON $(CMAKE_FLAGS)
+	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api
+	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api)$$'
 
 # The main job: for now the three kinds of attention, one example each.
 demo: build
 	@for ex in bidirectional causal cross; do echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; echo; done
 
 clean:
-	rm -rf $(BUILD) $(SANBUILD)
+	rm -rf $(BUILD) $(SANBUILD) $(TSANBUILD)
