@@ -128,12 +128,17 @@ typedef enum attn_align {
   ATTN_ALIGN_BOTTOM_RIGHT = 2, /* pos(i) = i + klen(b) − Lq */
 } attn_align;
 
-/* Which implementation runs the call. Every kernel computes the same contract. */
+/* Which implementation runs the call. Every kernel computes the same contract; results of
+ * different kernels may differ in the last bits. */
 typedef enum attn_kernel {
-  ATTN_KERNEL_AUTO = 0, /* the fastest kernel this CPU supports */
+  ATTN_KERNEL_AUTO = 0, /* the fastest kernel this CPU supports, or the one the environment
+                           variable ATTN_ISA names (ref, generic, avx2): an ATTN_ISA the CPU
+                           cannot run fails with ATTN_STATUS_UNSUPPORTED_ISA, an unknown one with
+                           ATTN_STATUS_INVALID_ARGUMENT — never a silent fallback */
   ATTN_KERNEL_REF = 1,  /* textbook formula, fp64 accumulation, materialised scores: the oracle */
   ATTN_KERNEL_GENERIC =
-      2, /* fused tiled online-softmax kernel in portable C, O(tile) extra memory */
+      2,                /* fused tiled online-softmax kernel in portable C, O(tile) extra memory */
+  ATTN_KERNEL_AVX2 = 3, /* the fused kernel with AVX2 + FMA microkernels (x86-64) */
   ATTN_KERNEL_COUNT_
 } attn_kernel;
 
@@ -217,15 +222,16 @@ ATTN_API const char *attn_last_error(void);
 /* "0.1.0" */
 ATTN_API const char *attn_version(void);
 
-/* Kernel names: "auto", "ref", "generic". attn_kernel_from_name returns ATTN_KERNEL_COUNT_ for an
- * unknown name. */
+/* Kernel names: "auto", "ref", "generic", "avx2". attn_kernel_from_name returns
+ * ATTN_KERNEL_COUNT_ for an unknown name. */
 ATTN_API const char *attn_kernel_name(attn_kernel kernel);
 ATTN_API attn_kernel attn_kernel_from_name(const char *name);
 
 /* 1 if this CPU and build can run the kernel, else 0. AUTO is always supported. */
 ATTN_API int attn_kernel_supported(attn_kernel kernel);
 
-/* The kernel ATTN_KERNEL_AUTO resolves to on this CPU. */
+/* The kernel ATTN_KERNEL_AUTO resolves to on this CPU: the ATTN_ISA choice if it is valid and
+ * supported, else the fastest supported kernel. */
 ATTN_API attn_kernel attn_kernel_auto(void);
 
 /* Writes the CPU features attn detected (cpuid plus the OS's xgetbv check), space-separated, e.g.

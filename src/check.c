@@ -170,9 +170,6 @@ static attn_status check_options(const char *fn, const attn_params *p) {
   if ((unsigned)p->kernel >= (unsigned)ATTN_KERNEL_COUNT_)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: kernel (%d) is not an attn_kernel value",
                       fn, (int)p->kernel);
-  if (!attn_kernel_supported(p->kernel))
-    return attn__fail(ATTN_STATUS_UNSUPPORTED_ISA, "%s: kernel %s cannot run on this CPU", fn,
-                      attn_kernel_name(p->kernel));
   return ATTN_STATUS_OK;
 }
 
@@ -218,6 +215,5 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const floa
   pr->scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dim));
   pr->group = Hq / Hkv;
   pr->threads = p->threads ? p->threads : attn__cpu_count();
-  pr->kernel = p->kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : p->kernel;
-  return ATTN_STATUS_OK;
+  return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
 }

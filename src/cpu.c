@@ -5,6 +5,7 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,6 +17,21 @@ static unsigned long long xgetbv0(void) {
   unsigned eax, edx;
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
   return ((unsigned long long)edx << 32) | eax;
+}
+
+static attn__cpu detected;
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
+
+static void detect(void) {
+  char buf[256];
+  attn_cpu_features(buf, sizeof buf);
+  /* whole-word matches in the feature list built below */
+  detected.avx2_fma = strstr(buf, "avx2") != NULL && strstr(buf, "fma") != NULL;
+}
+
+const attn__cpu *attn__cpu_get(void) {
+  pthread_once(&detect_once, detect);
+  return &detected;
 }
 
 char *attn_cpu_features(char *buf, size_t size) {
@@ -48,6 +64,11 @@ char *attn_cpu_features(char *buf, size_t size) {
 char *attn_cpu_features(char *buf, size_t size) {
   if (size) buf[0] = '\0';
   return buf;
+}
+
+const attn__cpu *attn__cpu_get(void) {
+  static const attn__cpu none = {0};
+  return &none;
 }
 #endif
 

@@ -56,6 +56,18 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const fl
                                const float *v, float *o, float *lse, float *probs);
 attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
                                    const float *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
+                                const float *v, float *o, float *lse, float *probs);
+
+/* Resolves p->kernel (AUTO through ATTN_ISA or detection) to a supported kernel, or fails with a
+ * message naming fn. */
+attn_status attn__resolve_kernel(const char *fn, attn_kernel requested, attn_kernel *out);
+
+/* CPU features, detected once (cpu.c). */
+typedef struct attn__cpu {
+  int avx2_fma; /* AVX2 and FMA with OS-saved YMM state */
+} attn__cpu;
+const attn__cpu *attn__cpu_get(void);
 
 /* The forward function of a resolved (non-AUTO, supported) kernel. */
 attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);

@@ -1,0 +1,204 @@
+/*
+ * ukernel_avx2.c — attn__fwd_f32__avx2: AVX2 + FMA microkernels for the fused tile driver
+ * (fwd_tiled.c). Only this file is compiled with -mavx2 -mfma; the kernel table selects it at run
+ * time when cpuid and xgetbv report AVX2, FMA and OS-saved YMM state (cpu.c).
+ *
+ *   qk       S = Qs·Kᵀ: 6×16 register block (12 ymm accumulators, 2 B loads, 6 A broadcasts per
+ *            step of D), K packed transposed [D, 128] so a 16-key panel is one 64-byte row per d.
+ *   softmax  vector row max (NaN tracked), P = exp2((S − m)·log2 e) with the Cephes exp2f
+ *            polynomial and exponent insertion, row sums reduced in a fixed order.
+ *   pv       acc = α·acc + P·V: 6×16 register block over 16-column panels of V (Dv padded to 16),
+ *            α applied when the accumulators are loaded.
+ * Tiles: 96 query rows × 128 keys (S tile 48 KiB, K/V panels ≤ 64 KiB at D = 128: L2-resident).
+ * Accuracy: exp2 relative error ≤ 1.7e-7 on [−126, 0] (Cephes exp2f.c; tested in test_simd);
+ * results below 2^−126 are flushed to 0 (weights under 1e-38 of the row maximum).
+ * Deliberately not done here: AVX-512 (this development machine has none to test it on).
+ */
+#include "../tiled.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+enum { BR = 96, BC = 128, MR = 6, NR = 16 };
+
+static int64_t dv_pad16(int64_t dv) { return attn__round_up(dv, NR); }
+
+/* Kp [D, BC] (transposed): Kp[d][c] = K[j0 + c][d]; columns [cols, round_up(cols, 16)) zero. */
+static void pack_k_t(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
+                     int64_t D, float *dst) {
+  const int cols_p = (int)attn__round_up(cols, NR);
+  for (int c = 0; c < cols; c++) {
+    const float *row = src + (j0 + c) * row_stride;
+    for (int64_t d = 0; d < D; d++)
+      dst[d * BC + c] = row[d * col_stride];
+  }
+  for (int64_t d = 0; d < D; d++)
+    for (int c = cols; c < cols_p; c++)
+      dst[d * BC + c] = 0.0f;
+}
+
+/* S [rows_p, BC] = Qs [rows_p, D] · Kp: 6 rows × 16 columns per register block. */
+static void qk_avx2(const float *qs, const float *kp, int rows_p, int cols, int64_t D, float *s) {
+  const int cols_p = (int)attn__round_up(cols, NR);
+  for (int c0 = 0; c0 < cols_p; c0 += NR)
+    for (int r0 = 0; r0 < rows_p; r0 += MR) {
+      const float *a = qs + (int64_t)r0 * D, *b = kp + c0;
+      __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+      __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+      for (int64_t d = 0; d < D; d++) {
+        const __m256 b0 = _mm256_load_ps(b + d * BC), b1 = _mm256_load_ps(b + d * BC + 8);
+        __m256 x;
+#define ATTN__ROW(r)                                                                               \
+  x = _mm256_broadcast_ss(a + (r)*D + d);                                                          \
+  c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                                                       \
+  c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
+        ATTN__ROW(0) ATTN__ROW(1) ATTN__ROW(2) ATTN__ROW(3) ATTN__ROW(4) ATTN__ROW(5)
+#undef ATTN__ROW
+      }
+      float *o = s + r0 * BC + c0;
+      _mm256_store_ps(o, c00), _mm256_store_ps(o + 8, c01);
+      _mm256_store_ps(o + BC, c10), _mm256_store_ps(o + BC + 8, c11);
+      _mm256_store_ps(o + 2 * BC, c20), _mm256_store_ps(o + 2 * BC + 8, c21);
+      _mm256_store_ps(o + 3 * BC, c30), _mm256_store_ps(o + 3 * BC + 8, c31);
+      _mm256_store_ps(o + 4 * BC, c40), _mm256_store_ps(o + 4 * BC + 8, c41);
+      _mm256_store_ps(o + 5 * BC, c50), _mm256_store_ps(o + 5 * BC + 8, c51);
+    }
+}
+
+/* 2^t for t ≤ 0 (or −inf); 0 where t < −126. Range reduction t = n + f, |f| ≤ ½, then
+ * 2^f = 1 + f·P(f) with the degree-5 minimax P of Cephes exp2f.c (peak relative error 1.7e-7),
+ * and 2^n inserted into the exponent field. */
+static inline __m256 exp2_ps(__m256 t) {
+  const __m256 tc = _mm256_max_ps(t, _mm256_set1_ps(-127.0f));
+  const __m256 n = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(tc, n);
+  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(_mm256_cmp_ps(t, _mm256_set1_ps(-126.0f), _CMP_LT_OQ), r);
+}
+
+/* Horizontal sum and max in a fixed order: ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)). */
+static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+static inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float *alpha) {
+  const int cols_p = (int)attn__round_up(cols, NR); /* padding columns hold −inf */
+  const __m256 log2e = _mm256_set1_ps(0x1.715476p+0f);
+  for (int r = 0; r < rows; r++) {
+    float *row = s + r * BC;
+    __m256 mx = _mm256_set1_ps(-INFINITY), unordered = _mm256_setzero_ps();
+    for (int c = 0; c < cols_p; c += 8) {
+      const __m256 x = _mm256_load_ps(row + c);
+      mx = _mm256_max_ps(mx, x);
+      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    }
+    const float mt = _mm256_movemask_ps(unordered) ? NAN : hmax8(mx);
+    const float m_old = m[r];
+    const float m_new = (isnan(m_old) || isnan(mt)) ? NAN : (mt > m_old ? mt : m_old);
+    if (!isfinite(m_new)) { /* nothing visible yet, a visible NaN, or +inf: the scalar rules */
+      attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
+      continue;
+    }
+    const __m256 vm = _mm256_set1_ps(m_new);
+    __m256 sum = _mm256_setzero_ps();
+    for (int c = 0; c < cols_p; c += 8) {
+      const __m256 e = exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c), vm), log2e));
+      _mm256_store_ps(row + c, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    const float a = expf(m_old - m_new);
+    alpha[r] = a;
+    l[r] = l[r] * a + hsum8(sum);
+    m[r] = m_new;
+  }
+}
+
+/* acc [rows_p, dvp] = α·acc + P [rows_p, BC] · Vs [cols, dvp]: 6 rows × 16 columns per block. */
+static void pv_avx2(const float *p, const float *vs, const float *alpha, int rows_p, int cols,
+                    int64_t dvp, float *acc) {
+  for (int64_t d0 = 0; d0 < dvp; d0 += NR)
+    for (int r0 = 0; r0 < rows_p; r0 += MR) {
+      float *o = acc + (int64_t)r0 * dvp + d0;
+      const float *pp = p + r0 * BC;
+#define ATTN__LOAD(r)                                                                              \
+  const __m256 a##r = _mm256_broadcast_ss(alpha + r0 + (r));                                       \
+  __m256 c##r##0 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp), a##r);                               \
+  __m256 c##r##1 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp + 8), a##r);
+      ATTN__LOAD(0)
+      ATTN__LOAD(1) ATTN__LOAD(2) ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
+#undef ATTN__LOAD
+          for (int c = 0; c < cols; c++) {
+        const float *vr = vs + (int64_t)c * dvp + d0;
+        const __m256 b0 = _mm256_load_ps(vr), b1 = _mm256_load_ps(vr + 8);
+        __m256 x;
+#define ATTN__ROW(r)                                                                               \
+  x = _mm256_broadcast_ss(pp + (r)*BC + c);                                                        \
+  c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                                                       \
+  c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
+        ATTN__ROW(0) ATTN__ROW(1) ATTN__ROW(2) ATTN__ROW(3) ATTN__ROW(4) ATTN__ROW(5)
+#undef ATTN__ROW
+      }
+#define ATTN__STORE(r)                                                                             \
+  _mm256_store_ps(o + (r)*dvp, c##r##0), _mm256_store_ps(o + (r)*dvp + 8, c##r##1);
+      ATTN__STORE(0) ATTN__STORE(1) ATTN__STORE(2) ATTN__STORE(3) ATTN__STORE(4) ATTN__STORE(5)
+#undef ATTN__STORE
+    }
+}
+
+/* pv with invisible pairs skipped, element by element. Each output element sees the same
+ * operations in the same order as in pv_avx2 (acc·α, then one fused multiply-add per visible key
+ * in key order; fmaf is the same correctly rounded operation as a vfmadd lane), so it gives the
+ * same bits whenever the skipped contributions would have been exact zeros. */
+static void pv_masked_avx2(const float *p, const float *vs, const float *alpha,
+                           const unsigned char *vis, int rows_p, int cols, int64_t dvp,
+                           float *acc) {
+  for (int r = 0; r < rows_p; r++)
+    for (int64_t d = 0; d < dvp; d++) {
+      float a = acc[(int64_t)r * dvp + d] * alpha[r];
+      for (int c = 0; c < cols; c++)
+        if (vis[r * BC + c]) a = fmaf(p[r * BC + c], vs[(int64_t)c * dvp + d], a);
+      acc[(int64_t)r * dvp + d] = a;
+    }
+}
+
+void attn__exp2_avx2(const float *t, float *y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, exp2_ps(_mm256_loadu_ps(t + i)));
+  if (i < n) {
+    float in[8], out[8];
+    for (int j = 0; j < 8; j++)
+      in[j] = i + j < n ? t[i + j] : 0.0f;
+    _mm256_storeu_ps(out, exp2_ps(_mm256_loadu_ps(in)));
+    for (int j = 0; i + j < n; j++)
+      y[i + j] = out[j];
+  }
+}
+
+const attn__fwd_ukernel attn__ukernel_avx2 = {
+    BR, BC, MR, NR, dv_pad16, pack_k_t, qk_avx2, softmax_avx2, pv_avx2, pv_masked_avx2,
+};
+
+attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
+                                const float *v, float *o, float *lse, float *probs) {
+  return attn__fwd_tiled(&attn__ukernel_avx2, pr, q, k, v, o, lse, probs);
+}

@@ -1,0 +1,64 @@
+/*
+ * tiled.h — the contract between the fused tile driver (fwd_tiled.c, portable C) and a set of
+ * microkernels (one per instruction set). The driver owns loops, visibility, packing of Q and V,
+ * threads and the empty-row rule; a microkernel set owns the arithmetic on packed tiles.
+ *
+ * Packed layouts (all scratch is 64-byte aligned; row strides below keep rows 32-byte aligned):
+ *   Qs  [rows_p, D]     query rows pre-scaled by `scale`, rows_p = rows rounded up to mr, pad = 0
+ *   Kp  as pack_k writes it (row-major [cols, D] or transposed [D, bc]); padding columns = 0
+ *   Vs  [cols, dvp]     value rows, dvp = dv_pad(Dv) columns, pad = 0
+ *   S   [rows_p, bc]    scores, then probabilities, row stride bc
+ *   acc [rows_p, dvp]   unnormalised output, row stride dvp
+ */
+#ifndef ATTN_TILED_H
+#define ATTN_TILED_H
+
+#include "../internal.h"
+
+typedef struct attn__fwd_ukernel {
+  int br; /* query rows per block: a multiple of mr */
+  int bc; /* keys per tile: a multiple of nr */
+  int mr; /* rows the qk/pv kernels process at once (Q and S rows are padded to it) */
+  int nr; /* columns the kernels process at once (S columns are padded to it with −inf) */
+  int64_t (*dv_pad)(int64_t dv);
+  /* Packs K rows [j0, j0 + cols) of a strided [L, D] matrix for qk; columns up to nr are zero. */
+  void (*pack_k)(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
+                 int64_t D, float *dst);
+  /* S [rows_p, bc] = Qs [rows_p, D] · Kpᵀ for the first round_up(cols, nr) columns. */
+  void (*qk)(const float *qs, const float *kp, int rows_p, int cols, int64_t D, float *s);
+  /* Online-softmax update of rows [0, rows) over columns [0, round_up(cols, nr)); invisible
+   * entries hold −inf. Rewrites S as P = exp(S − m_new), updates m and l, writes alpha =
+   * exp(m_old − m_new) (1 for rows with nothing visible yet, whose P row becomes 0). A visible
+   * NaN makes m NaN, so it reaches the row's O and LSE. */
+  void (*softmax)(float *s, int rows, int cols, float *m, float *l, float *alpha);
+  /* acc [rows_p, dvp] = alpha[r]·acc + P [rows_p, bc] · Vs [cols, dvp]. */
+  void (*pv)(const float *p, const float *vs, const float *alpha, int rows_p, int cols, int64_t dvp,
+             float *acc);
+  /* The same, skipping pairs with vis = 0 (vis [rows_p, bc]); used when the V tile holds a
+   * non-finite value, so NaN behind a mask never meets a 0. Must give bitwise the pv result
+   * whenever V is finite (skipping an exact +0 contribution is exact: acc is never −0). */
+  void (*pv_masked)(const float *p, const float *vs, const float *alpha, const unsigned char *vis,
+                    int rows_p, int cols, int64_t dvp, float *acc);
+} attn__fwd_ukernel;
+
+/* The fused forward over any microkernel set. */
+attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
+                            const float *k, const float *v, float *o, float *lse, float *probs);
+
+/* Packs rows [j0, j0 + cols) of a strided [L, n] matrix into dst [cols, ld] (columns [n, ld)
+ * zero); returns 1 if every packed value is finite. */
+int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
+                    int64_t n, int64_t ld, float *dst);
+
+/* Portable scalar online-softmax update of one row (used by every set for rows whose running max
+ * is not finite, and by the generic set for all rows). */
+void attn__softmax_row_scalar(float *row, int cols, float *m, float *l, float *alpha);
+
+extern const attn__fwd_ukernel attn__ukernel_generic;
+#if defined(__x86_64__) || defined(__i386__)
+extern const attn__fwd_ukernel attn__ukernel_avx2;
+#endif
+
+static inline int64_t attn__round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+#endif
