@@ -41,6 +41,8 @@ static void usage(FILE *f) {
         "           [--kv-len N0,N1,...] [--mask M.npy] [--bias B.npy] [--softcap C]\n"
         "           [--alibi SLOPES.npy] [--threads N] [--kernel auto|ref|generic]\n"
         "  attn info\n"
+        "  attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME]\n"
+        "             [--reps N] [--csv] [--long] [--quick]\n"
         "\n"
         "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv] are little-endian float32 C-order .npy;\n"
         "O [B,Hq,Lq,Dv], LSE [B,Hq,Lq] and P [B,Hq,Lq,Lk] are written as float32 .npy.\n"
@@ -436,6 +438,8 @@ static int cmd_info(void) {
   return 0;
 }
 
+int cmd_bench(int argc, char **argv); /* bench.c */
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
@@ -443,10 +447,11 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
   if (strcmp(argv[1], "info") == 0) return cmd_info();
+  if (strcmp(argv[1], "bench") == 0) return cmd_bench(argc - 2, argv + 2);
   if (strcmp(argv[1], "--version") == 0) return printf("attn %s\n", attn_version()) < 0;
   if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
     usage(stdout);
     return 0;
   }
-  return fail(EXIT_BAD_INPUT, "unknown command '%s' (run, info, --help)", argv[1]);
+  return fail(EXIT_BAD_INPUT, "unknown command '%s' (run, info, bench, --help)", argv[1]);
 }

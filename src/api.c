@@ -45,8 +45,23 @@ attn_status attn_forward(const attn_params *p, const float *q, const float *k, c
                          float *o, float *lse, float *probs) {
   attn__problem pr;
   attn__clear_error();
-  attn_status st = attn__check_forward("attn_forward", p, q, k, v, o, lse, probs, &pr);
+  attn_status st = attn__check_forward("attn_forward", p, q, k, v, o, lse, probs, 1, &pr);
   if (st != ATTN_STATUS_OK) return st;
   if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) return ATTN_STATUS_OK;
   return attn__kernel_fwd(pr.kernel)(&pr, q, k, v, o, lse, probs);
+}
+
+attn_status attn_forward_scratch_bytes(const attn_params *p, size_t *bytes) {
+  attn__problem pr;
+  attn__clear_error();
+  if (!bytes)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "attn_forward_scratch_bytes: bytes is NULL");
+  attn_status st = attn__check_forward("attn_forward_scratch_bytes", p, NULL, NULL, NULL, NULL,
+                                       NULL, NULL, 0, &pr);
+  if (st != ATTN_STATUS_OK) return st;
+  if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) {
+    *bytes = 0;
+    return ATTN_STATUS_OK;
+  }
+  return attn__kernel_scratch(pr.kernel)(&pr, bytes);
 }

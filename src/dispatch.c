@@ -21,14 +21,15 @@ typedef struct kernel_entry {
   int auto_rank; /* lower is preferred by AUTO; 0 = never chosen by AUTO */
   int (*supported)(void);
   attn__fwd_fn fwd;
+  attn__scratch_fn scratch;
 } kernel_entry;
 
 static const kernel_entry kernels[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {ATTN_KERNEL_AVX2, "avx2", 1, has_avx2_fma, attn__fwd_f32__avx2},
+    {ATTN_KERNEL_AVX2, "avx2", 1, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2},
 #endif
-    {ATTN_KERNEL_GENERIC, "generic", 2, always, attn__fwd_f32__generic},
-    {ATTN_KERNEL_REF, "ref", 0, always, attn__fwd_f32__ref},
+    {ATTN_KERNEL_GENERIC, "generic", 2, always, attn__fwd_f32__generic, attn__scratch_f32__generic},
+    {ATTN_KERNEL_REF, "ref", 0, always, attn__fwd_f32__ref, attn__scratch_f32__ref},
 };
 enum { N_KERNELS = sizeof kernels / sizeof kernels[0] };
 
@@ -118,4 +119,9 @@ attn_kernel attn_kernel_auto(void) {
 attn__fwd_fn attn__kernel_fwd(attn_kernel kernel) {
   const kernel_entry *e = find(kernel);
   return e ? e->fwd : NULL;
+}
+
+attn__scratch_fn attn__kernel_scratch(attn_kernel kernel) {
+  const kernel_entry *e = find(kernel);
+  return e ? e->scratch : NULL;
 }

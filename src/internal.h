@@ -32,10 +32,11 @@ typedef struct attn__problem {
   attn_kernel kernel;   /* resolved kernel, never AUTO */
 } attn__problem;
 
-/* Validates every argument of attn_forward before any output is written; fills *pr on success. */
+/* Validates every argument of attn_forward before any output is written; fills *pr on success.
+ * check_pointers = 0 validates shapes, strides and options only (for size queries). */
 attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
                                 const float *k, const float *v, const float *o, const float *lse,
-                                const float *probs, attn__problem *pr);
+                                const float *probs, int check_pointers, attn__problem *pr);
 
 /* klen(b): per-batch key length or len_k. */
 static inline int64_t attn__klen(const attn_params *p, int64_t b) {
@@ -69,8 +70,15 @@ typedef struct attn__cpu {
 } attn__cpu;
 const attn__cpu *attn__cpu_get(void);
 
-/* The forward function of a resolved (non-AUTO, supported) kernel. */
+/* Bytes of scratch a kernel allocates for a validated call. */
+typedef attn_status (*attn__scratch_fn)(const attn__problem *pr, size_t *bytes);
+attn_status attn__scratch_f32__ref(const attn__problem *pr, size_t *bytes);
+attn_status attn__scratch_f32__generic(const attn__problem *pr, size_t *bytes);
+attn_status attn__scratch_f32__avx2(const attn__problem *pr, size_t *bytes);
+
+/* The forward and scratch-size functions of a resolved (non-AUTO, supported) kernel. */
 attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);
+attn__scratch_fn attn__kernel_scratch(attn_kernel kernel);
 
 /* ---- threads (threads.c) ---- */
 

@@ -304,29 +304,48 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   }
 }
 
-attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
-                            const float *k, const float *v, float *o, float *lse, float *probs) {
-  const attn_params *p = pr->p;
-  fwd_job job = {
-      uk,   pr, q, k, v, o, lse, probs, (p->len_q + uk->br - 1) / uk->br, uk->dv_pad(p->dim_v),
-      NULL, 0};
-  int64_t n_items;
+/* Sizes the job: items, workers, per-worker scratch. */
+static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
+  const attn_params *p = job->pr->p;
   size_t offs[N_PARTS];
-  if (!attn__mul_ok(p->batch, p->heads_q, &n_items) ||
-      !attn__mul_ok(n_items, job.n_qblocks, &n_items) ||
-      !scratch_layout(uk, p->dim, job.dvp, offs, &job.scratch_bytes))
+  job->n_qblocks = (p->len_q + job->uk->br - 1) / job->uk->br;
+  job->dvp = job->uk->dv_pad(p->dim_v);
+  if (!attn__mul_ok(p->batch, p->heads_q, n_items) ||
+      !attn__mul_ok(*n_items, job->n_qblocks, n_items) ||
+      !scratch_layout(job->uk, p->dim, job->dvp, offs, &job->scratch_bytes))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
                       (long long)p->dim, (long long)p->dim_v);
-  int workers = pr->threads;
-  if (workers > n_items) workers = (int)n_items;
+  *workers = job->pr->threads;
+  if (*workers > *n_items) *workers = (int)*n_items;
+  if (job->scratch_bytes > SIZE_MAX / (size_t)*workers)
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "attn_forward: scratch size overflows");
+  return ATTN_STATUS_OK;
+}
+
+attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
+                            const float *k, const float *v, float *o, float *lse, float *probs) {
+  fwd_job job = {uk, pr, q, k, v, o, lse, probs, 0, 0, NULL, 0};
+  int workers = 1;
+  int64_t n_items;
+  attn_status st = plan(&job, &workers, &n_items);
+  if (st != ATTN_STATUS_OK) return st;
   /* all scratch is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
-  if (job.scratch_bytes > SIZE_MAX / (size_t)workers ||
-      !(job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers)))
+  if (!(job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers)))
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: could not allocate %d x %zu bytes of tile scratch", workers,
                       job.scratch_bytes);
   attn__parallel_for(workers, n_items, fwd_item, &job);
   free(job.scratch);
   return ATTN_STATUS_OK;
+}
+
+attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
+                                size_t *bytes) {
+  fwd_job job = {uk, pr, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, 0};
+  int workers = 1;
+  int64_t n_items;
+  attn_status st = plan(&job, &workers, &n_items);
+  if (st == ATTN_STATUS_OK) *bytes = job.scratch_bytes * (size_t)workers;
+  return st;
 }

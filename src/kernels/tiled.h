@@ -45,6 +45,10 @@ typedef struct attn__fwd_ukernel {
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
                             const float *k, const float *v, float *o, float *lse, float *probs);
 
+/* Bytes of scratch attn__fwd_tiled allocates for this call. */
+attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
+                                size_t *bytes);
+
 /* Packs rows [j0, j0 + cols) of a strided [L, n] matrix into dst [cols, ld] (columns [n, ld)
  * zero); returns 1 if every packed value is finite. */
 int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,

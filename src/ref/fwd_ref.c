@@ -106,3 +106,8 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const fl
   free(vis);
   return ATTN_STATUS_OK;
 }
+
+attn_status attn__scratch_f32__ref(const attn__problem *pr, size_t *bytes) {
+  *bytes = (size_t)(pr->p->len_k > 0 ? pr->p->len_k : 1) * (sizeof(double) + 1);
+  return ATTN_STATUS_OK;
+}

@@ -23,18 +23,52 @@ enum { BR = 96, BC = 128, MR = 6, NR = 16 };
 
 static int64_t dv_pad16(int64_t dv) { return attn__round_up(dv, NR); }
 
-/* Kp [D, BC] (transposed): Kp[d][c] = K[j0 + c][d]; columns [cols, round_up(cols, 16)) zero. */
+/* Transposes the 8×8 block at src (row stride ld_src) into dst (row stride ld_dst). */
+static inline void transpose8(const float *src, int64_t ld_src, float *dst, int64_t ld_dst) {
+  __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld_src),
+         r2 = _mm256_loadu_ps(src + 2 * ld_src), r3 = _mm256_loadu_ps(src + 3 * ld_src),
+         r4 = _mm256_loadu_ps(src + 4 * ld_src), r5 = _mm256_loadu_ps(src + 5 * ld_src),
+         r6 = _mm256_loadu_ps(src + 6 * ld_src), r7 = _mm256_loadu_ps(src + 7 * ld_src);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+         t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+         t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
+         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
+         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
+         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  _mm256_store_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_store_ps(dst + ld_dst, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_store_ps(dst + 2 * ld_dst, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_store_ps(dst + 3 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_store_ps(dst + 4 * ld_dst, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_store_ps(dst + 5 * ld_dst, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_store_ps(dst + 6 * ld_dst, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_store_ps(dst + 7 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* Kp [D, BC] (transposed): Kp[d][c] = K[j0 + c][d]; columns [cols, round_up(cols, 16)) zero.
+ * Contiguous rows go through 8×8 register transposes (8 loads, 8 stores per 64 values); the
+ * rest element by element. */
 static void pack_k_t(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                      int64_t D, float *dst) {
   const int cols_p = (int)attn__round_up(cols, NR);
-  for (int c = 0; c < cols; c++) {
-    const float *row = src + (j0 + c) * row_stride;
-    for (int64_t d = 0; d < D; d++)
-      dst[d * BC + c] = row[d * col_stride];
+  int c = 0;
+  int64_t d8 = 0;
+  if (col_stride == 1) {
+    d8 = D & ~(int64_t)7;
+    for (; c + 8 <= cols; c += 8)
+      for (int64_t d = 0; d < d8; d += 8)
+        transpose8(src + (j0 + c) * row_stride + d, row_stride, dst + d * BC + c, BC);
+  }
+  for (int cc = 0; cc < cols; cc++) { /* whatever the blocks did not cover */
+    const float *row = src + (j0 + cc) * row_stride;
+    for (int64_t d = cc < c ? d8 : 0; d < D; d++)
+      dst[d * BC + cc] = row[d * col_stride];
   }
   for (int64_t d = 0; d < D; d++)
-    for (int c = cols; c < cols_p; c++)
-      dst[d * BC + c] = 0.0f;
+    for (int cc = cols; cc < cols_p; cc++)
+      dst[d * BC + cc] = 0.0f;
 }
 
 /* S [rows_p, BC] = Qs [rows_p, D] · Kp: 6 rows × 16 columns per register block. */
@@ -144,7 +178,8 @@ static void pv_avx2(const float *p, const float *vs, const float *alpha, int row
   __m256 c##r##0 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp), a##r);                               \
   __m256 c##r##1 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp + 8), a##r);
       ATTN__LOAD(0)
-      ATTN__LOAD(1) ATTN__LOAD(2) ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
+      ATTN__LOAD(1)
+      ATTN__LOAD(2) ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
 #undef ATTN__LOAD
           for (int c = 0; c < cols; c++) {
         const float *vr = vs + (int64_t)c * dvp + d0;
@@ -201,4 +236,8 @@ const attn__fwd_ukernel attn__ukernel_avx2 = {
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
                                 const float *v, float *o, float *lse, float *probs) {
   return attn__fwd_tiled(&attn__ukernel_avx2, pr, q, k, v, o, lse, probs);
+}
+
+attn_status attn__scratch_f32__avx2(const attn__problem *pr, size_t *bytes) {
+  return attn__scratch_tiled(&attn__ukernel_avx2, pr, bytes);
 }

@@ -81,3 +81,7 @@ attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, cons
                                    const float *v, float *o, float *lse, float *probs) {
   return attn__fwd_tiled(&attn__ukernel_generic, pr, q, k, v, o, lse, probs);
 }
+
+attn_status attn__scratch_f32__generic(const attn__problem *pr, size_t *bytes) {
+  return attn__scratch_tiled(&attn__ukernel_generic, pr, bytes);
+}

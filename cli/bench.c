@@ -1,0 +1,272 @@
+/*
+ * bench.c — `attn bench`: times attn_forward on a list of shapes and reports, per shape, the median
+ * and minimum time after a warm-up, GFLOP/s (2·(D+Dv) FLOPs per visible (query, key) pair: causal
+ * counts only visible pairs), the percentage of the machine's fp32 FMA peak measured in the same
+ * run on the same threads, the scratch memory the call allocates, and a check of sampled rows
+ * against the ref kernel. Decode shapes (Lq ≤ 16) also report GB/s of K/V read against the
+ * measured memory read bandwidth.
+ *
+ *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
+ *              [--csv] [--long] [--quick]
+ */
+#include "attn.h"
+#include "machine.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct shape {
+  int64_t B, Hq, Hkv, Lq, Lk, D;
+  int causal;
+} shape;
+
+static const shape default_shapes[] = {
+    {1, 2, 2, 1024, 1024, 64, 0}, {1, 2, 2, 2048, 2048, 64, 0},  {1, 2, 2, 4096, 4096, 64, 0},
+    {1, 2, 2, 8192, 8192, 64, 0}, {1, 2, 2, 2048, 2048, 128, 0}, {1, 2, 2, 4096, 4096, 128, 0},
+    {1, 2, 2, 4096, 4096, 64, 1}, {1, 2, 2, 4096, 4096, 128, 1}, {4, 8, 8, 512, 512, 64, 0},
+    {1, 32, 8, 1, 32768, 128, 1},
+};
+static const shape long_shapes[] = {
+    {1, 2, 2, 16384, 16384, 64, 0},
+    {1, 1, 1, 131072, 131072, 64, 1},
+};
+static const shape quick_shapes[] = {
+    {1, 2, 2, 512, 512, 64, 0},
+    {1, 2, 2, 512, 512, 64, 1},
+    {1, 8, 2, 1, 4096, 128, 1},
+};
+
+static int parse_shape(const char *s, shape *out) {
+  long long v[7] = {0};
+  char tail[16] = "";
+  int n = sscanf(s, "%lld,%lld,%lld,%lld,%lld,%lld,%15s", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                 tail);
+  if (n < 6) return -1;
+  for (int i = 0; i < 6; i++)
+    if (v[i] < 1) return -1;
+  *out = (shape){v[0], v[1], v[2], v[3], v[4], v[5], 0};
+  if (n == 7) {
+    if (strcmp(tail, "causal") != 0) return -1;
+    out->causal = 1;
+  }
+  return 0;
+}
+
+/* Visible (query, key) pairs of one (batch, head): bottom-right causal, as the bench runs it. */
+static double visible_pairs(const shape *s) {
+  if (!s->causal) return (double)s->Lq * (double)s->Lk;
+  double n = 0;
+  for (int64_t i = 0; i < s->Lq; i++) {
+    int64_t pos = i + s->Lk - s->Lq;
+    n += (double)(pos < 0 ? 0 : (pos + 1 < s->Lk ? pos + 1 : s->Lk));
+  }
+  return n;
+}
+
+static void fill(float *x, size_t n, uint64_t seed) {
+  uint64_t st = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (size_t i = 0; i < n; i++) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    x[i] = (float)((double)(st >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+  }
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static void cpu_model(char *buf, size_t size) {
+  snprintf(buf, size, "unknown");
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  char line[256];
+  while (f && fgets(line, sizeof line, f))
+    if (strncmp(line, "model name", 10) == 0) {
+      char *c = strchr(line, ':');
+      if (c) snprintf(buf, size, "%s", c + 2);
+      buf[strcspn(buf, "\n")] = '\0';
+      break;
+    }
+  if (f) fclose(f);
+}
+
+/* Checks rows {0, Lq/2, Lq−1} of heads {0, Hq−1} against the ref kernel; returns max |error| and
+ * the largest |ref| seen. */
+static void check_rows(const shape *s, const attn_params *full, const float *q, const float *k,
+                       const float *v, const float *o, double *max_err, double *max_ref) {
+  const int64_t rows[3] = {0, s->Lq / 2, s->Lq - 1}, heads[2] = {0, s->Hq - 1};
+  float *ref = malloc(sizeof(float) * (size_t)s->D);
+  *max_err = 0, *max_ref = 0;
+  for (int hi = 0; hi < 2; hi++)
+    for (int ri = 0; ri < 3; ri++) {
+      const int64_t h = heads[hi], i = rows[ri], hk = h / (s->Hq / s->Hkv);
+      const int64_t pos = i + s->Lk - s->Lq;
+      const int64_t lk = s->causal ? (pos + 1 < s->Lk ? pos + 1 : s->Lk) : s->Lk;
+      attn_params one;
+      attn_params_init(&one, 1, 1, 1, 1, lk, s->D, s->D);
+      one.causal = s->causal;
+      one.align = ATTN_ALIGN_BOTTOM_RIGHT; /* pos(0) = lk − 1, as row i of the full problem */
+      one.kernel = ATTN_KERNEL_REF;
+      one.threads = 1;
+      if (lk < 1) continue;
+      const float *qi = q + h * full->q_stride[1] + i * full->q_stride[2];
+      const float *kh = k + hk * full->k_stride[1], *vh = v + hk * full->v_stride[1];
+      if (attn_forward(&one, qi, kh, vh, ref, NULL, NULL) != ATTN_STATUS_OK) continue;
+      const float *oi = o + h * full->o_stride[1] + i * full->o_stride[2];
+      for (int64_t d = 0; d < s->D; d++) {
+        double e = fabs((double)oi[d] - ref[d]);
+        if (e > *max_err || isnan(e)) *max_err = isnan(e) ? INFINITY : e;
+        if (fabs(ref[d]) > *max_ref) *max_ref = fabs(ref[d]);
+      }
+    }
+  free(ref);
+}
+
+int cmd_bench(int argc, char **argv) {
+  shape shapes[64];
+  int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0;
+  attn_kernel kernel = ATTN_KERNEL_AUTO;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(a, "--csv") == 0)
+      csv = 1;
+    else if (strcmp(a, "--long") == 0)
+      with_long = 1;
+    else if (strcmp(a, "--quick") == 0)
+      quick = 1;
+    else if (strcmp(a, "--shape") == 0 && val && n_shapes < 64) {
+      if (parse_shape(val, &shapes[n_shapes++]) != 0) {
+        fprintf(stderr, "attn bench: --shape '%s' must be B,Hq,Hkv,Lq,Lk,D[,causal]\n", val);
+        return 2;
+      }
+      i++;
+    } else if (strcmp(a, "--threads") == 0 && val) {
+      threads = atoi(val), i++;
+      if (threads < 0 || threads > ATTN_MAX_THREADS) {
+        fprintf(stderr, "attn bench: --threads '%s' must be 0 to %d\n", val, ATTN_MAX_THREADS);
+        return 2;
+      }
+    } else if (strcmp(a, "--reps") == 0 && val) {
+      reps = atoi(val), i++;
+      if (reps < 1 || reps > 1000) {
+        fprintf(stderr, "attn bench: --reps '%s' must be 1 to 1000\n", val);
+        return 2;
+      }
+    } else if (strcmp(a, "--kernel") == 0 && val) {
+      kernel = attn_kernel_from_name(val), i++;
+      if (kernel == ATTN_KERNEL_COUNT_ || !attn_kernel_supported(kernel)) {
+        fprintf(stderr, "attn bench: --kernel '%s' is unknown or not supported here\n", val);
+        return 2;
+      }
+    } else {
+      fprintf(stderr, "attn bench: unknown option '%s'\n", a);
+      return 2;
+    }
+  }
+  if (n_shapes == 0) {
+    const shape *list = quick ? quick_shapes : default_shapes;
+    int n = quick ? (int)(sizeof quick_shapes / sizeof quick_shapes[0])
+                  : (int)(sizeof default_shapes / sizeof default_shapes[0]);
+    for (int i = 0; i < n; i++)
+      shapes[n_shapes++] = list[i];
+    if (with_long)
+      for (size_t i = 0; i < sizeof long_shapes / sizeof long_shapes[0]; i++)
+        shapes[n_shapes++] = long_shapes[i];
+  }
+  if (threads == 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+
+  char model[128], features[256];
+  cpu_model(model, sizeof model);
+  attn_cpu_features(features, sizeof features);
+  const attn_kernel resolved = kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : kernel;
+  const double peak = machine_fma_peak_gflops(threads);
+  const double bandwidth = machine_read_bandwidth_gbs(threads);
+  if (csv) {
+    printf("kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,t_med_ms,t_min_ms,gflops,peak_pct,gbs,bw_pct,"
+           "scratch_kib,max_err,check\n");
+  } else {
+    printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
+    printf("kernel %s, %d threads | fp32 FMA peak measured now: %.1f GFLOP/s | read bandwidth: "
+           "%.1f GB/s\n",
+           attn_kernel_name(resolved), threads, peak, bandwidth);
+    printf("FLOPs = 2*(D+Dv) per visible (query,key) pair; causal = bottom-right, visible pairs "
+           "only; median of %d runs after 1 warm-up\n\n",
+           reps);
+    printf("%-44s %9s %9s %8s %7s %8s %10s %9s %s\n", "shape", "t_med ms", "t_min ms", "GFLOP/s",
+           "%peak", "GB/s", "scratch", "max err", "check");
+  }
+  int failures = 0;
+  for (int si = 0; si < n_shapes; si++) {
+    const shape *s = &shapes[si];
+    if (s->Hq % s->Hkv != 0) {
+      fprintf(stderr, "attn bench: Hq %" PRId64 " is not a multiple of Hkv %" PRId64 "\n", s->Hq,
+              s->Hkv);
+      return 2;
+    }
+    const size_t nq = (size_t)(s->B * s->Hq * s->Lq * s->D),
+                 nk = (size_t)(s->B * s->Hkv * s->Lk * s->D);
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *o = malloc(nq * 4);
+    if (!q || !k || !v || !o) {
+      fprintf(stderr, "attn bench: out of memory\n");
+      return 1;
+    }
+    fill(q, nq, 1), fill(k, nk, 2), fill(v, nk, 3);
+    attn_params p;
+    attn_params_init(&p, s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->D);
+    p.causal = s->causal;
+    p.align = ATTN_ALIGN_BOTTOM_RIGHT;
+    p.threads = threads;
+    p.kernel = kernel;
+    size_t scratch = 0;
+    attn_forward_scratch_bytes(&p, &scratch);
+    double times[1000];
+    attn_status st = attn_forward(&p, q, k, v, o, NULL, NULL); /* warm-up */
+    for (int r = 0; r < reps && st == ATTN_STATUS_OK; r++) {
+      double t0 = machine_now();
+      st = attn_forward(&p, q, k, v, o, NULL, NULL);
+      times[r] = machine_now() - t0;
+    }
+    if (st != ATTN_STATUS_OK) {
+      fprintf(stderr, "attn bench: %s\n", attn_last_error());
+      return 1;
+    }
+    qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+    const double t_med = times[reps / 2], t_min = times[0];
+    const double flops = 2.0 * (double)(s->D + s->D) * visible_pairs(s) * (double)(s->B * s->Hq);
+    const double gflops = flops / t_med * 1e-9;
+    const double kv_bytes = 2.0 * (double)nk * 4;
+    const int decode = s->Lq <= 16;
+    const double gbs = kv_bytes / t_med * 1e-9;
+    double err, ref_mag;
+    check_rows(s, &p, q, k, v, o, &err, &ref_mag);
+    const int pass = err <= 1e-5 * (1.0 + ref_mag);
+    failures += !pass;
+    char name[96];
+    snprintf(name, sizeof name,
+             "B=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 " L=%" PRId64 "x%" PRId64 " D=%" PRId64
+             "%s",
+             s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal ? " causal" : "");
+    if (csv)
+      printf("%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
+             ",%d,%d,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
+             attn_kernel_name(resolved), s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal,
+             threads, t_med * 1e3, t_min * 1e3, gflops, 100 * gflops / peak, gbs,
+             decode ? 100 * gbs / bandwidth : 0.0, (double)scratch / 1024, err,
+             pass ? "PASS" : "FAIL");
+    else
+      printf("%-44s %9.3f %9.3f %8.1f %6.1f%% %8s %7.0f KiB %9.2g %s\n", name, t_med * 1e3,
+             t_min * 1e3, gflops, 100 * gflops / peak,
+             decode ? (snprintf(name, sizeof name, "%.1f", gbs), name) : "-",
+             (double)scratch / 1024, err, pass ? "PASS" : "FAIL");
+    if (!csv && decode)
+      printf("%-44s K/V read at %.1f GB/s = %.0f%% of the measured read bandwidth\n", "", gbs,
+             100 * gbs / bandwidth);
+    fflush(stdout);
+    free(q), free(k), free(v), free(o);
+  }
+  return failures ? 1 : 0;
+}
