@@ -5,7 +5,7 @@ TSANBUILD ?= build-tsan
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build test test-release test-sanitize test-tsan demo clean
+.PHONY: all build test test-release test-sanitize test-tsan demo bench clean
 
 all: build
 
@@ -34,6 +34,12 @@ test-tsan:
 # The main job: for now the three kinds of attention, one example each.
 demo: build
 	@for ex in bidirectional causal cross; do echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; echo; done
+
+# Speed: attn's own table (% of the FMA peak measured in the same run), then the same shapes
+# through PyTorch SDPA and numpy (installed into .venv-bench on first use; benchmark-only).
+bench: build
+	./$(BUILD)/attn bench
+	python3 bench/peers.py
 
 clean:
 	rm -rf $(BUILD) $(SANBUILD) $(TSANBUILD)

@@ -222,7 +222,7 @@ int cmd_bench(int argc, char **argv) {
     p.threads = threads;
     p.kernel = kernel;
     size_t scratch = 0;
-    attn_forward_scratch_bytes(&p, &scratch);
+    attn_forward_scratch_bytes(&p, 0, &scratch);
     double times[1000];
     attn_status st = attn_forward(&p, q, k, v, o, NULL, NULL); /* warm-up */
     for (int r = 0; r < reps && st == ATTN_STATUS_OK; r++) {
@@ -257,11 +257,13 @@ int cmd_bench(int argc, char **argv) {
              threads, t_med * 1e3, t_min * 1e3, gflops, 100 * gflops / peak, gbs,
              decode ? 100 * gbs / bandwidth : 0.0, (double)scratch / 1024, err,
              pass ? "PASS" : "FAIL");
-    else
+    else {
+      char gbs_str[32] = "-";
+      if (decode) snprintf(gbs_str, sizeof gbs_str, "%.1f", gbs);
       printf("%-44s %9.3f %9.3f %8.1f %6.1f%% %8s %7.0f KiB %9.2g %s\n", name, t_med * 1e3,
-             t_min * 1e3, gflops, 100 * gflops / peak,
-             decode ? (snprintf(name, sizeof name, "%.1f", gbs), name) : "-",
-             (double)scratch / 1024, err, pass ? "PASS" : "FAIL");
+             t_min * 1e3, gflops, 100 * gflops / peak, gbs_str, (double)scratch / 1024, err,
+             pass ? "PASS" : "FAIL");
+    }
     if (!csv && decode)
       printf("%-44s K/V read at %.1f GB/s = %.0f%% of the measured read bandwidth\n", "", gbs,
              100 * gbs / bandwidth);

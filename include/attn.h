@@ -212,11 +212,12 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
 ATTN_API attn_status attn_forward(const attn_params *p, const float *q, const float *k,
                                   const float *v, float *o, float *lse, float *probs);
 
-/* The extra memory (bytes) attn_forward allocates for this call: tile scratch for the fused
- * kernels, one row of scores for ref; the outputs are the caller's. Validates p like attn_forward
- * (pointers are not needed: pass the shapes, strides and options). Returns ATTN_STATUS_OK and sets
- * *bytes. */
-ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, size_t *bytes);
+/* The extra memory (bytes) attn_forward allocates for this call (with_probs: whether P will be
+ * requested): tile scratch and decode partials for the fused kernels, one row of scores for ref;
+ * the outputs are the caller's. Validates p like attn_forward (pointers are not needed: pass the
+ * shapes, strides and options). Returns ATTN_STATUS_OK and sets *bytes. */
+ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs,
+                                                size_t *bytes);
 
 /* A static, never-NULL description of a status ("invalid argument"); "unknown status" otherwise. */
 ATTN_API const char *attn_status_str(attn_status status);

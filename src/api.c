@@ -51,7 +51,7 @@ attn_status attn_forward(const attn_params *p, const float *q, const float *k, c
   return attn__kernel_fwd(pr.kernel)(&pr, q, k, v, o, lse, probs);
 }
 
-attn_status attn_forward_scratch_bytes(const attn_params *p, size_t *bytes) {
+attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs, size_t *bytes) {
   attn__problem pr;
   attn__clear_error();
   if (!bytes)
@@ -63,5 +63,5 @@ attn_status attn_forward_scratch_bytes(const attn_params *p, size_t *bytes) {
     *bytes = 0;
     return ATTN_STATUS_OK;
   }
-  return attn__kernel_scratch(pr.kernel)(&pr, bytes);
+  return attn__kernel_scratch(pr.kernel)(&pr, with_probs != 0, bytes);
 }

@@ -71,10 +71,10 @@ typedef struct attn__cpu {
 const attn__cpu *attn__cpu_get(void);
 
 /* Bytes of scratch a kernel allocates for a validated call. */
-typedef attn_status (*attn__scratch_fn)(const attn__problem *pr, size_t *bytes);
-attn_status attn__scratch_f32__ref(const attn__problem *pr, size_t *bytes);
-attn_status attn__scratch_f32__generic(const attn__problem *pr, size_t *bytes);
-attn_status attn__scratch_f32__avx2(const attn__problem *pr, size_t *bytes);
+typedef attn_status (*attn__scratch_fn)(const attn__problem *pr, int with_probs, size_t *bytes);
+attn_status attn__scratch_f32__ref(const attn__problem *pr, int with_probs, size_t *bytes);
+attn_status attn__scratch_f32__generic(const attn__problem *pr, int with_probs, size_t *bytes);
+attn_status attn__scratch_f32__avx2(const attn__problem *pr, int with_probs, size_t *bytes);
 
 /* The forward and scratch-size functions of a resolved (non-AUTO, supported) kernel. */
 attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);

@@ -105,6 +105,25 @@ int main(void) {
     }
     drop(&first);
     tcase_free(&c);
+
+    /* decode: Lq = 3 against 2600 keys (split-key path), every thread count bitwise equal */
+    tspec d = tspec_shape(2, 8, 2, 3, 2600, 64, 64);
+    d.causal = 1, d.align = ATTN_ALIGN_BOTTOM_RIGHT, d.kv_len = 1, d.bias = BIAS_FULL;
+    tcase dc;
+    tcase_make(&dc, &d);
+    touts o1, on;
+    touts_make(&o1, &dc, 1, 0);
+    CHECK(t_run(&dc, kern, 1, &o1) == ATTN_STATUS_OK);
+    for (size_t t = 0; t < sizeof counts / sizeof counts[0]; t++) {
+      touts_make(&on, &dc, 1, 0);
+      CHECK(t_run(&dc, kern, counts[t], &on) == ATTN_STATUS_OK);
+      CHECKF(memcmp(o1.o.alloc, on.o.alloc, 2 * T_GUARD_BYTES + o1.o.extent_bytes) == 0 &&
+                 memcmp(o1.lse.alloc, on.lse.alloc, 2 * T_GUARD_BYTES + o1.lse.extent_bytes) == 0,
+             "decode: %d threads differ from 1 thread (%s)", counts[t], attn_kernel_name(kern));
+      touts_free(&on);
+    }
+    touts_free(&o1);
+    tcase_free(&dc);
   }
   return t_finish("test_determinism");
 }

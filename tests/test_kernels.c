@@ -177,6 +177,26 @@ static void sweep_numbers(void) {
   tcase_free(&c);
 }
 
+/* Decode (Lq ≤ 16 against ≥ 1024 keys): the split-key path with per-chunk partials merged through
+ * their log-sum-exp, all query heads of a KV group in one block. */
+static void sweep_decode(void) {
+  static const int64_t lq[] = {1, 3, 16}, lk[] = {1024, 1537, 4099};
+  static const int64_t heads[][2] = {{4, 4}, {8, 2}, {8, 1}};
+  int n = 0;
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 3; b++, n++) {
+      tspec s = tspec_shape(2, heads[n % 3][0], heads[n % 3][1], lq[a], lk[b], 64 + 16 * (n % 3),
+                            48 + 17 * (n % 2));
+      s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+      s.kv_len = n % 2;
+      s.layout = n % N_LAYOUTS;
+      check_all_kernels(&s, 0);
+      s.causal = 0, s.window_left = 700, s.window_right = 0, s.mask = 1 + n % 4;
+      s.bias = 1 + n % 3, s.alibi = n % 2, s.softcap = n % 3 ? 0.0f : 6.0f;
+      check_all_kernels(&s, 0);
+    }
+}
+
 int main(int argc, char **argv) {
   seed_base = argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
   printf("test_kernels: seed %llu\n", (unsigned long long)seed_base);
@@ -186,6 +206,7 @@ int main(int argc, char **argv) {
   sweep_shapes();
   sweep_features();
   sweep_numbers();
+  sweep_decode();
   printf("  %d cases\n", n_cases);
   return t_finish("test_kernels");
 }

@@ -163,7 +163,7 @@ static void test_masked_values(attn_kernel kern) {
     const char *name;
     tspec spec;
     poison_fn fn;
-  } cases[4];
+  } cases[5];
   tspec s = tspec_shape(3, 4, 2, 67, 200, 24, 20);
   s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
   cases[0].name = "beyond kv_len", cases[0].spec = s, cases[0].fn = poison_beyond_kv_len;
@@ -177,8 +177,11 @@ static void test_masked_values(attn_kernel kern) {
   s = tspec_shape(2, 2, 1, 50, 260, 16, 16);
   s.bias = BIAS_FULL;
   cases[3].name = "-inf bias keys", cases[3].spec = s, cases[3].fn = poison_neginf_keys;
+  s = tspec_shape(3, 8, 2, 2, 1500, 16, 16); /* decode: the split-key path */
+  s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
+  cases[4].name = "beyond kv_len (decode)", cases[4].spec = s, cases[4].fn = poison_beyond_kv_len;
   const float poisons[] = {NAN, INFINITY, -INFINITY};
-  for (int ci = 0; ci < 4; ci++)
+  for (int ci = 0; ci < 5; ci++)
     for (int pi = 0; pi < 3; pi++) {
       tcase clean, dirty;
       tcase_make(&clean, &cases[ci].spec);

@@ -21,6 +21,12 @@
  * so causal attention does about half the work. Results do not depend on the thread count: each
  * item is computed by one worker with the same code, and items write disjoint outputs.
  *
+ * Decode (Lq ≤ 16, all heads of a KV group fit one block, no P requested): work items become
+ * (batch, KV head, chunk of DECODE_CHUNK keys), each block holding every query row of the KV
+ * group, so K and V are read once per group and the key range is shared by all threads; the
+ * partial (m, l, acc) of the chunks are merged exactly through their log-sum-exp, in chunk order
+ * ("flash-decoding"). The chunk is a constant, so results never depend on the thread count.
+ *
  * Masked values: a V tile holding any non-finite value goes through uk->pv_masked, which skips
  * invisible pairs instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never
  * reaches O; with finite values both paths give the same bits.
@@ -39,29 +45,37 @@ typedef struct fwd_job {
   int64_t n_qblocks, dvp;
   unsigned char *scratch; /* n_workers × scratch_bytes */
   size_t scratch_bytes;
+  /* decode mode: rows per (b, KV head) block = group · Lq; partial results per chunk */
+  int decode;
+  int64_t n_chunks;
+  float *partials; /* [B, Hkv, n_chunks, rows, dv + 2]: acc, then m and l */
 } fwd_job;
+
+enum { DECODE_MAX_LQ = 16, DECODE_CHUNK = 512 };
 
 /* One worker's scratch, carved from fwd_job.scratch. */
 typedef struct tile_scratch {
-  int64_t *lo, *hi;     /* [br] visible key range [lo, hi) of each row */
-  float *qs;            /* [br, D]  packed query rows */
-  float *ks;            /* [bc · D] packed key tile */
-  float *vs;            /* [bc, dvp] packed value tile */
-  float *s;             /* [br, bc] scores, then probabilities */
-  float *acc;           /* [br, dvp] unnormalised output */
-  float *m, *l, *alpha; /* [br] running max, running sum, this tile's rescale factor */
-  unsigned char *vis;   /* [br, bc] 1 where the pair is visible */
+  int64_t *lo, *hi;       /* [br] visible key range [lo, hi) of each row */
+  int64_t *row_h, *row_i; /* [br] query head and query index of each row */
+  float *qs;              /* [br, D]  packed query rows */
+  float *ks;              /* [bc · D] packed key tile */
+  float *vs;              /* [bc, dvp] packed value tile */
+  float *s;               /* [br, bc] scores, then probabilities */
+  float *acc;             /* [br, dvp] unnormalised output */
+  float *m, *l, *alpha;   /* [br] running max, running sum, this tile's rescale factor */
+  unsigned char *vis;     /* [br, bc] 1 where the pair is visible */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 11 };
+enum { N_PARTS = 13 };
 static int scratch_layout(const attn__fwd_ukernel *uk, int64_t D, int64_t dvp, size_t offs[N_PARTS],
                           size_t *total) {
   const int64_t br = uk->br, bc = uk->bc;
-  const int64_t counts[N_PARTS] = {br,       br, br * D, bc * D, bc * dvp, br * bc,
-                                   br * dvp, br, br,     br,     br * bc};
-  const int64_t sizes[N_PARTS] = {8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 1};
+  /* lo, hi, row_h, row_i, qs, ks, vs, s, acc, m, l, alpha, vis */
+  const int64_t counts[N_PARTS] = {br,      br,       br, br, br * D, bc * D, bc * dvp,
+                                   br * bc, br * dvp, br, br, br,     br * bc};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 1};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -78,19 +92,20 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   size_t o[N_PARTS], total;
   scratch_layout(job->uk, job->pr->p->dim, job->dvp, o, &total);
   unsigned char *base = job->scratch + (size_t)worker * job->scratch_bytes;
-  tile_scratch t = {
-      (int64_t *)(void *)(base + o[0]),
-      (int64_t *)(void *)(base + o[1]),
-      (float *)(void *)(base + o[2]),
-      (float *)(void *)(base + o[3]),
-      (float *)(void *)(base + o[4]),
-      (float *)(void *)(base + o[5]),
-      (float *)(void *)(base + o[6]),
-      (float *)(void *)(base + o[7]),
-      (float *)(void *)(base + o[8]),
-      (float *)(void *)(base + o[9]),
-      base + o[10],
-  };
+  tile_scratch t;
+  t.lo = (int64_t *)(void *)(base + o[0]);
+  t.hi = (int64_t *)(void *)(base + o[1]);
+  t.row_h = (int64_t *)(void *)(base + o[2]);
+  t.row_i = (int64_t *)(void *)(base + o[3]);
+  t.qs = (float *)(void *)(base + o[4]);
+  t.ks = (float *)(void *)(base + o[5]);
+  t.vs = (float *)(void *)(base + o[6]);
+  t.s = (float *)(void *)(base + o[7]);
+  t.acc = (float *)(void *)(base + o[8]);
+  t.m = (float *)(void *)(base + o[9]);
+  t.l = (float *)(void *)(base + o[10]);
+  t.alpha = (float *)(void *)(base + o[11]);
+  t.vis = base + o[12];
   return t;
 }
 
@@ -129,9 +144,8 @@ int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, in
  * pre-scaled; then softcap, ALiBi, bias), with −inf and vis = 0 for invisible pairs and for the
  * padding columns up to round_up(cols, nr). Bias is read only for pairs visible by the other rules.
  * Returns 1 if every pair was visible (then vis is left unwritten). */
-static int score_tile(const attn__fwd_ukernel *uk, const attn__problem *pr, int64_t b, int64_t h,
-                      int64_t i0, int64_t shift, const tile_scratch *ts, int rows, int64_t j0,
-                      int cols) {
+static int score_tile(const attn__fwd_ukernel *uk, const attn__problem *pr, int64_t b,
+                      int64_t shift, const tile_scratch *ts, int rows, int64_t j0, int cols) {
   const attn_params *p = pr->p;
   const int bc = uk->bc, cols_p = (int)attn__round_up(cols, uk->nr);
   int whole = !p->mask && !p->bias && p->softcap == 0.0f && !p->alibi_slopes;
@@ -143,9 +157,9 @@ static int score_tile(const attn__fwd_ukernel *uk, const attn__problem *pr, int6
   if (whole) return 1; /* the common interior tile: S is final as computed */
 
   const float cap = p->softcap;
-  const float slope = p->alibi_slopes ? p->alibi_slopes[h] : 0.0f;
   for (int r = 0; r < rows; r++) {
-    const int64_t i = i0 + r, pos = i + shift;
+    const int64_t h = ts->row_h[r], i = ts->row_i[r], pos = i + shift;
+    const float slope = p->alibi_slopes ? p->alibi_slopes[h] : 0.0f;
     const uint8_t *mrow =
         p->mask ? p->mask + b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2]
                 : NULL;
@@ -202,86 +216,114 @@ void attn__softmax_row_scalar(float *srow, int cols, float *m, float *l, float *
   *m = m_new;
 }
 
+/* Runs the fused loop for `rows` query rows of batch item b (row r is query row_i[r] of head
+ * row_h[r], all reading KV head hk) over the keys in [j_lo, j_hi) that each row can see. Leaves
+ * the running max, sum and unnormalised output in ts->m, ts->l, ts->acc; returns the union of the
+ * visible ranges in *blo, *bhi. */
+static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk, int rows,
+                     int64_t j_lo, int64_t j_hi, int64_t *blo_out, int64_t *bhi_out) {
+  const attn__fwd_ukernel *uk = job->uk;
+  const attn__problem *pr = job->pr;
+  const attn_params *p = pr->p;
+  const int64_t D = p->dim, Dv = p->dim_v, dvp = job->dvp;
+  const int bc = uk->bc, rows_p = (int)attn__round_up(rows, uk->mr);
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
+
+  /* key range of every row and of the block */
+  int64_t blo = j_hi, bhi = j_lo;
+  for (int r = 0; r < rows; r++) {
+    row_key_range(p, ts->row_i[r] + shift, klen, &ts->lo[r], &ts->hi[r]);
+    if (ts->lo[r] < j_lo) ts->lo[r] = j_lo;
+    if (ts->hi[r] > j_hi) ts->hi[r] = j_hi;
+    if (ts->lo[r] < ts->hi[r]) {
+      if (ts->lo[r] < blo) blo = ts->lo[r];
+      if (ts->hi[r] > bhi) bhi = ts->hi[r];
+    }
+  }
+  if (bhi <= blo) blo = bhi = 0;
+  *blo_out = blo, *bhi_out = bhi;
+
+  /* Q rows, pre-scaled: s = (scale·q)·k */
+  for (int r = 0; r < rows; r++) {
+    const float *qrow =
+        job->q + b * p->q_stride[0] + ts->row_h[r] * p->q_stride[1] + ts->row_i[r] * p->q_stride[2];
+    float *dst = ts->qs + (int64_t)r * D;
+    for (int64_t d = 0; d < D; d++)
+      dst[d] = qrow[d * p->q_stride[3]] * pr->scale;
+  }
+  memset(ts->qs + (int64_t)rows * D, 0, sizeof(float) * (size_t)((rows_p - rows) * D));
+  for (int r = 0; r < rows_p; r++) {
+    ts->m[r] = -INFINITY;
+    ts->l[r] = 0.0f;
+    ts->alpha[r] = 1.0f; /* padding rows keep 1 */
+  }
+  memset(ts->acc, 0, sizeof(float) * (size_t)rows_p * (size_t)dvp);
+
+  const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
+  const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
+    const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
+    uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
+    const int v_finite =
+        attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+    uk->qk(ts->qs, ts->ks, rows_p, cols, D, ts->s);
+    const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
+    uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
+    if (v_finite) {
+      uk->pv(ts->s, ts->vs, ts->alpha, rows_p, cols, dvp, ts->acc);
+    } else {
+      if (whole) memset(ts->vis, 1, (size_t)rows * (size_t)bc);
+      memset(ts->vis + (size_t)rows * (size_t)bc, 0, (size_t)(rows_p - rows) * (size_t)bc);
+      uk->pv_masked(ts->s, ts->vs, ts->alpha, ts->vis, rows_p, cols, dvp, ts->acc);
+    }
+  }
+}
+
+/* Writes O = acc / l and LSE = m + log l for one row; empty rows give O = +0, LSE = −inf. */
+static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const float *acc,
+                      float m, float l) {
+  const attn_params *p = job->pr->p;
+  float *orow = job->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
+  float row_lse;
+  if (l == 0.0f) {
+    for (int64_t d = 0; d < p->dim_v; d++)
+      orow[d * p->o_stride[3]] = 0.0f;
+    row_lse = -INFINITY;
+  } else {
+    for (int64_t d = 0; d < p->dim_v; d++)
+      orow[d * p->o_stride[3]] = acc[d] / l;
+    row_lse = m + logf(l);
+  }
+  if (job->lse)
+    job->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = row_lse;
+}
+
+/* Prefill item (b, h, query block). */
 static void fwd_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn__fwd_ukernel *uk = job->uk;
   const attn__problem *pr = job->pr;
   const attn_params *p = pr->p;
-  const int64_t D = p->dim, Dv = p->dim_v, dvp = job->dvp, Lq = p->len_q, Lk = p->len_k;
+  const int64_t D = p->dim, Lq = p->len_q, Lk = p->len_k;
   const int bc = uk->bc;
   const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
   const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / pr->group;
   const int64_t i0 = qb * uk->br;
   const int rows = (int)(Lq - i0 < uk->br ? Lq - i0 : uk->br);
   const int rows_p = (int)attn__round_up(rows, uk->mr);
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
   tile_scratch ts = carve(job, worker);
-
-  /* key range of every row and of the block */
-  int64_t blo = klen, bhi = 0;
-  for (int r = 0; r < rows; r++) {
-    row_key_range(p, i0 + r + shift, klen, &ts.lo[r], &ts.hi[r]);
-    if (ts.lo[r] < ts.hi[r]) {
-      if (ts.lo[r] < blo) blo = ts.lo[r];
-      if (ts.hi[r] > bhi) bhi = ts.hi[r];
-    }
-  }
-  if (bhi <= blo) blo = bhi = 0;
-
-  const float *qbase = job->q + b * p->q_stride[0] + h * p->q_stride[1];
-  const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
-  const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
-  attn__pack_rows(qbase, p->q_stride[2], p->q_stride[3], i0, rows, D, D, ts.qs);
-  memset(ts.qs + (int64_t)rows * D, 0, sizeof(float) * (size_t)((rows_p - rows) * D));
-  for (int64_t x = 0; x < (int64_t)rows * D; x++)
-    ts.qs[x] *= pr->scale; /* s = (scale·q)·k */
-  for (int r = 0; r < rows_p; r++) {
-    ts.m[r] = -INFINITY;
-    ts.l[r] = 0.0f;
-    ts.alpha[r] = 1.0f; /* padding rows keep 1 */
-  }
-  memset(ts.acc, 0, sizeof(float) * (size_t)rows_p * (size_t)dvp);
-
-  for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
-    const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
-    uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts.ks);
-    const int v_finite =
-        attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts.vs);
-    uk->qk(ts.qs, ts.ks, rows_p, cols, D, ts.s);
-    const int whole = score_tile(uk, pr, b, h, i0, shift, &ts, rows, j0, cols);
-    uk->softmax(ts.s, rows, cols, ts.m, ts.l, ts.alpha);
-    if (v_finite) {
-      uk->pv(ts.s, ts.vs, ts.alpha, rows_p, cols, dvp, ts.acc);
-    } else {
-      if (whole) memset(ts.vis, 1, (size_t)rows * (size_t)bc);
-      memset(ts.vis + (size_t)rows * (size_t)bc, 0, (size_t)(rows_p - rows) * (size_t)bc);
-      uk->pv_masked(ts.s, ts.vs, ts.alpha, ts.vis, rows_p, cols, dvp, ts.acc);
-    }
-  }
-
-  /* normalise once; empty rows give O = +0, LSE = −inf */
-  for (int r = 0; r < rows; r++) {
-    const int64_t i = i0 + r;
-    float *orow = job->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
-    const float l = ts.l[r];
-    float row_lse;
-    if (l == 0.0f) {
-      for (int64_t d = 0; d < Dv; d++)
-        orow[d * p->o_stride[3]] = 0.0f;
-      row_lse = -INFINITY;
-    } else {
-      const float *a = ts.acc + (int64_t)r * dvp;
-      for (int64_t d = 0; d < Dv; d++)
-        orow[d * p->o_stride[3]] = a[d] / l;
-      row_lse = ts.m[r] + logf(l);
-    }
-    if (job->lse)
-      job->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = row_lse;
-  }
+  for (int r = 0; r < rows; r++)
+    ts.row_h[r] = h, ts.row_i[r] = i0 + r;
+  int64_t blo, bhi;
+  run_rows(job, &ts, b, hk, rows, 0, Lk, &blo, &bhi);
+  for (int r = 0; r < rows; r++)
+    write_row(job, b, h, i0 + r, ts.acc + (int64_t)r * job->dvp, ts.m[r], ts.l[r]);
 
   if (!job->probs) return;
   /* P sweep: zeros outside [blo, bhi), exp(S − m) / l inside (more accurate than exp(S − LSE)
    * when |LSE| is large: S − m is computed exactly near the maximum) */
+  const int64_t shift = attn__pos_shift(p, b);
+  const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
   for (int r = 0; r < rows; r++) {
     float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +
                   (i0 + r) * p->probs_stride[2];
@@ -292,7 +334,7 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts.ks);
     uk->qk(ts.qs, ts.ks, rows_p, cols, D, ts.s);
-    score_tile(uk, pr, b, h, i0, shift, &ts, rows, j0, cols);
+    score_tile(uk, pr, b, shift, &ts, rows, j0, cols);
     for (int r = 0; r < rows; r++) {
       float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +
                     (i0 + r) * p->probs_stride[2];
@@ -304,15 +346,81 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   }
 }
 
-/* Sizes the job: items, workers, per-worker scratch. */
+/* Decode item (b, KV head, key chunk): every query row of the KV group over the chunk's keys;
+ * the partial (acc, m, l) of each row goes to job->partials. */
+static void decode_item(void *ctx, int64_t item, int worker) {
+  const fwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const int64_t Lq = p->len_q, Dv = p->dim_v, group = job->pr->group;
+  const int64_t chunk = item % job->n_chunks, bhk = item / job->n_chunks;
+  const int64_t hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
+  const int rows = (int)(group * Lq);
+  tile_scratch ts = carve(job, worker);
+  for (int r = 0; r < rows; r++)
+    ts.row_h[r] = hk * group + r / Lq, ts.row_i[r] = r % Lq;
+  const int64_t j_lo = chunk * DECODE_CHUNK;
+  const int64_t j_hi = j_lo + DECODE_CHUNK < p->len_k ? j_lo + DECODE_CHUNK : p->len_k;
+  int64_t blo, bhi;
+  run_rows(job, &ts, b, hk, rows, j_lo, j_hi, &blo, &bhi);
+  float *out = job->partials + item * rows * (Dv + 2);
+  for (int r = 0; r < rows; r++, out += Dv + 2) {
+    memcpy(out, ts.acc + (int64_t)r * job->dvp, sizeof(float) * (size_t)Dv);
+    out[Dv] = ts.m[r];
+    out[Dv + 1] = ts.l[r];
+  }
+}
+
+/* Merge item (b, KV head): for each row, m = max_c m_c, l = Σ_c l_c·exp(m_c − m),
+ * acc = Σ_c acc_c·exp(m_c − m), in chunk order; a NaN m_c makes m NaN. */
+static void merge_item(void *ctx, int64_t item, int worker) {
+  const fwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const int64_t Lq = p->len_q, Dv = p->dim_v, group = job->pr->group;
+  const int64_t hk = item % p->heads_kv, b = item / p->heads_kv;
+  const int64_t rows = group * Lq, stride = rows * (Dv + 2);
+  tile_scratch ts = carve(job, worker); /* acc row 0 as the merge buffer */
+  for (int64_t r = 0; r < rows; r++) {
+    const float *part = job->partials + item * job->n_chunks * stride + r * (Dv + 2);
+    float m = -INFINITY;
+    for (int64_t c = 0; c < job->n_chunks; c++) {
+      const float mc = part[c * stride + Dv];
+      if (isnan(mc) || isnan(m))
+        m = NAN;
+      else if (mc > m)
+        m = mc;
+    }
+    float l = 0.0f;
+    for (int64_t d = 0; d < Dv; d++)
+      ts.acc[d] = 0.0f;
+    if (m != -INFINITY)
+      for (int64_t c = 0; c < job->n_chunks; c++) {
+        const float *pc = part + c * stride;
+        if (pc[Dv + 1] == 0.0f && !isnan(m)) continue; /* a chunk with nothing visible */
+        const float w = expf(pc[Dv] - m);
+        l += pc[Dv + 1] * w;
+        for (int64_t d = 0; d < Dv; d++)
+          ts.acc[d] += pc[d] * w;
+      }
+    write_row(job, b, hk * group + r / Lq, r % Lq, ts.acc, m, l);
+  }
+}
+
+/* Sizes the job: mode, items, workers, per-worker scratch. The mode depends on shapes only, never
+ * on the thread count. */
 static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   const attn_params *p = job->pr->p;
   size_t offs[N_PARTS];
+  const int64_t group = job->pr->group;
   job->n_qblocks = (p->len_q + job->uk->br - 1) / job->uk->br;
   job->dvp = job->uk->dv_pad(p->dim_v);
-  if (!attn__mul_ok(p->batch, p->heads_q, n_items) ||
-      !attn__mul_ok(*n_items, job->n_qblocks, n_items) ||
-      !scratch_layout(job->uk, p->dim, job->dvp, offs, &job->scratch_bytes))
+  job->decode = p->len_q <= DECODE_MAX_LQ && group * p->len_q <= job->uk->br &&
+                p->len_k >= 2 * DECODE_CHUNK && !job->probs;
+  job->n_chunks = (p->len_k + DECODE_CHUNK - 1) / DECODE_CHUNK;
+  int ok = job->decode ? attn__mul_ok(p->batch, p->heads_kv, n_items) &&
+                             attn__mul_ok(*n_items, job->n_chunks, n_items)
+                       : attn__mul_ok(p->batch, p->heads_q, n_items) &&
+                             attn__mul_ok(*n_items, job->n_qblocks, n_items);
+  if (!ok || !scratch_layout(job->uk, p->dim, job->dvp, offs, &job->scratch_bytes))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
                       (long long)p->dim, (long long)p->dim_v);
@@ -323,29 +431,52 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   return ATTN_STATUS_OK;
 }
 
+/* Floats of decode partials: n_items × group·Lq rows × (Dv + 2). */
+static size_t partial_floats(const fwd_job *job, int64_t n_items) {
+  const attn_params *p = job->pr->p;
+  return job->decode
+             ? (size_t)n_items * (size_t)(job->pr->group * p->len_q) * (size_t)(p->dim_v + 2)
+             : 0;
+}
+
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
                             const float *k, const float *v, float *o, float *lse, float *probs) {
-  fwd_job job = {uk, pr, q, k, v, o, lse, probs, 0, 0, NULL, 0};
+  fwd_job job = {uk, pr, q, k, v, o, lse, probs, 0, 0, NULL, 0, 0, 0, NULL};
   int workers = 1;
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st != ATTN_STATUS_OK) return st;
   /* all scratch is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
-  if (!(job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers)))
+  const size_t np = partial_floats(&job, n_items);
+  job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
+  if (np) job.partials = malloc(np * sizeof(float));
+  if (!job.scratch || (np && !job.partials)) {
+    free(job.scratch);
+    free(job.partials);
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
-                      "attn_forward: could not allocate %d x %zu bytes of tile scratch", workers,
-                      job.scratch_bytes);
-  attn__parallel_for(workers, n_items, fwd_item, &job);
+                      "attn_forward: could not allocate %d x %zu bytes of tile scratch and %zu "
+                      "bytes of partial results",
+                      workers, job.scratch_bytes, np * sizeof(float));
+  }
+  if (job.decode) {
+    attn__parallel_for(workers, n_items, decode_item, &job);
+    attn__parallel_for(workers, pr->p->batch * pr->p->heads_kv, merge_item, &job);
+  } else {
+    attn__parallel_for(workers, n_items, fwd_item, &job);
+  }
+  free(job.partials);
   free(job.scratch);
   return ATTN_STATUS_OK;
 }
 
 attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
-                                size_t *bytes) {
-  fwd_job job = {uk, pr, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, 0};
+                                int with_probs, size_t *bytes) {
+  fwd_job job = {uk, pr, NULL, NULL, NULL, NULL, NULL, with_probs ? (float *)1 : NULL,
+                 0,  0,  NULL, 0,    0,    0,    NULL};
   int workers = 1;
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
-  if (st == ATTN_STATUS_OK) *bytes = job.scratch_bytes * (size_t)workers;
+  if (st == ATTN_STATUS_OK)
+    *bytes = job.scratch_bytes * (size_t)workers + partial_floats(&job, n_items) * sizeof(float);
   return st;
 }

@@ -47,7 +47,7 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
 
 /* Bytes of scratch attn__fwd_tiled allocates for this call. */
 attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
-                                size_t *bytes);
+                                int with_probs, size_t *bytes);
 
 /* Packs rows [j0, j0 + cols) of a strided [L, n] matrix into dst [cols, ld] (columns [n, ld)
  * zero); returns 1 if every packed value is finite. */

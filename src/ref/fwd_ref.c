@@ -107,7 +107,8 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const fl
   return ATTN_STATUS_OK;
 }
 
-attn_status attn__scratch_f32__ref(const attn__problem *pr, size_t *bytes) {
+attn_status attn__scratch_f32__ref(const attn__problem *pr, int with_probs, size_t *bytes) {
+  (void)with_probs;
   *bytes = (size_t)(pr->p->len_k > 0 ? pr->p->len_k : 1) * (sizeof(double) + 1);
   return ATTN_STATUS_OK;
 }

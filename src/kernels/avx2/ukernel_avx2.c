@@ -238,6 +238,6 @@ attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const f
   return attn__fwd_tiled(&attn__ukernel_avx2, pr, q, k, v, o, lse, probs);
 }
 
-attn_status attn__scratch_f32__avx2(const attn__problem *pr, size_t *bytes) {
-  return attn__scratch_tiled(&attn__ukernel_avx2, pr, bytes);
+attn_status attn__scratch_f32__avx2(const attn__problem *pr, int with_probs, size_t *bytes) {
+  return attn__scratch_tiled(&attn__ukernel_avx2, pr, with_probs, bytes);
 }

@@ -82,6 +82,6 @@ attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, cons
   return attn__fwd_tiled(&attn__ukernel_generic, pr, q, k, v, o, lse, probs);
 }
 
-attn_status attn__scratch_f32__generic(const attn__problem *pr, size_t *bytes) {
-  return attn__scratch_tiled(&attn__ukernel_generic, pr, bytes);
+attn_status attn__scratch_f32__generic(const attn__problem *pr, int with_probs, size_t *bytes) {
+  return attn__scratch_tiled(&attn__ukernel_generic, pr, with_probs, bytes);
 }

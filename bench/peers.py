@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Times attn against its peers on the same shapes, threads and machine, in one run.
+
+Peers: PyTorch's scaled_dot_product_attention on the CPU, and a plain numpy implementation
+(softmax(Q·Kᵀ/√d)·V with numpy's own BLAS). For each shape the three run back to back (attn first,
+through `attn bench --csv`), and the script prints the medians and the ratios attn/peer (> 1 means
+attn is faster).
+
+torch and numpy are benchmark-only dependencies: this script installs them into .venv-bench (from
+the Python package index) when they are missing and re-runs itself there. The library, the CLI and
+the tests never need them.
+
+usage: bench/peers.py [--threads N] [--reps N] [--quick] [--attn PATH]
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, ".venv-bench")
+
+# (B, Hq, Hkv, Lq, Lk, D, causal): the forward shapes of `attn bench`'s default list
+SHAPES = [
+    (1, 2, 2, 1024, 1024, 64, False),
+    (1, 2, 2, 2048, 2048, 64, False),
+    (1, 2, 2, 4096, 4096, 64, False),
+    (1, 2, 2, 8192, 8192, 64, False),
+    (1, 2, 2, 2048, 2048, 128, False),
+    (1, 2, 2, 4096, 4096, 128, False),
+    (1, 2, 2, 4096, 4096, 64, True),
+    (1, 2, 2, 4096, 4096, 128, True),
+    (4, 8, 8, 512, 512, 64, False),
+    (1, 32, 8, 1, 32768, 128, True),
+]
+QUICK = [(1, 2, 2, 512, 512, 64, False), (1, 2, 2, 512, 512, 64, True), (1, 8, 2, 1, 4096, 128, True)]
+
+
+def ensure_venv():
+    """Re-executes inside .venv-bench, creating it and installing torch and numpy if needed."""
+    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
+        return
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        print("peers: creating .venv-bench with torch and numpy (benchmark-only, one time)", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", VENV])
+    check = subprocess.run([py, "-c", "import torch, numpy"], capture_output=True)
+    if check.returncode != 0:
+        subprocess.check_call([py, "-m", "pip", "install", "-q", "torch", "numpy"])
+    os.execv(py, [py] + sys.argv)
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def time_call(fn, reps):
+    import time
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def attn_time(attn, shape, threads, reps):
+    B, Hq, Hkv, Lq, Lk, D, causal = shape
+    spec = f"{B},{Hq},{Hkv},{Lq},{Lk},{D}" + (",causal" if causal else "")
+    out = subprocess.run([attn, "bench", "--csv", "--shape", spec, "--threads", str(threads),
+                          "--reps", str(reps)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"peers: attn bench failed: {out.stderr.strip()}")
+    header, row = out.stdout.strip().splitlines()[:2]
+    rec = dict(zip(header.split(","), row.split(",")))
+    return float(rec["t_med_ms"]) / 1e3, float(rec["peak_pct"]), rec["kernel"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--attn", default=os.path.join(ROOT, "build", "attn"))
+    args = ap.parse_args()
+    # numpy's BLAS reads its thread count at import time
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    ensure_venv()
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    print(f"peers: torch {torch.__version__} (cpu capability {torch.backends.cpu.get_cpu_capability()}),"
+          f" numpy {np.__version__}, {args.threads} threads, median of {args.reps} after a warm-up")
+    print(f"{'shape':44} {'attn ms':>9} {'%peak':>6} {'torch ms':>9} {'numpy ms':>9} "
+          f"{'attn/torch':>10} {'attn/numpy':>10}")
+    rng = np.random.default_rng(0)
+    worst = None
+    for shape in (QUICK if args.quick else SHAPES):
+        B, Hq, Hkv, Lq, Lk, D, causal = shape
+        q = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
+        k = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
+        v = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
+        t_attn, peak, kernel = attn_time(args.attn, shape, args.threads, args.reps)
+
+        tq, tk, tv = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
+        # torch's is_causal is top-left aligned; attn's bench is bottom-right. They agree when
+        # Lq = Lk; for a single query (decode) bottom-right causal sees every key.
+        torch_causal = causal and Lq == Lk
+        if causal and Lq != Lk and Lq != 1:
+            raise SystemExit("peers: causal shapes need Lq = Lk or Lq = 1 for a like-for-like peer")
+        gqa = Hq != Hkv
+
+        def run_torch():
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(tq, tk, tv, is_causal=torch_causal, enable_gqa=gqa)
+
+        t_torch = time_call(run_torch, args.reps)
+
+        group = Hq // Hkv
+        kk, vv = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        mask = np.triu(np.full((Lq, Lk), -np.inf, np.float32), 1) if torch_causal else None
+
+        def run_numpy():
+            s = (q @ kk.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(D))
+            if mask is not None:
+                s = s + mask
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            return (s / s.sum(axis=-1, keepdims=True)) @ vv
+
+        t_numpy = time_call(run_numpy, max(1, args.reps // 2))
+        name = f"B={B} Hq={Hq} Hkv={Hkv} L={Lq}x{Lk} D={D}" + (" causal" if causal else "")
+        r_torch, r_numpy = t_torch / t_attn, t_numpy / t_attn
+        worst = r_torch if worst is None else min(worst, r_torch)
+        print(f"{name:44} {t_attn * 1e3:9.2f} {peak:5.1f}% {t_torch * 1e3:9.2f} {t_numpy * 1e3:9.2f} "
+              f"{r_torch:9.2f}x {r_numpy:9.2f}x", flush=True)
+    print(f"attn kernel: {kernel}; slowest ratio against torch: {worst:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
