@@ -130,7 +130,7 @@ int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, in
     const float *row = src + (j0 + c) * row_stride;
     float *out = dst + (int64_t)c * ld;
     if (col_stride == 1) {
-      memcpy(out, row, sizeof(float) * (size_t)n);
+      if (n > 0) memcpy(out, row, sizeof(float) * (size_t)n); /* n = 0: row may be NULL */
     } else {
       for (int64_t d = 0; d < n; d++)
         out[d] = row[d * col_stride];
