@@ -58,6 +58,7 @@ typedef struct tile_scratch {
   int64_t *lo, *hi;       /* [br] visible key range [lo, hi) of each row */
   int64_t *row_h, *row_i; /* [br] query head and query index of each row */
   float *qs;              /* [br, D]  packed query rows */
+  float *qp;              /* [br · D] the same in the microkernel's layout (uk->pack_q) */
   float *ks;              /* [bc · D] packed key tile */
   float *vs;              /* [bc, dvp] packed value tile */
   float *s;               /* [br, bc] scores, then probabilities */
@@ -68,14 +69,15 @@ typedef struct tile_scratch {
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 13 };
+enum { N_PARTS = 14 };
 static int scratch_layout(const attn__fwd_ukernel *uk, int64_t D, int64_t dvp, size_t offs[N_PARTS],
                           size_t *total) {
   const int64_t br = uk->br, bc = uk->bc;
-  /* lo, hi, row_h, row_i, qs, ks, vs, s, acc, m, l, alpha, vis */
-  const int64_t counts[N_PARTS] = {br,      br,       br, br, br * D, bc * D, bc * dvp,
-                                   br * bc, br * dvp, br, br, br,     br * bc};
-  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 1};
+  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis */
+  const int64_t counts[N_PARTS] = {
+      br,       br, br, br, br * D, uk->pack_q ? br * D : 0, bc * D, bc * dvp, br * bc,
+      br * dvp, br, br, br, br * bc};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -98,14 +100,15 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.row_h = (int64_t *)(void *)(base + o[2]);
   t.row_i = (int64_t *)(void *)(base + o[3]);
   t.qs = (float *)(void *)(base + o[4]);
-  t.ks = (float *)(void *)(base + o[5]);
-  t.vs = (float *)(void *)(base + o[6]);
-  t.s = (float *)(void *)(base + o[7]);
-  t.acc = (float *)(void *)(base + o[8]);
-  t.m = (float *)(void *)(base + o[9]);
-  t.l = (float *)(void *)(base + o[10]);
-  t.alpha = (float *)(void *)(base + o[11]);
-  t.vis = base + o[12];
+  t.qp = (float *)(void *)(base + o[5]);
+  t.ks = (float *)(void *)(base + o[6]);
+  t.vs = (float *)(void *)(base + o[7]);
+  t.s = (float *)(void *)(base + o[8]);
+  t.acc = (float *)(void *)(base + o[9]);
+  t.m = (float *)(void *)(base + o[10]);
+  t.l = (float *)(void *)(base + o[11]);
+  t.alpha = (float *)(void *)(base + o[12]);
+  t.vis = base + o[13];
   return t;
 }
 
@@ -258,6 +261,11 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       dst[d] = qrow[d * p->q_stride[3]] * pr->scale;
   }
   memset(ts->qs + (int64_t)rows * D, 0, sizeof(float) * (size_t)((rows_p - rows) * D));
+  const float *qk_q = ts->qs;
+  if (uk->pack_q) {
+    uk->pack_q(ts->qs, rows_p, D, ts->qp);
+    qk_q = ts->qp;
+  }
   for (int r = 0; r < rows_p; r++) {
     ts->m[r] = -INFINITY;
     ts->l[r] = 0.0f;
@@ -272,7 +280,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
     const int v_finite =
         attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
-    uk->qk(ts->qs, ts->ks, rows_p, cols, D, ts->s);
+    uk->qk(qk_q, ts->ks, rows_p, cols, D, ts->s);
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
     uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
     if (v_finite) {
@@ -339,7 +347,7 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts.ks);
-    uk->qk(ts.qs, ts.ks, rows_p, cols, D, ts.s);
+    uk->qk(uk->pack_q ? ts.qp : ts.qs, ts.ks, rows_p, cols, D, ts.s);
     score_tile(uk, pr, b, shift, &ts, rows, j0, cols);
     for (int r = 0; r < rows; r++) {
       float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +

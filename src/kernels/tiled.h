@@ -24,7 +24,10 @@ typedef struct attn__fwd_ukernel {
   /* Packs K rows [j0, j0 + cols) of a strided [L, D] matrix for qk; columns up to nr are zero. */
   void (*pack_k)(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                  int64_t D, float *dst);
-  /* S [rows_p, bc] = Qs [rows_p, D] · Kpᵀ for the first round_up(cols, nr) columns. */
+  /* Optional (NULL: qk reads Qs as is): rearranges Qs [rows_p, D] into the layout qk reads, once
+   * per query block. */
+  void (*pack_q)(const float *qs, int rows_p, int64_t D, float *qp);
+  /* S [rows_p, bc] = Qs (or its pack_q layout) · Kpᵀ for the first round_up(cols, nr) columns. */
   void (*qk)(const float *qs, const float *kp, int rows_p, int cols, int64_t D, float *s);
   /* Online-softmax update of rows [0, rows) over columns [0, round_up(cols, nr)); invisible
    * entries hold −inf. Rewrites S as P = exp(S − m_new), updates m and l, writes alpha =

@@ -47,43 +47,55 @@ static inline void transpose8(const float *src, int64_t ld_src, float *dst, int6
   _mm256_store_ps(dst + 7 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
-/* Kp [D, BC] (transposed): Kp[d][c] = K[j0 + c][d]; columns [cols, round_up(cols, 16)) zero.
- * Contiguous rows go through 8×8 register transposes (8 loads, 8 stores per 64 values); the
- * rest element by element. */
-static void pack_k_t(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
-                     int64_t D, float *dst) {
+/* Kp, panel-major: panel c/16 is a contiguous [D, 16] block, Kp[(c/16)·16·D + d·16 + c%16] =
+ * K[j0 + c][d]; columns [cols, round_up(cols, 16)) zero. Contiguous rows go through 8×8 register
+ * transposes; the rest element by element. */
+static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
+                          int cols, int64_t D, float *dst) {
   const int cols_p = (int)attn__round_up(cols, NR);
+#define ATTN__KP(c, d) dst[(int64_t)((c) / NR) * NR * D + (d)*NR + (c) % NR]
   int c = 0;
   int64_t d8 = 0;
   if (col_stride == 1) {
     d8 = D & ~(int64_t)7;
     for (; c + 8 <= cols; c += 8)
       for (int64_t d = 0; d < d8; d += 8)
-        transpose8(src + (j0 + c) * row_stride + d, row_stride, dst + d * BC + c, BC);
+        transpose8(src + (j0 + c) * row_stride + d, row_stride, &ATTN__KP(c, d), NR);
   }
   for (int cc = 0; cc < cols; cc++) { /* whatever the blocks did not cover */
     const float *row = src + (j0 + cc) * row_stride;
     for (int64_t d = cc < c ? d8 : 0; d < D; d++)
-      dst[d * BC + cc] = row[d * col_stride];
+      ATTN__KP(cc, d) = row[d * col_stride];
   }
-  for (int64_t d = 0; d < D; d++)
-    for (int cc = cols; cc < cols_p; cc++)
-      dst[d * BC + cc] = 0.0f;
+  for (int cc = cols; cc < cols_p; cc++)
+    for (int64_t d = 0; d < D; d++)
+      ATTN__KP(cc, d) = 0.0f;
+#undef ATTN__KP
 }
 
-/* S [rows_p, BC] = Qs [rows_p, D] · Kp: 6 rows × 16 columns per register block. */
-static void qk_avx2(const float *qs, const float *kp, int rows_p, int cols, int64_t D, float *s) {
+/* Qp, micro-panel-major: rows r0..r0+5 form a contiguous [D, 6] block, so the six broadcasts of
+ * one step of d read 24 consecutive bytes. */
+static void pack_q_panels(const float *qs, int rows_p, int64_t D, float *qp) {
+  for (int r0 = 0; r0 < rows_p; r0 += MR)
+    for (int64_t d = 0; d < D; d++)
+      for (int r = 0; r < MR; r++)
+        qp[(int64_t)r0 * D + d * MR + r] = qs[(int64_t)(r0 + r) * D + d];
+}
+
+/* S [rows_p, BC] = Q · Kᵀ from Qp and Kp: 6 rows × 16 columns per register block, both operands
+ * read as contiguous streams (the 16-key panel, 4–8 KiB, stays in L1 across the row groups). */
+static void qk_avx2(const float *qp, const float *kp, int rows_p, int cols, int64_t D, float *s) {
   const int cols_p = (int)attn__round_up(cols, NR);
   for (int c0 = 0; c0 < cols_p; c0 += NR)
     for (int r0 = 0; r0 < rows_p; r0 += MR) {
-      const float *a = qs + (int64_t)r0 * D, *b = kp + c0;
+      const float *a = qp + (int64_t)r0 * D, *b = kp + (int64_t)c0 * D;
       __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
       __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-      for (int64_t d = 0; d < D; d++) {
-        const __m256 b0 = _mm256_load_ps(b + d * BC), b1 = _mm256_load_ps(b + d * BC + 8);
+      for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
+        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
         __m256 x;
 #define ATTN__ROW(r)                                                                               \
-  x = _mm256_broadcast_ss(a + (r)*D + d);                                                          \
+  x = _mm256_broadcast_ss(a + (r));                                                                \
   c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                                                       \
   c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
         ATTN__ROW(0) ATTN__ROW(1) ATTN__ROW(2) ATTN__ROW(3) ATTN__ROW(4) ATTN__ROW(5)
@@ -179,7 +191,8 @@ static void pv_avx2(const float *p, const float *vs, const float *alpha, int row
   __m256 c##r##1 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp + 8), a##r);
       ATTN__LOAD(0)
       ATTN__LOAD(1)
-      ATTN__LOAD(2) ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
+      ATTN__LOAD(2)
+      ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
 #undef ATTN__LOAD
           for (int c = 0; c < cols; c++) {
         const float *vr = vs + (int64_t)c * dvp + d0;
@@ -230,7 +243,17 @@ void attn__exp2_avx2(const float *t, float *y, int64_t n) {
 }
 
 const attn__fwd_ukernel attn__ukernel_avx2 = {
-    BR, BC, MR, NR, dv_pad16, pack_k_t, qk_avx2, softmax_avx2, pv_avx2, pv_masked_avx2,
+    BR,
+    BC,
+    MR,
+    NR,
+    dv_pad16,
+    pack_k_panels,
+    pack_q_panels,
+    qk_avx2,
+    softmax_avx2,
+    pv_avx2,
+    pv_masked_avx2,
 };
 
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,

@@ -70,11 +70,17 @@ static void pv_masked_generic(const float *pm, const float *vs, const float *alp
 }
 
 const attn__fwd_ukernel attn__ukernel_generic = {
-    BR,          BC,
-    1,           1,
-    dv_identity, pack_k_rows,
-    qk_generic,  softmax_generic,
-    pv_generic,  pv_masked_generic,
+    BR,
+    BC,
+    1,
+    1,
+    dv_identity,
+    pack_k_rows,
+    NULL,
+    qk_generic,
+    softmax_generic,
+    pv_generic,
+    pv_masked_generic,
 };
 
 attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
