@@ -366,6 +366,37 @@ attn_status t_run(tcase *c, attn_kernel kernel, int threads, touts *out) {
                       out->has_probs ? tbuf_f32(&out->probs) : NULL);
 }
 
+tresult t_run_gather(tcase *c, attn_kernel kernel, int threads) {
+  touts out;
+  touts_make(&out, c, 1, 1);
+  attn_status st = t_run(c, kernel, threads, &out);
+  CHECKF(st == ATTN_STATUS_OK, "%s: %s", attn_kernel_name(kernel), attn_last_error());
+  CHECK(tbuf_check_output(&out.o, "o", 1) && tbuf_check_output(&out.lse, "lse", 1) &&
+        tbuf_check_output(&out.probs, "probs", 1));
+  tresult r;
+  r.no = (size_t)tbuf_count(&out.o), r.nl = (size_t)tbuf_count(&out.lse);
+  r.np = (size_t)tbuf_count(&out.probs);
+  r.o = malloc(sizeof(float) * (r.no + 1));
+  r.lse = malloc(sizeof(float) * (r.nl + 1));
+  r.probs = malloc(sizeof(float) * (r.np + 1));
+  tbuf_gather(&out.o, r.o);
+  tbuf_gather(&out.lse, r.lse);
+  tbuf_gather(&out.probs, r.probs);
+  touts_free(&out);
+  return r;
+}
+
+int tresult_same(const tresult *a, const tresult *b) {
+  return a->no == b->no && a->nl == b->nl && a->np == b->np && memcmp(a->o, b->o, a->no * 4) == 0 &&
+         memcmp(a->lse, b->lse, a->nl * 4) == 0 && memcmp(a->probs, b->probs, a->np * 4) == 0;
+}
+
+void tresult_free(tresult *r) {
+  free(r->o);
+  free(r->lse);
+  free(r->probs);
+}
+
 /* ---- oracle: straight from semantics.md, in double ---- */
 
 /* Visibility of key j for query i (rules 1–5); window arithmetic in double cannot overflow. */

@@ -138,6 +138,17 @@ void touts_make(touts *out, const tcase *c, int want_lse, int want_probs);
 void touts_free(touts *out);
 attn_status t_run(tcase *c, attn_kernel kernel, int threads, touts *out);
 
+/* Packed copies (index order) of one run's outputs. */
+typedef struct tresult {
+  float *o, *lse, *probs;
+  size_t no, nl, np;
+} tresult;
+/* Runs kernel on c with O, LSE and P requested, checks status and guard bytes, gathers them. */
+tresult t_run_gather(tcase *c, attn_kernel kernel, int threads);
+/* 1 if O, LSE and P are bitwise identical. */
+int tresult_same(const tresult *a, const tresult *b);
+void tresult_free(tresult *r);
+
 /* ---- oracle and baseline (packed outputs: O [B,Hq,Lq,Dv], LSE [B,Hq,Lq], P [B,Hq,Lq,Lk]) ---- */
 void oracle_forward(const attn_params *p, const float *q, const float *k, const float *v, double *o,
                     double *lse, double *probs);

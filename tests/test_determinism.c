@@ -9,37 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef struct snapshot {
-  float *o, *lse, *probs;
-  size_t no, nl, np;
-} snapshot;
-
-static snapshot take(tcase *c, attn_kernel kern, int threads) {
-  touts out;
-  touts_make(&out, c, 1, 1);
-  attn_status st = t_run(c, kern, threads, &out);
-  CHECKF(st == ATTN_STATUS_OK, "%s", attn_last_error());
-  snapshot s = {NULL,
-                NULL,
-                NULL,
-                (size_t)tbuf_count(&out.o),
-                (size_t)tbuf_count(&out.lse),
-                (size_t)tbuf_count(&out.probs)};
-  s.o = malloc(4 * s.no + 4), s.lse = malloc(4 * s.nl + 4), s.probs = malloc(4 * s.np + 4);
-  tbuf_gather(&out.o, s.o);
-  tbuf_gather(&out.lse, s.lse);
-  tbuf_gather(&out.probs, s.probs);
-  touts_free(&out);
-  return s;
-}
-
-static int same(const snapshot *a, const snapshot *b) {
-  return memcmp(a->o, b->o, 4 * a->no) == 0 && memcmp(a->lse, b->lse, 4 * a->nl) == 0 &&
-         memcmp(a->probs, b->probs, 4 * a->np) == 0;
-}
-
-static void drop(snapshot *s) { free(s->o), free(s->lse), free(s->probs); }
-
 typedef struct user_thread {
   tcase *c;
   attn_kernel kern;
@@ -72,19 +41,19 @@ int main(void) {
     if (kern == ATTN_KERNEL_REF) s.B = 2; /* the oracle is slow; one kernel is enough to stress */
     tcase c;
     tcase_make(&c, &s);
-    snapshot first = take(&c, kern, 1);
+    tresult first = t_run_gather(&c, kern, 1);
     int repeats_ok = 1;
     for (int r = 0; r < 50; r++) {
-      snapshot again = take(&c, kern, 2);
-      repeats_ok &= same(&first, &again);
-      drop(&again);
+      tresult again = t_run_gather(&c, kern, 2);
+      repeats_ok &= tresult_same(&first, &again);
+      tresult_free(&again);
     }
     CHECKF(repeats_ok, "50 repeated runs are not bitwise identical (%s)", attn_kernel_name(kern));
     for (size_t t = 0; t < sizeof counts / sizeof counts[0]; t++) {
-      snapshot other = take(&c, kern, counts[t]);
-      CHECKF(same(&first, &other), "%d threads differ from 1 thread (%s)", counts[t],
+      tresult other = t_run_gather(&c, kern, counts[t]);
+      CHECKF(tresult_same(&first, &other), "%d threads differ from 1 thread (%s)", counts[t],
              attn_kernel_name(kern));
-      drop(&other);
+      tresult_free(&other);
     }
     /* four user threads calling at once on disjoint outputs match the serial result */
     enum { N_USERS = 4 };
@@ -103,7 +72,7 @@ int main(void) {
              "concurrent call %d differs from the serial result (%s)", u, attn_kernel_name(kern));
       free(users[u].o), free(users[u].lse);
     }
-    drop(&first);
+    tresult_free(&first);
     tcase_free(&c);
 
     /* decode: Lq = 3 against 2600 keys (split-key path), every thread count bitwise equal */

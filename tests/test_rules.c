@@ -12,43 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct result {
-  float *o, *lse, *probs;
-  size_t no, nl, np;
-} result;
-
-/* Runs the case and gathers packed O, LSE and P. */
-static result run_gather(tcase *c, attn_kernel kernel, int threads) {
-  touts out;
-  touts_make(&out, c, 1, 1);
-  attn_status st = t_run(c, kernel, threads, &out);
-  CHECKF(st == ATTN_STATUS_OK, "%s: %s", attn_kernel_name(kernel), attn_last_error());
-  CHECK(tbuf_check_output(&out.o, "o", 1) && tbuf_check_output(&out.lse, "lse", 1) &&
-        tbuf_check_output(&out.probs, "probs", 1));
-  result r;
-  r.no = (size_t)tbuf_count(&out.o), r.nl = (size_t)tbuf_count(&out.lse);
-  r.np = (size_t)tbuf_count(&out.probs);
-  r.o = malloc(sizeof(float) * (r.no + 1));
-  r.lse = malloc(sizeof(float) * (r.nl + 1));
-  r.probs = malloc(sizeof(float) * (r.np + 1));
-  tbuf_gather(&out.o, r.o);
-  tbuf_gather(&out.lse, r.lse);
-  tbuf_gather(&out.probs, r.probs);
-  touts_free(&out);
-  return r;
-}
-
-static void result_free(result *r) {
-  free(r->o);
-  free(r->lse);
-  free(r->probs);
-}
-
-static int same_bits(const result *a, const result *b) {
-  return a->no == b->no && a->nl == b->nl && memcmp(a->o, b->o, a->no * 4) == 0 &&
-         memcmp(a->lse, b->lse, a->nl * 4) == 0 && memcmp(a->probs, b->probs, a->np * 4) == 0;
-}
-
 static float *qv(tcase *c, int64_t b, int64_t h, int64_t i, int64_t d) {
   return tbuf_f32(&c->q) + tbuf_index(&c->q, b, h, i, d);
 }
@@ -70,7 +33,7 @@ static void test_empty_rows(attn_kernel kern) {
     if (variant) s.Lq = 150, s.Lk = 70; /* bottom-right, Lq > Lk: first 80 rows see nothing */
     tcase c;
     tcase_make(&c, &s);
-    result r = run_gather(&c, kern, 2);
+    tresult r = t_run_gather(&c, kern, 2);
     size_t empty = 0, bad = 0;
     for (size_t row = 0; row < r.nl; row++) {
       for (size_t d = 0; d < 16; d++)
@@ -85,7 +48,7 @@ static void test_empty_rows(attn_kernel kern) {
     CHECKF(empty > (size_t)s.Lq && bad == 0,
            "empty rows (%s, variant %d): %zu empty rows, %zu bad values", attn_kernel_name(kern),
            variant, empty, bad);
-    result_free(&r);
+    tresult_free(&r);
     tcase_free(&c);
   }
 }
@@ -188,10 +151,10 @@ static void test_masked_values(attn_kernel kern) {
       tcase_make(&dirty, &cases[ci].spec);
       cases[ci].fn(&clean, 0.0f);
       cases[ci].fn(&dirty, poisons[pi]);
-      result a = run_gather(&clean, kern, 2), b = run_gather(&dirty, kern, 2);
-      CHECKF(same_bits(&a, &b), "%s (%s): %g stored behind the mask changed the result",
+      tresult a = t_run_gather(&clean, kern, 2), b = t_run_gather(&dirty, kern, 2);
+      CHECKF(tresult_same(&a, &b), "%s (%s): %g stored behind the mask changed the result",
              cases[ci].name, attn_kernel_name(kern), (double)poisons[pi]);
-      result_free(&a), result_free(&b);
+      tresult_free(&a), tresult_free(&b);
       tcase_free(&clean), tcase_free(&dirty);
     }
 
@@ -204,7 +167,7 @@ static void test_masked_values(attn_kernel kern) {
   const int64_t jn = 295; /* visible to rows 5..9 only */
   *vv(&clean, 0, 0, jn, 2) = 0.0f;
   *vv(&dirty, 0, 0, jn, 2) = NAN;
-  result a = run_gather(&clean, kern, 1), b = run_gather(&dirty, kern, 1);
+  tresult a = t_run_gather(&clean, kern, 1), b = t_run_gather(&dirty, kern, 1);
   int ok = 1;
   for (int64_t i = 0; i < 10; i++)
     for (int64_t d = 0; d < 4; d++) {
@@ -217,7 +180,7 @@ static void test_masked_values(attn_kernel kern) {
   CHECKF(ok && memcmp(a.lse, b.lse, 40) == 0,
          "NaN in V of a key visible to rows 5..9 must reach O[5..9][2] only (%s)",
          attn_kernel_name(kern));
-  result_free(&a), result_free(&b);
+  tresult_free(&a), tresult_free(&b);
   tcase_free(&clean), tcase_free(&dirty);
 }
 
@@ -226,11 +189,11 @@ static void test_visible_nan(attn_kernel kern) {
   tspec s = tspec_shape(1, 2, 1, 40, 150, 8, 6);
   tcase clean, dirty;
   tcase_make(&clean, &s);
-  result a = run_gather(&clean, kern, 1);
+  tresult a = t_run_gather(&clean, kern, 1);
   /* NaN in Q of row 7, head 1 → that row's O and LSE are NaN, nothing else changes */
   tcase_make(&dirty, &s);
   *qv(&dirty, 0, 1, 7, 3) = NAN;
-  result b = run_gather(&dirty, kern, 1);
+  tresult b = t_run_gather(&dirty, kern, 1);
   size_t row = 1 * 40 + 7, wrong = 0;
   for (size_t r = 0; r < 80; r++) {
     for (size_t d = 0; d < 6; d++) {
@@ -240,12 +203,12 @@ static void test_visible_nan(attn_kernel kern) {
     wrong += r == row ? !isnan(b.lse[r]) : memcmp(&a.lse[r], &b.lse[r], 4) != 0;
   }
   CHECKF(wrong == 0, "NaN in q: %zu outputs wrong (%s)", wrong, attn_kernel_name(kern));
-  result_free(&b);
+  tresult_free(&b);
   tcase_free(&dirty);
   /* NaN in V[key 100][col 4] → column 4 of every row NaN; LSE and other columns unchanged */
   tcase_make(&dirty, &s);
   *vv(&dirty, 0, 0, 100, 4) = NAN;
-  b = run_gather(&dirty, kern, 1);
+  b = t_run_gather(&dirty, kern, 1);
   wrong = 0;
   for (size_t r = 0; r < 80; r++) {
     for (size_t d = 0; d < 6; d++) {
@@ -255,17 +218,17 @@ static void test_visible_nan(attn_kernel kern) {
     wrong += memcmp(&a.lse[r], &b.lse[r], 4) != 0;
   }
   CHECKF(wrong == 0, "NaN in v: %zu outputs wrong (%s)", wrong, attn_kernel_name(kern));
-  result_free(&b);
+  tresult_free(&b);
   tcase_free(&dirty);
   /* NaN in K of a visible key → every row that sees it is NaN */
   tcase_make(&dirty, &s);
   *kv(&dirty, 0, 0, 3, 0) = NAN;
-  b = run_gather(&dirty, kern, 1);
+  b = t_run_gather(&dirty, kern, 1);
   wrong = 0;
   for (size_t r = 0; r < 80 * 6; r++)
     wrong += !isnan(b.o[r]);
   CHECKF(wrong == 0, "NaN in k: %zu outputs not NaN (%s)", wrong, attn_kernel_name(kern));
-  result_free(&a), result_free(&b);
+  tresult_free(&a), tresult_free(&b);
   tcase_free(&clean), tcase_free(&dirty);
 }
 
@@ -281,7 +244,7 @@ static void test_flt_max_bias(attn_kernel kern) {
     float *bias = tbuf_f32(&c.bias);
     for (int64_t x = 0; x < tbuf_count(&c.bias); x++)
       bias[x] = values[vi];
-    result r = run_gather(&c, kern, 1);
+    tresult r = t_run_gather(&c, kern, 1);
     for (int64_t d = 0; d < 3; d++) {
       double mean = 0;
       for (int64_t j = 0; j < 200; j++)
@@ -293,7 +256,7 @@ static void test_flt_max_bias(attn_kernel kern) {
                attn_kernel_name(kern));
     }
     CHECK(isfinite(r.lse[0]));
-    result_free(&r);
+    tresult_free(&r);
     tcase_free(&c);
   }
 }
@@ -314,13 +277,13 @@ static void test_causal_prefix(attn_kernel kern) {
           *kv(&b, bb, h, j, d) = -*kv(&b, bb, h, j, d);
           *vv(&b, bb, h, j, d) = NAN;
         }
-  result ra = run_gather(&a, kern, 2), rb = run_gather(&b, kern, 2);
+  tresult ra = t_run_gather(&a, kern, 2), rb = t_run_gather(&b, kern, 2);
   int same = 1;
   for (int64_t bh = 0; bh < 4; bh++)
     same &= memcmp(ra.o + bh * 200 * 16, rb.o + bh * 200 * 16, (t + 1) * 16 * 4) == 0 &&
             memcmp(ra.lse + bh * 200, rb.lse + bh * 200, (t + 1) * 4) == 0;
   CHECKF(same, "causal prefix changed by later tokens (%s)", attn_kernel_name(kern));
-  result_free(&ra), result_free(&rb);
+  tresult_free(&ra), tresult_free(&rb);
   tcase_free(&a), tcase_free(&b);
 }
 
@@ -333,7 +296,7 @@ static void test_gqa(attn_kernel kern) {
     s.causal = gi % 2, s.align = ATTN_ALIGN_TOP_LEFT;
     tcase c;
     tcase_make(&c, &s);
-    result gqa = run_gather(&c, kern, 2);
+    tresult gqa = t_run_gather(&c, kern, 2);
     /* the same K/V viewed as Hq heads: stride 0 can't express h / g, so copy */
     tspec m = s;
     m.Hkv = Hq;
@@ -348,10 +311,10 @@ static void test_gqa(attn_kernel kern) {
           for (int64_t d = 0; d < 12; d++)
             *vv(&mha, b, h, j, d) = *vv(&c, b, h / g, j, d);
         }
-    result rep = run_gather(&mha, kern, 2);
-    CHECKF(same_bits(&gqa, &rep), "GQA group %lld differs from repeated heads (%s)", (long long)g,
-           attn_kernel_name(kern));
-    result_free(&gqa), result_free(&rep);
+    tresult rep = t_run_gather(&mha, kern, 2);
+    CHECKF(tresult_same(&gqa, &rep), "GQA group %lld differs from repeated heads (%s)",
+           (long long)g, attn_kernel_name(kern));
+    tresult_free(&gqa), tresult_free(&rep);
     tcase_free(&c), tcase_free(&mha);
   }
 }
@@ -363,7 +326,7 @@ static void test_equivalences(attn_kernel kern) {
   s.causal = 1;
   tcase c;
   tcase_make(&c, &s);
-  result flag = run_gather(&c, kern, 2);
+  tresult flag = t_run_gather(&c, kern, 2);
   uint8_t *tri = malloc(150 * 150);
   for (int i = 0; i < 150; i++)
     for (int j = 0; j < 150; j++)
@@ -371,30 +334,31 @@ static void test_equivalences(attn_kernel kern) {
   c.p.causal = 0;
   c.p.mask = tri;
   c.p.mask_stride[0] = c.p.mask_stride[1] = 0, c.p.mask_stride[2] = 150, c.p.mask_stride[3] = 1;
-  result mask = run_gather(&c, kern, 2);
-  CHECKF(same_bits(&flag, &mask), "causal flag and explicit causal mask differ (%s)",
+  tresult mask = t_run_gather(&c, kern, 2);
+  CHECKF(tresult_same(&flag, &mask), "causal flag and explicit causal mask differ (%s)",
          attn_kernel_name(kern));
   c.p.mask = NULL;
   /* default scale = explicit 1/sqrt(D) rounded to float */
-  result dflt = run_gather(&c, kern, 2);
+  tresult dflt = t_run_gather(&c, kern, 2);
   c.p.has_scale = 1, c.p.scale = (float)(1.0 / sqrt(16.0));
-  result expl = run_gather(&c, kern, 2);
-  CHECKF(same_bits(&dflt, &expl), "default and explicit scale differ (%s)", attn_kernel_name(kern));
+  tresult expl = t_run_gather(&c, kern, 2);
+  CHECKF(tresult_same(&dflt, &expl), "default and explicit scale differ (%s)",
+         attn_kernel_name(kern));
   /* window ≥ Lk equals no window */
   c.p.window_left = c.p.window_right = 1000;
-  result wide = run_gather(&c, kern, 2);
-  CHECKF(same_bits(&wide, &expl), "window >= Lk differs from no window (%s)",
+  tresult wide = t_run_gather(&c, kern, 2);
+  CHECKF(tresult_same(&wide, &expl), "window >= Lk differs from no window (%s)",
          attn_kernel_name(kern));
   free(tri);
-  result_free(&flag), result_free(&mask), result_free(&dflt), result_free(&expl);
-  result_free(&wide);
+  tresult_free(&flag), tresult_free(&mask), tresult_free(&dflt), tresult_free(&expl);
+  tresult_free(&wide);
   tcase_free(&c);
 
   /* batched = per item */
   s = tspec_shape(3, 2, 1, 70, 90, 8, 8);
   s.mask = MASK_FULL, s.bias = BIAS_FULL;
   tcase_make(&c, &s);
-  result all = run_gather(&c, kern, 2);
+  tresult all = t_run_gather(&c, kern, 2);
   int same = 1;
   for (int64_t b = 0; b < 3; b++) {
     attn_params one = c.p;
@@ -410,7 +374,7 @@ static void test_equivalences(attn_kernel kern) {
             memcmp(lse, all.lse + b * 2 * 70, sizeof lse) == 0;
   }
   CHECKF(same, "batched and per-item results differ (%s)", attn_kernel_name(kern));
-  result_free(&all);
+  tresult_free(&all);
   tcase_free(&c);
 }
 
@@ -420,7 +384,7 @@ static void test_probs_and_simple(attn_kernel kern) {
   s.mask = MASK_FULL, s.alibi = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
   tcase c;
   tcase_make(&c, &s);
-  result r = run_gather(&c, kern, 2);
+  tresult r = t_run_gather(&c, kern, 2);
   size_t bad = 0;
   for (size_t row = 0; row < r.nl; row++) {
     double sum = 0;
@@ -429,13 +393,13 @@ static void test_probs_and_simple(attn_kernel kern) {
     bad += r.lse[row] == -INFINITY ? sum != 0.0 : fabs(sum - 1.0) > 1e-5;
   }
   CHECKF(bad == 0, "%zu rows of P do not sum to 1 (%s)", bad, attn_kernel_name(kern));
-  result_free(&r);
+  tresult_free(&r);
   tcase_free(&c);
 
   /* Lk = 1: O is exactly that V row */
   s = tspec_shape(2, 2, 2, 50, 1, 8, 8);
   tcase_make(&c, &s);
-  r = run_gather(&c, kern, 1);
+  r = t_run_gather(&c, kern, 1);
   bad = 0;
   for (int64_t b = 0; b < 2; b++)
     for (int64_t h = 0; h < 2; h++)
@@ -443,14 +407,14 @@ static void test_probs_and_simple(attn_kernel kern) {
         for (int64_t d = 0; d < 8; d++)
           bad += r.o[((b * 2 + h) * 50 + i) * 8 + d] != *vv(&c, b, h, 0, d);
   CHECKF(bad == 0, "Lk = 1: %zu outputs differ from the V row (%s)", bad, attn_kernel_name(kern));
-  result_free(&r);
+  tresult_free(&r);
   tcase_free(&c);
 
   /* scale 0: every visible key weighs the same, O = mean of V */
   s = tspec_shape(1, 1, 1, 3, 257, 8, 4);
   s.has_scale = 1, s.scale = 0.0f;
   tcase_make(&c, &s);
-  r = run_gather(&c, kern, 1);
+  r = t_run_gather(&c, kern, 1);
   for (int64_t d = 0; d < 4; d++) {
     double mean = 0;
     for (int64_t j = 0; j < 257; j++)
@@ -460,7 +424,7 @@ static void test_probs_and_simple(attn_kernel kern) {
            attn_kernel_name(kern));
   }
   CHECK(fabs(r.lse[0] - log(257.0)) < 1e-5);
-  result_free(&r);
+  tresult_free(&r);
   tcase_free(&c);
 }
 

@@ -98,7 +98,9 @@ static void qk_avx2(const float *qp, const float *kp, int rows_p, int cols, int6
   x = _mm256_broadcast_ss(a + (r));                                                                \
   c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                                                       \
   c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
+        // clang-format off
         ATTN__ROW(0) ATTN__ROW(1) ATTN__ROW(2) ATTN__ROW(3) ATTN__ROW(4) ATTN__ROW(5)
+        // clang-format on
 #undef ATTN__ROW
       }
       float *o = s + r0 * BC + c0;
@@ -189,10 +191,9 @@ static void pv_avx2(const float *p, const float *vs, const float *alpha, int row
   const __m256 a##r = _mm256_broadcast_ss(alpha + r0 + (r));                                       \
   __m256 c##r##0 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp), a##r);                               \
   __m256 c##r##1 = _mm256_mul_ps(_mm256_load_ps(o + (r)*dvp + 8), a##r);
-      ATTN__LOAD(0)
-      ATTN__LOAD(1)
-      ATTN__LOAD(2)
-      ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
+      // clang-format off
+      ATTN__LOAD(0) ATTN__LOAD(1) ATTN__LOAD(2) ATTN__LOAD(3) ATTN__LOAD(4) ATTN__LOAD(5)
+      // clang-format on
 #undef ATTN__LOAD
           for (int c = 0; c < cols; c++) {
         const float *vr = vs + (int64_t)c * dvp + d0;
@@ -202,12 +203,16 @@ static void pv_avx2(const float *p, const float *vs, const float *alpha, int row
   x = _mm256_broadcast_ss(pp + (r)*BC + c);                                                        \
   c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);                                                       \
   c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
+        // clang-format off
         ATTN__ROW(0) ATTN__ROW(1) ATTN__ROW(2) ATTN__ROW(3) ATTN__ROW(4) ATTN__ROW(5)
+        // clang-format on
 #undef ATTN__ROW
       }
 #define ATTN__STORE(r)                                                                             \
   _mm256_store_ps(o + (r)*dvp, c##r##0), _mm256_store_ps(o + (r)*dvp + 8, c##r##1);
+      // clang-format off
       ATTN__STORE(0) ATTN__STORE(1) ATTN__STORE(2) ATTN__STORE(3) ATTN__STORE(4) ATTN__STORE(5)
+      // clang-format on
 #undef ATTN__STORE
     }
 }
