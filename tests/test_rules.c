@@ -126,7 +126,7 @@ static void test_masked_values(attn_kernel kern) {
     const char *name;
     tspec spec;
     poison_fn fn;
-  } cases[5];
+  } cases[6];
   tspec s = tspec_shape(3, 4, 2, 67, 200, 24, 20);
   s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
   cases[0].name = "beyond kv_len", cases[0].spec = s, cases[0].fn = poison_beyond_kv_len;
@@ -143,8 +143,13 @@ static void test_masked_values(attn_kernel kern) {
   s = tspec_shape(3, 8, 2, 2, 1500, 16, 16); /* decode: the split-key path */
   s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
   cases[4].name = "beyond kv_len (decode)", cases[4].spec = s, cases[4].fn = poison_beyond_kv_len;
+  /* decode with masked keys inside tiles: a poisoned tile takes the packed, masked P·V, which must
+   * give the direct path's bits */
+  s = tspec_shape(2, 8, 2, 3, 1500, 24, 20);
+  s.mask = MASK_KEYPAD;
+  cases[5].name = "padded keys (decode)", cases[5].spec = s, cases[5].fn = poison_padded_keys;
   const float poisons[] = {NAN, INFINITY, -INFINITY};
-  for (int ci = 0; ci < 5; ci++)
+  for (int ci = 0; ci < 6; ci++)
     for (int pi = 0; pi < 3; pi++) {
       tcase clean, dirty;
       tcase_make(&clean, &cases[ci].spec);

@@ -126,6 +126,17 @@ static void row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64
   *hi = e;
 }
 
+int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n) {
+  uint32_t nonfinite = 0;
+  for (int c = 0; c < cols; c++)
+    for (int64_t d = 0; d < n; d++) {
+      uint32_t bits;
+      memcpy(&bits, &src[c * row_stride + d], sizeof bits);
+      nonfinite |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+    }
+  return nonfinite == 0;
+}
+
 int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                     int64_t n, int64_t ld, float *dst) {
   uint32_t nonfinite = 0; /* exponent bits all ones: NaN or ±inf; an integer OR vectorises */
@@ -275,15 +286,29 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
 
   const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
   const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  /* decode blocks read K and V in place when the set can and rows are contiguous; the choice
+   * depends on shapes and strides only, and a non-finite V still uses qk_direct's scores */
+  const int direct =
+      job->decode && uk->qk_direct && p->k_stride[3] == 1 && p->v_stride[3] == 1 && Dv > 0;
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
-    uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
-    const int v_finite =
+    int v_finite;
+    if (direct) {
+      uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows_p, cols, D, ts->s);
+      v_finite = attn__rows_finite(vbase + j0 * p->v_stride[2], p->v_stride[2], cols, Dv);
+      if (!v_finite)
         attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
-    uk->qk(qk_q, ts->ks, rows_p, cols, D, ts->s);
+    } else {
+      uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
+      v_finite = attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+      uk->qk(qk_q, ts->ks, rows_p, cols, D, ts->s);
+    }
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
     uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
-    if (v_finite) {
+    if (v_finite && direct) {
+      uk->pv_direct(ts->s, vbase + j0 * p->v_stride[2], p->v_stride[2], ts->alpha, rows_p, cols, Dv,
+                    dvp, ts->acc);
+    } else if (v_finite) {
       uk->pv(ts->s, ts->vs, ts->alpha, rows_p, cols, dvp, ts->acc);
     } else {
       if (whole) memset(ts->vis, 1, (size_t)rows * (size_t)bc);

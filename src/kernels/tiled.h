@@ -42,6 +42,14 @@ typedef struct attn__fwd_ukernel {
    * whenever V is finite (skipping an exact +0 contribution is exact: acc is never −0). */
   void (*pv_masked)(const float *p, const float *vs, const float *alpha, const unsigned char *vis,
                     int rows_p, int cols, int64_t dvp, float *acc);
+  /* Optional direct forms for decode blocks (NULL: always pack). They read K and V rows in place
+   * (row stride in elements, unit column stride), vectorised along D; qk_direct reads Qs [rows_p,
+   * D] row-major and writes S columns [0, cols). pv_direct must give bitwise the pv_masked result
+   * whenever V is finite (same per-element operations in the same order). */
+  void (*qk_direct)(const float *qs, const float *k, int64_t k_row_stride, int rows_p, int cols,
+                    int64_t D, float *s);
+  void (*pv_direct)(const float *p, const float *v, int64_t v_row_stride, const float *alpha,
+                    int rows_p, int cols, int64_t Dv, int64_t dvp, float *acc);
 } attn__fwd_ukernel;
 
 /* The fused forward over any microkernel set. */
@@ -56,6 +64,9 @@ attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem
  * zero); returns 1 if every packed value is finite. */
 int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                     int64_t n, int64_t ld, float *dst);
+
+/* 1 if the rows [0, cols) × [0, n) of a matrix with unit column stride are all finite. */
+int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n);
 
 /* Portable scalar online-softmax update of one row (used by every set for rows whose running max
  * is not finite, and by the generic set for all rows). */

@@ -233,6 +233,91 @@ static void pv_masked_avx2(const float *p, const float *vs, const float *alpha,
     }
 }
 
+/* Lanes [0, n) set, n ≤ 8: masked loads read nothing beyond a row's end. */
+static inline __m256i lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Decode form of qk: S[r][c] = Qs[r]·K[c] with K rows read in place (row stride k_rs), four
+ * query rows per pass so each K vector is loaded once; partial sums per lane, reduced in a fixed
+ * order. */
+static void qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows_p, int cols,
+                           int64_t D, float *s) {
+  const int64_t D8 = D & ~(int64_t)7;
+  const __m256i tail = lanes_below(D - D8);
+  for (int c = 0; c < cols; c++) {
+    const float *kc = k + c * k_rs;
+    int r = 0;
+    for (; r + 4 <= rows_p; r += 4) {
+      const float *q0 = qs + (int64_t)r * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < D8; d += 8) {
+        const __m256 kv = _mm256_loadu_ps(kc + d);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), kv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), kv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), kv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), kv, a3);
+      }
+      if (D8 < D) {
+        const __m256 kv = _mm256_maskload_ps(kc + D8, tail);
+        a0 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + D8, tail), kv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_maskload_ps(q1 + D8, tail), kv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_maskload_ps(q2 + D8, tail), kv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_maskload_ps(q3 + D8, tail), kv, a3);
+      }
+      s[r * BC + c] = hsum8(a0), s[(r + 1) * BC + c] = hsum8(a1);
+      s[(r + 2) * BC + c] = hsum8(a2), s[(r + 3) * BC + c] = hsum8(a3);
+    }
+    for (; r < rows_p; r++) {
+      const float *q0 = qs + (int64_t)r * D;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D8; d += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), _mm256_loadu_ps(kc + d), a0);
+      if (D8 < D)
+        a0 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + D8, tail), _mm256_maskload_ps(kc + D8, tail),
+                             a0);
+      s[r * BC + c] = hsum8(a0);
+    }
+  }
+}
+
+/* Decode form of pv: acc [rows_p, dvp] = α·acc + P · V with V rows read in place (row stride
+ * v_rs). Per output element: acc·α, then one fused multiply-add per key in key order — the
+ * sequence pv_masked_avx2 performs, so the two agree bitwise whenever V is finite. */
+static void pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha,
+                           int rows_p, int cols, int64_t Dv, int64_t dvp, float *acc) {
+  (void)dvp;
+  for (int64_t d0 = 0; d0 < Dv; d0 += 8) {
+    const __m256i lanes = lanes_below(Dv - d0 < 8 ? Dv - d0 : 8);
+    int r = 0;
+    for (; r + 4 <= rows_p; r += 4) {
+      float *o0 = acc + (int64_t)r * dvp + d0, *o1 = o0 + dvp, *o2 = o1 + dvp, *o3 = o2 + dvp;
+      __m256 a0 = _mm256_mul_ps(_mm256_load_ps(o0), _mm256_broadcast_ss(alpha + r));
+      __m256 a1 = _mm256_mul_ps(_mm256_load_ps(o1), _mm256_broadcast_ss(alpha + r + 1));
+      __m256 a2 = _mm256_mul_ps(_mm256_load_ps(o2), _mm256_broadcast_ss(alpha + r + 2));
+      __m256 a3 = _mm256_mul_ps(_mm256_load_ps(o3), _mm256_broadcast_ss(alpha + r + 3));
+      const float *p0 = p + r * BC;
+      for (int c = 0; c < cols; c++) {
+        const __m256 vv = _mm256_maskload_ps(v + c * v_rs + d0, lanes);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + c), vv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + BC + c), vv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + 2 * BC + c), vv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + 3 * BC + c), vv, a3);
+      }
+      _mm256_store_ps(o0, a0), _mm256_store_ps(o1, a1);
+      _mm256_store_ps(o2, a2), _mm256_store_ps(o3, a3);
+    }
+    for (; r < rows_p; r++) {
+      float *o0 = acc + (int64_t)r * dvp + d0;
+      __m256 a0 = _mm256_mul_ps(_mm256_load_ps(o0), _mm256_broadcast_ss(alpha + r));
+      for (int c = 0; c < cols; c++)
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * BC + c),
+                             _mm256_maskload_ps(v + c * v_rs + d0, lanes), a0);
+      _mm256_store_ps(o0, a0);
+    }
+  }
+}
+
 void attn__exp2_avx2(const float *t, float *y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -259,6 +344,8 @@ const attn__fwd_ukernel attn__ukernel_avx2 = {
     softmax_avx2,
     pv_avx2,
     pv_masked_avx2,
+    qk_direct_avx2,
+    pv_direct_avx2,
 };
 
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,

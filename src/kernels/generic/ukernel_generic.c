@@ -81,6 +81,8 @@ const attn__fwd_ukernel attn__ukernel_generic = {
     softmax_generic,
     pv_generic,
     pv_masked_generic,
+    NULL, /* qk_direct */
+    NULL, /* pv_direct */
 };
 
 attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
