@@ -17,7 +17,6 @@ static int has_avx2_fma(void) { return attn__cpu_get()->avx2_fma; }
 
 typedef struct kernel_entry {
   attn_kernel id;
-  const char *name;
   int auto_rank; /* lower is preferred by AUTO; 0 = never chosen by AUTO */
   int (*supported)(void);
   attn__fwd_fn fwd;
@@ -26,10 +25,10 @@ typedef struct kernel_entry {
 
 static const kernel_entry kernels[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {ATTN_KERNEL_AVX2, "avx2", 1, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2},
+    {ATTN_KERNEL_AVX2, 1, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2},
 #endif
-    {ATTN_KERNEL_GENERIC, "generic", 2, always, attn__fwd_f32__generic, attn__scratch_f32__generic},
-    {ATTN_KERNEL_REF, "ref", 0, always, attn__fwd_f32__ref, attn__scratch_f32__ref},
+    {ATTN_KERNEL_GENERIC, 2, always, attn__fwd_f32__generic, attn__scratch_f32__generic},
+    {ATTN_KERNEL_REF, 0, always, attn__fwd_f32__ref, attn__scratch_f32__ref},
 };
 enum { N_KERNELS = sizeof kernels / sizeof kernels[0] };
 
@@ -66,7 +65,7 @@ static attn_kernel detected_best(void) {
   return best ? best->id : ATTN_KERNEL_REF;
 }
 
-/* ATTN_ISA, read once: the requested kernel, or COUNT_ for an unknown name; env_set = 0 if unset.
+/* ATTN_ISA, read once: the requested kernel, or COUNT_ for an unknown name; set = 0 if unset.
  */
 static struct {
   int set;

@@ -127,7 +127,7 @@ static void row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64
 }
 
 int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n) {
-  uint32_t nonfinite = 0;
+  uint32_t nonfinite = 0; /* exponent bits all ones: NaN or ±inf; an integer OR vectorises */
   for (int c = 0; c < cols; c++)
     for (int64_t d = 0; d < n; d++) {
       uint32_t bits;
@@ -139,7 +139,6 @@ int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n)
 
 int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                     int64_t n, int64_t ld, float *dst) {
-  uint32_t nonfinite = 0; /* exponent bits all ones: NaN or ±inf; an integer OR vectorises */
   for (int c = 0; c < cols; c++) {
     const float *row = src + (j0 + c) * row_stride;
     float *out = dst + (int64_t)c * ld;
@@ -149,15 +148,10 @@ int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, in
       for (int64_t d = 0; d < n; d++)
         out[d] = row[d * col_stride];
     }
-    for (int64_t d = 0; d < n; d++) {
-      uint32_t bits;
-      memcpy(&bits, &out[d], sizeof bits);
-      nonfinite |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
-    }
     for (int64_t d = n; d < ld; d++)
       out[d] = 0.0f;
   }
-  return nonfinite == 0;
+  return attn__rows_finite(dst, ld, cols, n);
 }
 
 /* Turns the dot products S [rows, bc] for keys [j0, j0 + cols) into the contract's scores (Q was
