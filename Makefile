@@ -28,18 +28,20 @@ test-sanitize:
 
 test-tsan:
 	cmake -S . -B $(TSANBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=thread -DATTN_WERROR=ON $(CMAKE_FLAGS)
-	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api
-	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api)$$'
+	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward
+	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads)$$'
 
-# The main job: for now the three kinds of attention, one example each.
+# The main job: the three kinds of attention, one example each, and a model trained with attn_backward.
 demo: build
-	@for ex in bidirectional causal cross; do echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; echo; done
+	@for ex in bidirectional causal cross train; do echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; echo; done
 
 # Speed: attn's own table (% of the FMA peak measured in the same run), then the same shapes
 # through PyTorch SDPA and numpy (installed into .venv-bench on first use; benchmark-only).
 bench: build
 	./$(BUILD)/attn bench
 	python3 bench/peers.py
+	./$(BUILD)/attn bench --backward
+	python3 bench/peers.py --backward
 
 clean:
 	rm -rf $(BUILD) $(SANBUILD) $(TSANBUILD)

@@ -4,13 +4,15 @@
 Peers: PyTorch's scaled_dot_product_attention on the CPU, and a plain numpy implementation
 (softmax(Q·Kᵀ/√d)·V with numpy's own BLAS). For each shape the three run back to back (attn first,
 through `attn bench --csv`), and the script prints the medians and the ratios attn/peer (> 1 means
-attn is faster).
+attn is faster). With --backward it times the backward pass instead: torch.autograd.grad of SDPA's
+output (the forward graph built once outside the timing) and numpy's materialised
+dV = Pᵀ·dO, dS = P∘(dO·Vᵀ − rowsum), dQ = dS·K, dK = dSᵀ·Q, against `attn bench --backward`.
 
 torch and numpy are benchmark-only dependencies: this script installs them into .venv-bench (from
 the Python package index) when they are missing and re-runs itself there. The library, the CLI and
 the tests never need them.
 
-usage: bench/peers.py [--threads N] [--reps N] [--quick] [--attn PATH]
+usage: bench/peers.py [--threads N] [--reps N] [--quick] [--backward] [--attn PATH]
 """
 import argparse
 import os
@@ -33,6 +35,17 @@ SHAPES = [
     (4, 8, 8, 512, 512, 64, False),
     (1, 32, 8, 1, 32768, 128, True),
 ]
+# the training shapes of `attn bench --backward`
+SHAPES_BACKWARD = [
+    (1, 2, 2, 2048, 2048, 64, False),
+    (1, 2, 2, 4096, 4096, 64, False),
+    (1, 2, 2, 2048, 2048, 128, False),
+    (1, 2, 2, 4096, 4096, 128, False),
+    (1, 2, 2, 4096, 4096, 64, True),
+    (1, 2, 2, 4096, 4096, 128, True),
+    (4, 8, 8, 512, 512, 64, False),
+]
+QUICK_BACKWARD = [(1, 2, 2, 512, 512, 64, False), (1, 2, 2, 512, 512, 64, True)]
 QUICK = [(1, 2, 2, 512, 512, 64, False), (1, 2, 2, 512, 512, 64, True), (1, 8, 2, 1, 4096, 128, True)]
 
 
@@ -66,11 +79,12 @@ def time_call(fn, reps):
     return median(times)
 
 
-def attn_time(attn, shape, threads, reps):
+def attn_time(attn, shape, threads, reps, backward):
     B, Hq, Hkv, Lq, Lk, D, causal = shape
     spec = f"{B},{Hq},{Hkv},{Lq},{Lk},{D}" + (",causal" if causal else "")
     out = subprocess.run([attn, "bench", "--csv", "--shape", spec, "--threads", str(threads),
-                          "--reps", str(reps)], capture_output=True, text=True)
+                          "--reps", str(reps)] + (["--backward"] if backward else []),
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"peers: attn bench failed: {out.stderr.strip()}")
     header, row = out.stdout.strip().splitlines()[:2]
@@ -83,6 +97,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backward", action="store_true")
     ap.add_argument("--attn", default=os.path.join(ROOT, "build", "attn"))
     args = ap.parse_args()
     # numpy's BLAS reads its thread count at import time
@@ -95,17 +110,23 @@ def main():
 
     torch.set_num_threads(args.threads)
     print(f"peers: torch {torch.__version__} (cpu capability {torch.backends.cpu.get_cpu_capability()}),"
-          f" numpy {np.__version__}, {args.threads} threads, median of {args.reps} after a warm-up")
+          f" numpy {np.__version__}, {args.threads} threads, median of {args.reps} after a warm-up"
+          f"{'; BACKWARD pass' if args.backward else ''}")
     print(f"{'shape':44} {'attn ms':>9} {'torch ms':>9} {'numpy ms':>9} "
           f"{'attn/torch':>10} {'attn/numpy':>10}")
     rng = np.random.default_rng(0)
     worst = None
-    for shape in (QUICK if args.quick else SHAPES):
+    if args.backward:
+        shapes = QUICK_BACKWARD if args.quick else SHAPES_BACKWARD
+    else:
+        shapes = QUICK if args.quick else SHAPES
+    for shape in shapes:
         B, Hq, Hkv, Lq, Lk, D, causal = shape
         q = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
         k = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
         v = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
-        t_attn, kernel = attn_time(args.attn, shape, args.threads, args.reps)
+        t_attn, kernel = attn_time(args.attn, shape, args.threads, args.reps, args.backward)
+        do = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
 
         tq, tk, tv = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
         # torch's is_causal is top-left aligned; attn's bench is bottom-right. They agree when
@@ -119,6 +140,14 @@ def main():
             with torch.no_grad():
                 return F.scaled_dot_product_attention(tq, tk, tv, is_causal=torch_causal, enable_gqa=gqa)
 
+        if args.backward:
+            tq.requires_grad_(), tk.requires_grad_(), tv.requires_grad_()
+            out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=torch_causal, enable_gqa=gqa)
+            tdo = torch.from_numpy(do)
+
+            def run_torch():
+                return torch.autograd.grad(out, (tq, tk, tv), tdo, retain_graph=True)
+
         t_torch = time_call(run_torch, args.reps)
 
         group = Hq // Hkv
@@ -131,6 +160,20 @@ def main():
                 s = s + mask
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             return (s / s.sum(axis=-1, keepdims=True)) @ vv
+
+        if args.backward:
+            scale = np.float32(1.0 / np.sqrt(D))
+
+            def run_numpy():  # the materialised backward (dK, dV per query head)
+                s = (q @ kk.transpose(0, 1, 3, 2)) * scale
+                if mask is not None:
+                    s = s + mask
+                p = np.exp(s - s.max(axis=-1, keepdims=True))
+                p /= p.sum(axis=-1, keepdims=True)
+                dv = p.transpose(0, 1, 3, 2) @ do
+                dp = do @ vv.transpose(0, 1, 3, 2)
+                ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+                return (ds @ kk) * scale, (ds.transpose(0, 1, 3, 2) @ q) * scale, dv
 
         t_numpy = time_call(run_numpy, max(1, args.reps // 2))
         name = f"B={B} Hq={Hq} Hkv={Hkv} L={Lq}x{Lk} D={D}" + (" causal" if causal else "")

@@ -6,8 +6,12 @@
  * against the ref kernel. Decode shapes (Lq ≤ 16) also report GB/s of K/V read against the
  * measured memory read bandwidth.
  *
+ * With --backward it times attn_backward instead (after one forward for O and LSE), counting
+ * 2.5× the forward's FLOPs (five matrix products instead of two: S and dP = dO·Vᵀ recomputed, dV,
+ * dK, dQ), and checks sampled rows of dQ against the ref kernel.
+ *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--csv] [--long] [--quick]
+ *              [--csv] [--long] [--quick] [--backward]
  */
 #include "attn.h"
 #include "machine.h"
@@ -33,6 +37,11 @@ static const shape default_shapes[] = {
 static const shape long_shapes[] = {
     {1, 2, 2, 16384, 16384, 64, 0},
     {1, 1, 1, 131072, 131072, 64, 1},
+};
+static const shape backward_shapes[] = {
+    {1, 2, 2, 2048, 2048, 64, 0},  {1, 2, 2, 4096, 4096, 64, 0}, {1, 2, 2, 2048, 2048, 128, 0},
+    {1, 2, 2, 4096, 4096, 128, 0}, {1, 2, 2, 4096, 4096, 64, 1}, {1, 2, 2, 4096, 4096, 128, 1},
+    {4, 8, 8, 512, 512, 64, 0},
 };
 static const shape quick_shapes[] = {
     {1, 2, 2, 512, 512, 64, 0},
@@ -126,9 +135,48 @@ static void check_rows(const shape *s, const attn_params *full, const float *q, 
   free(ref);
 }
 
+/* Backward check: dQ of rows {0, Lq/2, Lq−1} of heads {0, Hq−1} recomputed by the ref kernel on
+ * the one-row problem (a row's dQ depends only on its own query, dO row and K, V). */
+static void check_rows_backward(const shape *s, const attn_params *full, const float *q,
+                                const float *k, const float *v, const float *d_o, const float *dq,
+                                double *max_err, double *max_ref) {
+  const int64_t rows[3] = {0, s->Lq / 2, s->Lq - 1}, heads[2] = {0, s->Hq - 1};
+  const size_t nkv = (size_t)(s->Lk * s->D);
+  float *ref = malloc(sizeof(float) * (3 * (size_t)s->D + 2 * nkv + 2));
+  float *o1 = ref + s->D, *scratch_dk = o1 + s->D, *scratch_dv = scratch_dk + nkv, lse1[1];
+  *max_err = 0, *max_ref = 0;
+  for (int hi = 0; hi < 2; hi++)
+    for (int ri = 0; ri < 3; ri++) {
+      const int64_t h = heads[hi], i = rows[ri], hk = h / (s->Hq / s->Hkv);
+      const int64_t pos = i + s->Lk - s->Lq;
+      const int64_t lk = s->causal ? (pos + 1 < s->Lk ? pos + 1 : s->Lk) : s->Lk;
+      if (lk < 1) continue;
+      attn_params one;
+      attn_params_init(&one, 1, 1, 1, 1, lk, s->D, s->D);
+      one.causal = s->causal;
+      one.align = ATTN_ALIGN_BOTTOM_RIGHT;
+      one.kernel = ATTN_KERNEL_REF;
+      one.threads = 1;
+      const float *qi = q + h * full->q_stride[1] + i * full->q_stride[2];
+      const float *doi = d_o + h * full->dout_stride[1] + i * full->dout_stride[2];
+      const float *kh = k + hk * full->k_stride[1], *vh = v + hk * full->v_stride[1];
+      if (attn_forward(&one, qi, kh, vh, o1, lse1, NULL) != ATTN_STATUS_OK ||
+          attn_backward(&one, qi, kh, vh, o1, lse1, doi, ref, scratch_dk, scratch_dv, NULL) !=
+              ATTN_STATUS_OK)
+        continue;
+      const float *dqi = dq + h * full->dq_stride[1] + i * full->dq_stride[2];
+      for (int64_t d = 0; d < s->D; d++) {
+        double e = fabs((double)dqi[d] - ref[d]);
+        if (e > *max_err || isnan(e)) *max_err = isnan(e) ? INFINITY : e;
+        if (fabs(ref[d]) > *max_ref) *max_ref = fabs(ref[d]);
+      }
+    }
+  free(ref);
+}
+
 int cmd_bench(int argc, char **argv) {
   shape shapes[64];
-  int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0;
+  int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0, backward = 0;
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -138,6 +186,8 @@ int cmd_bench(int argc, char **argv) {
       with_long = 1;
     else if (strcmp(a, "--quick") == 0)
       quick = 1;
+    else if (strcmp(a, "--backward") == 0)
+      backward = 1;
     else if (strcmp(a, "--shape") == 0 && val && n_shapes < 64) {
       if (parse_shape(val, &shapes[n_shapes++]) != 0) {
         fprintf(stderr, "attn bench: --shape '%s' must be B,Hq,Hkv,Lq,Lk,D[,causal]\n", val);
@@ -168,12 +218,13 @@ int cmd_bench(int argc, char **argv) {
     }
   }
   if (n_shapes == 0) {
-    const shape *list = quick ? quick_shapes : default_shapes;
-    int n = quick ? (int)(sizeof quick_shapes / sizeof quick_shapes[0])
-                  : (int)(sizeof default_shapes / sizeof default_shapes[0]);
+    const shape *list = quick ? quick_shapes : backward ? backward_shapes : default_shapes;
+    int n = quick      ? (int)(sizeof quick_shapes / sizeof quick_shapes[0])
+            : backward ? (int)(sizeof backward_shapes / sizeof backward_shapes[0])
+                       : (int)(sizeof default_shapes / sizeof default_shapes[0]);
     for (int i = 0; i < n; i++)
-      shapes[n_shapes++] = list[i];
-    if (with_long)
+      if (!backward || list[i].Lq > 16) shapes[n_shapes++] = list[i];
+    if (with_long && !backward)
       for (size_t i = 0; i < sizeof long_shapes / sizeof long_shapes[0]; i++)
         shapes[n_shapes++] = long_shapes[i];
   }
@@ -186,16 +237,17 @@ int cmd_bench(int argc, char **argv) {
   const double peak = machine_fma_peak_gflops(threads);
   const double bandwidth = machine_read_bandwidth_gbs(threads);
   if (csv) {
-    printf("kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,t_med_ms,t_min_ms,gflops,peak_pct,gbs,bw_pct,"
-           "scratch_kib,max_err,check\n");
+    printf(
+        "pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,t_med_ms,t_min_ms,gflops,peak_pct,gbs,bw_pct,"
+        "scratch_kib,max_err,check\n");
   } else {
     printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
     printf("kernel %s, %d threads | fp32 FMA peak measured now: %.1f GFLOP/s | read bandwidth: "
            "%.1f GB/s\n",
            attn_kernel_name(resolved), threads, peak, bandwidth);
-    printf("FLOPs = 2*(D+Dv) per visible (query,key) pair; causal = bottom-right, visible pairs "
-           "only; median of %d runs after 1 warm-up\n\n",
-           reps);
+    printf("%s: FLOPs = %s per visible (query,key) pair; causal = bottom-right, visible "
+           "pairs only; median of %d runs after 1 warm-up\n\n",
+           backward ? "backward" : "forward", backward ? "2.5 x 2*(D+Dv)" : "2*(D+Dv)", reps);
     printf("%-44s %9s %9s %8s %7s %8s %10s %9s %s\n", "shape", "t_med ms", "t_min ms", "GFLOP/s",
            "%peak", "GB/s", "scratch", "max err", "check");
   }
@@ -210,11 +262,17 @@ int cmd_bench(int argc, char **argv) {
     const size_t nq = (size_t)(s->B * s->Hq * s->Lq * s->D),
                  nk = (size_t)(s->B * s->Hkv * s->Lk * s->D);
     float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *o = malloc(nq * 4);
-    if (!q || !k || !v || !o) {
+    float *lse = NULL, *d_o = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
+    if (backward) {
+      lse = malloc(nq / (size_t)s->D * 4), d_o = malloc(nq * 4), dq = malloc(nq * 4);
+      dk = malloc(nk * 4), dv = malloc(nk * 4);
+    }
+    if (!q || !k || !v || !o || (backward && (!lse || !d_o || !dq || !dk || !dv))) {
       fprintf(stderr, "attn bench: out of memory\n");
       return 1;
     }
     fill(q, nq, 1), fill(k, nk, 2), fill(v, nk, 3);
+    if (backward) fill(d_o, nq, 4);
     attn_params p;
     attn_params_init(&p, s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->D);
     p.causal = s->causal;
@@ -222,12 +280,18 @@ int cmd_bench(int argc, char **argv) {
     p.threads = threads;
     p.kernel = kernel;
     size_t scratch = 0;
-    attn_forward_scratch_bytes(&p, 0, &scratch);
+    if (backward)
+      attn_backward_scratch_bytes(&p, 0, &scratch);
+    else
+      attn_forward_scratch_bytes(&p, 0, &scratch);
     double times[1000];
-    attn_status st = attn_forward(&p, q, k, v, o, NULL, NULL); /* warm-up */
+    attn_status st = attn_forward(&p, q, k, v, o, lse, NULL); /* warm-up; O, LSE for backward */
+    if (backward && st == ATTN_STATUS_OK)
+      st = attn_backward(&p, q, k, v, o, lse, d_o, dq, dk, dv, NULL);
     for (int r = 0; r < reps && st == ATTN_STATUS_OK; r++) {
       double t0 = machine_now();
-      st = attn_forward(&p, q, k, v, o, NULL, NULL);
+      st = backward ? attn_backward(&p, q, k, v, o, lse, d_o, dq, dk, dv, NULL)
+                    : attn_forward(&p, q, k, v, o, NULL, NULL);
       times[r] = machine_now() - t0;
     }
     if (st != ATTN_STATUS_OK) {
@@ -236,13 +300,17 @@ int cmd_bench(int argc, char **argv) {
     }
     qsort(times, (size_t)reps, sizeof times[0], cmp_double);
     const double t_med = times[reps / 2], t_min = times[0];
-    const double flops = 2.0 * (double)(s->D + s->D) * visible_pairs(s) * (double)(s->B * s->Hq);
+    const double flops = (backward ? 2.5 : 1.0) * 2.0 * (double)(s->D + s->D) * visible_pairs(s) *
+                         (double)(s->B * s->Hq);
     const double gflops = flops / t_med * 1e-9;
     const double kv_bytes = 2.0 * (double)nk * 4;
     const int decode = s->Lq <= 16;
     const double gbs = kv_bytes / t_med * 1e-9;
     double err, ref_mag;
-    check_rows(s, &p, q, k, v, o, &err, &ref_mag);
+    if (backward)
+      check_rows_backward(s, &p, q, k, v, d_o, dq, &err, &ref_mag);
+    else
+      check_rows(s, &p, q, k, v, o, &err, &ref_mag);
     const int pass = err <= 1e-5 * (1.0 + ref_mag);
     failures += !pass;
     char name[96];
@@ -251,12 +319,12 @@ int cmd_bench(int argc, char **argv) {
              "%s",
              s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal ? " causal" : "");
     if (csv)
-      printf("%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
+      printf("%s%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
              ",%d,%d,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
-             attn_kernel_name(resolved), s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal,
-             threads, t_med * 1e3, t_min * 1e3, gflops, 100 * gflops / peak, gbs,
-             decode ? 100 * gbs / bandwidth : 0.0, (double)scratch / 1024, err,
-             pass ? "PASS" : "FAIL");
+             backward ? "backward," : "forward,", attn_kernel_name(resolved), s->B, s->Hq, s->Hkv,
+             s->Lq, s->Lk, s->D, s->causal, threads, t_med * 1e3, t_min * 1e3, gflops,
+             100 * gflops / peak, gbs, decode ? 100 * gbs / bandwidth : 0.0, (double)scratch / 1024,
+             err, pass ? "PASS" : "FAIL");
     else {
       char gbs_str[32] = "-";
       if (decode) snprintf(gbs_str, sizeof gbs_str, "%.1f", gbs);
@@ -268,7 +336,7 @@ int cmd_bench(int argc, char **argv) {
       printf("%-44s K/V read at %.1f GB/s = %.0f%% of the measured read bandwidth\n", "", gbs,
              100 * gbs / bandwidth);
     fflush(stdout);
-    free(q), free(k), free(v), free(o);
+    free(q), free(k), free(v), free(o), free(lse), free(d_o), free(dq), free(dk), free(dv);
   }
   return failures ? 1 : 0;
 }

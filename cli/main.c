@@ -2,6 +2,8 @@
  * main.c — the `attn` command line.
  *
  *   attn run --q Q.npy --k K.npy --v V.npy --out O.npy [options]   attention on .npy files
+ *   attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy --dv DV.npy
+ *             [--dbias DB.npy] [options of run]                    its gradients (backward)
  *   attn info                                                      version, CPU, kernels
  *
  * Exit status: 0 success; 2 bad usage or bad input (one line on stderr, no output file created or
@@ -39,13 +41,18 @@ static void usage(FILE *f) {
         "  attn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse LSE.npy] [--probs P.npy]\n"
         "           [--scale S] [--causal] [--align top-left|bottom-right] [--window LEFT,RIGHT]\n"
         "           [--kv-len N0,N1,...] [--mask M.npy] [--bias B.npy] [--softcap C]\n"
-        "           [--alibi SLOPES.npy] [--threads N] [--kernel auto|ref|generic]\n"
+        "           [--alibi SLOPES.npy] [--threads N] [--kernel auto|ref|generic|avx2]\n"
+        "  attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy\n"
+        "           --dv DV.npy [--dbias DB.npy] [--out O.npy] [--lse LSE.npy] [--probs P.npy]\n"
+        "           [every option of attn run]\n"
         "  attn info\n"
         "  attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME]\n"
-        "             [--reps N] [--csv] [--long] [--quick]\n"
+        "             [--reps N] [--csv] [--long] [--quick] [--backward]\n"
         "\n"
         "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv] are little-endian float32 C-order .npy;\n"
         "O [B,Hq,Lq,Dv], LSE [B,Hq,Lq] and P [B,Hq,Lq,Lk] are written as float32 .npy.\n"
+        "grad runs the forward, then the backward for dO = DO [B,Hq,Lq,Dv]: DQ, DK, DV have the\n"
+        "shapes of Q, K, V; DB (needs --bias) has the bias file's shape.\n"
         "Mask (uint8/bool, non-zero = visible) and bias (float32) are 4-D and broadcast to\n"
         "[B,Hq,Lq,Lk] (each dimension 1 or full); ALiBi slopes are float32 [Hq].\n"
         "Exit status: 0 ok, 2 bad input (nothing written), 1 runtime failure.\n",
@@ -189,7 +196,8 @@ static void out_discard(out_file *o) {
 typedef struct run_opts {
   const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi;
   const char *scale, *align, *window, *kv_len, *softcap, *threads, *kernel;
-  int causal;
+  const char *dout, *dq, *dk, *dv, *dbias; /* attn grad */
+  int causal, grad;
 } run_opts;
 
 static int parse_run_args(int argc, char **argv, run_opts *o) {
@@ -213,7 +221,13 @@ static int parse_run_args(int argc, char **argv, run_opts *o) {
       {"--softcap", &o->softcap},
       {"--threads", &o->threads},
       {"--kernel", &o->kernel},
+      {"--dout", &o->dout},
+      {"--dq", &o->dq},
+      {"--dk", &o->dk},
+      {"--dv", &o->dv},
+      {"--dbias", &o->dbias},
   };
+  const size_t n_valued = sizeof valued / sizeof valued[0] - (o->grad ? 0 : 5);
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--causal") == 0) {
@@ -225,17 +239,21 @@ static int parse_run_args(int argc, char **argv, run_opts *o) {
       exit(0);
     }
     size_t f;
-    for (f = 0; f < sizeof valued / sizeof valued[0]; f++)
+    for (f = 0; f < n_valued; f++)
       if (strcmp(a, valued[f].flag) == 0) break;
-    if (f == sizeof valued / sizeof valued[0])
-      return fail(EXIT_BAD_INPUT, "unknown option '%s' (see attn --help)", a);
+    if (f == n_valued) return fail(EXIT_BAD_INPUT, "unknown option '%s' (see attn --help)", a);
     if (i + 1 >= argc) return fail(EXIT_BAD_INPUT, "%s needs a value", a);
     if (*valued[f].dst) return fail(EXIT_BAD_INPUT, "%s given twice", a);
     *valued[f].dst = argv[++i];
   }
-  const char *required[][2] = {{"--q", o->q}, {"--k", o->k}, {"--v", o->v}, {"--out", o->out}};
-  for (int r = 0; r < 4; r++)
+  const char *required[][2] = {
+      {"--q", o->q},   {"--k", o->k},
+      {"--v", o->v},   {o->grad ? "--dout" : "--out", o->grad ? o->dout : o->out},
+      {"--dq", o->dq}, {"--dk", o->dk},
+      {"--dv", o->dv}};
+  for (int r = 0; r < (o->grad ? 7 : 4); r++)
     if (!required[r][1]) return fail(EXIT_BAD_INPUT, "%s is required", required[r][0]);
+  if (o->dbias && !o->bias) return fail(EXIT_BAD_INPUT, "--dbias needs --bias");
   return 0;
 }
 
@@ -327,7 +345,7 @@ static int configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv
   if (o->kernel) {
     p->kernel = attn_kernel_from_name(o->kernel);
     if (p->kernel == ATTN_KERNEL_COUNT_)
-      return fail(EXIT_BAD_INPUT, "--kernel '%s' is unknown (choose auto, ref or generic)",
+      return fail(EXIT_BAD_INPUT, "--kernel '%s' is unknown (choose auto, ref, generic or avx2)",
                   o->kernel);
     if (!attn_kernel_supported(p->kernel))
       return fail(EXIT_BAD_INPUT, "--kernel %s cannot run on this CPU", o->kernel);
@@ -343,25 +361,31 @@ static float *alloc_floats(int64_t a, int64_t b, int64_t c, int64_t d) {
   return malloc(n > 0 ? (size_t)n * sizeof(float) : 1);
 }
 
-static int cmd_run(int argc, char **argv) {
-  command = "attn run";
+/* attn run (grad = 0) and attn grad (grad = 1): outputs out, lse, probs, then dq, dk, dv, dbias. */
+enum { N_OUTS = 7 };
+static int cmd_run(int argc, char **argv, int grad) {
+  command = grad ? "attn grad" : "attn run";
   run_opts o = {0};
+  o.grad = grad;
   inputs in;
   memset(&in, 0, sizeof in);
-  out_file outs[3] = {
-      {"--out", NULL, NULL, NULL}, {"--lse", NULL, NULL, NULL}, {"--probs", NULL, NULL, NULL}};
+  npy_array dout = {0};
+  out_file outs[N_OUTS] = {{"--out", NULL, NULL, NULL},   {"--lse", NULL, NULL, NULL},
+                           {"--probs", NULL, NULL, NULL}, {"--dq", NULL, NULL, NULL},
+                           {"--dk", NULL, NULL, NULL},    {"--dv", NULL, NULL, NULL},
+                           {"--dbias", NULL, NULL, NULL}};
   int64_t *kv_len = NULL;
-  float *bufs[3] = {NULL, NULL, NULL};
+  float *bufs[N_OUTS] = {NULL};
   int rc = parse_run_args(argc, argv, &o);
   if (rc) return rc;
-  outs[0].path = o.out;
-  outs[1].path = o.lse;
-  outs[2].path = o.probs;
-  for (int a = 0; a < 3; a++)
+  const char *paths[N_OUTS] = {o.out, o.lse, o.probs, o.dq, o.dk, o.dv, o.dbias};
+  for (int a = 0; a < N_OUTS; a++) {
+    outs[a].path = paths[a];
     for (int b = 0; b < a; b++)
       if (outs[a].path && outs[b].path && strcmp(outs[a].path, outs[b].path) == 0)
         return fail(EXIT_BAD_INPUT, "%s and %s name the same file '%s'", outs[b].flag, outs[a].flag,
                     outs[a].path);
+  }
 
   if ((rc = load("--q", o.q, NPY_F32, 4, &in.q)) || (rc = load("--k", o.k, NPY_F32, 4, &in.k)) ||
       (rc = load("--v", o.v, NPY_F32, 4, &in.v)))
@@ -369,28 +393,52 @@ static int cmd_run(int argc, char **argv) {
   attn_params p;
   if ((rc = configure(&o, &in, &p, &kv_len))) goto done;
 
-  const int64_t B = p.batch, Hq = p.heads_q, Lq = p.len_q, Lk = p.len_k, Dv = p.dim_v;
-  const int64_t shapes[3][4] = {{B, Hq, Lq, Dv}, {B, Hq, Lq, 1}, {B, Hq, Lq, Lk}};
-  const int ranks[3] = {4, 3, 4};
-  for (int i = 0; i < 3; i++) {
-    if (!outs[i].path) continue;
+  const int64_t B = p.batch, Hq = p.heads_q, Hkv = p.heads_kv, Lq = p.len_q, Lk = p.len_k;
+  const int64_t D = p.dim, Dv = p.dim_v;
+  const int64_t *bs = in.bias.shape;
+  const int64_t shapes[N_OUTS][4] = {{B, Hq, Lq, Dv},
+                                     {B, Hq, Lq, 1},
+                                     {B, Hq, Lq, Lk},
+                                     {B, Hq, Lq, D},
+                                     {B, Hkv, Lk, D},
+                                     {B, Hkv, Lk, Dv},
+                                     {bs[0], bs[1], bs[2], bs[3]}};
+  const int ranks[N_OUTS] = {4, 3, 4, 4, 4, 4, 4};
+  if (grad) {
+    if ((rc = load("--dout", o.dout, NPY_F32, 4, &dout))) goto done;
+    if (memcmp(dout.shape, shapes[0], sizeof shapes[0]) != 0) {
+      char got[128], want[128];
+      shape_str(dout.shape, 4, got, sizeof got);
+      shape_str(shapes[0], 4, want, sizeof want);
+      rc = fail(EXIT_BAD_INPUT, "--dout %s: shape %s must equal O's [B, Hq, Lq, Dv] = %s", o.dout,
+                got, want);
+      goto done;
+    }
+    attn_strides_packed(p.dbias_stride, bs[1], bs[2], bs[3]);
+  }
+  for (int i = 0; i < N_OUTS; i++) {
+    const int needed = outs[i].path || (grad && i < 2); /* grad needs O and LSE */
+    if (!needed) continue;
     bufs[i] = alloc_floats(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
     if (!bufs[i]) {
       rc = fail(EXIT_RUNTIME, "%s: cannot allocate the output", outs[i].flag);
       goto done;
     }
   }
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < N_OUTS; i++)
     if (outs[i].path && (rc = out_open(&outs[i]))) goto done;
 
   attn_status st = attn_forward(&p, in.q.data, in.k.data, in.v.data, bufs[0], bufs[1], bufs[2]);
+  if (st == ATTN_STATUS_OK && grad)
+    st = attn_backward(&p, in.q.data, in.k.data, in.v.data, bufs[0], bufs[1], dout.data, bufs[3],
+                       bufs[4], bufs[5], bufs[6]);
   if (st != ATTN_STATUS_OK) {
     int code = (st == ATTN_STATUS_OUT_OF_MEMORY || st == ATTN_STATUS_INTERNAL) ? EXIT_RUNTIME
                                                                                : EXIT_BAD_INPUT;
     rc = fail(code, "%s (%s)", attn_last_error(), attn_status_str(st));
     goto done;
   }
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < N_OUTS; i++) {
     if (!outs[i].path) continue;
     int bad = npy_write(outs[i].f, bufs[i], NPY_F32, ranks[i], shapes[i]) != 0;
     bad |= fflush(outs[i].f) != 0 || fsync(fileno(outs[i].f)) != 0;
@@ -402,7 +450,7 @@ static int cmd_run(int argc, char **argv) {
       goto done;
     }
   }
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < N_OUTS; i++) {
     if (!outs[i].path) continue;
     if (rename(outs[i].tmp, outs[i].path) != 0) {
       rc = fail(EXIT_RUNTIME, "%s %s: cannot rename into place: %s", outs[i].flag, outs[i].path,
@@ -414,11 +462,12 @@ static int cmd_run(int argc, char **argv) {
   }
   rc = 0;
 done:
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < N_OUTS; i++) {
     out_discard(&outs[i]);
     free(bufs[i]);
   }
   free(kv_len);
+  npy_free(&dout);
   inputs_free(&in);
   return rc;
 }
@@ -445,7 +494,8 @@ int main(int argc, char **argv) {
     usage(stderr);
     return EXIT_BAD_INPUT;
   }
-  if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
+  if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2, 0);
+  if (strcmp(argv[1], "grad") == 0) return cmd_run(argc - 2, argv + 2, 1);
   if (strcmp(argv[1], "info") == 0) return cmd_info();
   if (strcmp(argv[1], "bench") == 0) return cmd_bench(argc - 2, argv + 2);
   if (strcmp(argv[1], "--version") == 0) return printf("attn %s\n", attn_version()) < 0;
@@ -453,5 +503,5 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
-  return fail(EXIT_BAD_INPUT, "unknown command '%s' (run, info, bench, --help)", argv[1]);
+  return fail(EXIT_BAD_INPUT, "unknown command '%s' (run, grad, info, bench, --help)", argv[1]);
 }

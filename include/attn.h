@@ -160,6 +160,13 @@ typedef struct attn_params {
   int64_t lse_stride[3];   /* LSE [B, Hq, Lq] */
   int64_t probs_stride[4]; /* P [B, Hq, Lq, Lk] */
 
+  /* Gradient strides, used by attn_backward only (attn_params_init packs them). */
+  int64_t dout_stride[4];  /* dO [B, Hq, Lq, Dv]  */
+  int64_t dq_stride[4];    /* dQ [B, Hq, Lq, D]   */
+  int64_t dk_stride[4];    /* dK [B, Hkv, Lk, D]  */
+  int64_t dv_stride[4];    /* dV [B, Hkv, Lk, Dv] */
+  int64_t dbias_stride[4]; /* dBias: the bias's shape, size 1 where bias_stride is 0 */
+
   /* Score. */
   int has_scale;             /* 0: scale = 1/sqrt(dim) (rounded to float); 1: use `scale` */
   float scale;               /* must be finite; 0 and negative are allowed */
@@ -218,6 +225,47 @@ ATTN_API attn_status attn_forward(const attn_params *p, const float *q, const fl
  * shapes, strides and options). Returns ATTN_STATUS_OK and sets *bytes. */
 ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs,
                                                 size_t *bytes);
+
+/*
+ * The backward pass: gradients of a loss L with respect to Q, K, V (and the bias), given
+ * dO = ∂L/∂O. FlashAttention-2 form: the attention weights are recomputed tile by tile from the
+ * forward's LSE, so the extra memory is O(L), never O(Lq·Lk). For each visible pair,
+ *     P = exp(s − LSE),  dP = dO·v,  Δ = rowsum(dO∘O),  dS = P·(dP − Δ)   (= ∂L/∂s)
+ *     dBias += dS,  dq += scale·dS'·k,  dk += scale·dS'·q,  dv += P·dO
+ * with dS' = dS·(1 − tanh²(x/c)) under softcap c (x = scale·q·k), else dS' = dS.
+ *   q, k, v: the forward's inputs; o, lse: its outputs (o_stride, lse_stride; lse is required).
+ *     The backward is this function of (q, k, v, o, lse, dout): with the o and lse of
+ *     attn_forward(p, q, k, v, ...) it is the gradient of that call; with a merged O and LSE over
+ *     a larger key set (attn_merge, ring attention) it is that key block's share of the gradient.
+ *   dout [B, Hq, Lq, Dv] (dout_stride): ∂L/∂O.
+ *   dq [B, Hq, Lq, D], dk [B, Hkv, Lk, D], dv [B, Hkv, Lk, Dv] (dq/dk/dv_stride): overwritten,
+ *     never accumulated. With grouped-query heads, dk and dv sum over the query heads of a group.
+ *   dbias: NULL, or ∂L/∂bias (requires p->bias), overwritten: the bias's shape with size 1 in
+ *     every dimension whose bias_stride is 0, i.e. summed over the dimensions the bias is
+ *     broadcast over; written with dbias_stride (set it to match, e.g. attn_strides_packed for
+ *     [1, 1, Lq, Lk]). Entries of pairs that are never visible are 0.
+ * Every feature of the forward is differentiated: masks, windows, kv_len, alignment, bias,
+ * softcap (through tanh), ALiBi (a constant: slopes get no gradient), GQA, Dv ≠ D, strides.
+ * Rows with no visible key (LSE = −inf) get dQ = 0 and add nothing to dK, dV or dBias; NaN or inf
+ * stored at invisible positions of K, V or the bias never reaches a gradient (bitwise as if it
+ * were not there). Deterministic: bitwise identical results for any thread count (fixed reduction
+ * order, no atomics). Extra memory: O(threads · tile) plus Δ (B·Hq·Lq floats) and a partial dQ
+ * per key slice (one slice when batch·heads_kv ≥ 8, up to 8 otherwise; see
+ * attn_backward_scratch_bytes).
+ * Limit: LSE is fp32, so in a row whose scores are so large in magnitude that fp32 cannot resolve
+ * LSE − max s (|s| above ~1e7, e.g. a −1e30 bias on every visible key) the recomputed weights are
+ * inexact (the forward's own scores have lost those digits too).
+ * Errors: as attn_forward; nothing written on error.
+ */
+ATTN_API attn_status attn_backward(const attn_params *p, const float *q, const float *k,
+                                   const float *v, const float *o, const float *lse,
+                                   const float *dout, float *dq, float *dk, float *dv,
+                                   float *dbias);
+
+/* The extra memory (bytes) attn_backward allocates for this call (with_dbias: whether dbias will
+ * be requested). Validates p like attn_backward, without pointers. */
+ATTN_API attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias,
+                                                 size_t *bytes);
 
 /* A static, never-NULL description of a status ("invalid argument"); "unknown status" otherwise. */
 ATTN_API const char *attn_status_str(attn_status status);

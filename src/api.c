@@ -35,6 +35,11 @@ void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t he
   attn_strides_packed(p->probs_stride, heads_q, len_q, len_k);
   attn_strides_packed(p->mask_stride, heads_q, len_q, len_k);
   attn_strides_packed(p->bias_stride, heads_q, len_q, len_k);
+  attn_strides_packed(p->dout_stride, heads_q, len_q, dim_v);
+  attn_strides_packed(p->dq_stride, heads_q, len_q, dim);
+  attn_strides_packed(p->dk_stride, heads_kv, len_k, dim);
+  attn_strides_packed(p->dv_stride, heads_kv, len_k, dim_v);
+  attn_strides_packed(p->dbias_stride, heads_q, len_q, len_k);
   p->window_left = -1;
   p->window_right = -1;
   p->align = ATTN_ALIGN_UNSET;
@@ -64,4 +69,27 @@ attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs, siz
     return ATTN_STATUS_OK;
   }
   return attn__kernel_scratch(pr.kernel)(&pr, with_probs != 0, bytes);
+}
+
+attn_status attn_backward(const attn_params *p, const float *q, const float *k, const float *v,
+                          const float *o, const float *lse, const float *dout, float *dq, float *dk,
+                          float *dv, float *dbias) {
+  attn__problem pr;
+  attn__clear_error();
+  const attn__bwd_tensors t = {q, k, v, o, lse, dout, dq, dk, dv, dbias};
+  attn_status st = attn__check_backward("attn_backward", p, &t, 1, &pr);
+  if (st != ATTN_STATUS_OK) return st;
+  return attn__kernel_bwd(pr.kernel)(&pr, &t);
+}
+
+attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias, size_t *bytes) {
+  attn__problem pr;
+  attn__clear_error();
+  if (!bytes)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "attn_backward_scratch_bytes: bytes is NULL");
+  const attn__bwd_tensors t = {NULL, NULL, NULL, NULL, NULL,
+                               NULL, NULL, NULL, NULL, with_dbias ? (float *)1 : NULL};
+  attn_status st = attn__check_backward("attn_backward_scratch_bytes", p, &t, 0, &pr);
+  if (st != ATTN_STATUS_OK) return st;
+  return attn__kernel_bwd_scratch(pr.kernel)(&pr, with_dbias != 0, bytes);
 }

@@ -174,14 +174,46 @@ static attn_status check_options(const char *fn, const attn_params *p) {
   return ATTN_STATUS_OK;
 }
 
-attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
-                                const float *k, const float *v, const float *o, const float *lse,
-                                const float *probs, int check_pointers, attn__problem *pr) {
+/* Checks each present tensor, then that no output overlaps another output or an input (outputs
+ * come after inputs in t). */
+static attn_status check_tensors(const char *fn, tensor_desc *t, const int *present, int n,
+                                 int first_output, int check_pointers) {
+  attn_status st;
+  for (int i = 0; i < n; i++) {
+    if (!present[i]) {
+      t[i].empty = 1;
+      continue;
+    }
+    if ((st = check_tensor(fn, &t[i], check_pointers)) != ATTN_STATUS_OK) return st;
+  }
+  for (int a = first_output; a < n; a++)
+    for (int b = 0; b < a; b++)
+      if (check_pointers && present[a] && present[b] && ranges_overlap(&t[a], &t[b]))
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: output %s overlaps %s %s: outputs must not overlap each other or "
+                          "the inputs",
+                          fn, t[a].name, b >= first_output ? "output" : "input", t[b].name);
+  return ATTN_STATUS_OK;
+}
+
+/* Sizes and options; fills *pr. */
+static attn_status check_params(const char *fn, const attn_params *p, attn__problem *pr) {
   attn_status st;
   if (!p) return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: p (params) is NULL", fn);
   if ((st = check_sizes(fn, p)) != ATTN_STATUS_OK) return st;
   if ((st = check_options(fn, p)) != ATTN_STATUS_OK) return st;
+  pr->p = p;
+  pr->scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dim));
+  pr->group = p->heads_q / p->heads_kv;
+  pr->threads = p->threads ? p->threads : attn__cpu_count();
+  return ATTN_STATUS_OK;
+}
 
+attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
+                                const float *k, const float *v, const float *o, const float *lse,
+                                const float *probs, int check_pointers, attn__problem *pr) {
+  attn_status st = check_params(fn, p, pr);
+  if (st != ATTN_STATUS_OK) return st;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
   enum { Q, K, V, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
@@ -197,24 +229,55 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const floa
   };
   int present[N_TENSORS] = {
       1, 1, 1, p->mask != NULL, p->bias != NULL, 1, lse != NULL, probs != NULL};
-  for (int i = 0; i < N_TENSORS; i++) {
-    if (!present[i]) {
-      t[i].empty = 1;
-      continue;
-    }
-    if ((st = check_tensor(fn, &t[i], check_pointers)) != ATTN_STATUS_OK) return st;
-  }
-  for (int a = O; a < N_TENSORS; a++)
-    for (int b = 0; b < a; b++)
-      if (check_pointers && present[a] && present[b] && ranges_overlap(&t[a], &t[b]))
-        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                          "%s: output %s overlaps %s %s: outputs must not overlap each other or "
-                          "the inputs",
-                          fn, t[a].name, b >= O ? "output" : "input", t[b].name);
+  if ((st = check_tensors(fn, t, present, N_TENSORS, O, check_pointers)) != ATTN_STATUS_OK)
+    return st;
+  return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
+}
 
-  pr->p = p;
-  pr->scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dim));
-  pr->group = Hq / Hkv;
-  pr->threads = p->threads ? p->threads : attn__cpu_count();
+attn_status attn__check_backward(const char *fn, const attn_params *p, const attn__bwd_tensors *x,
+                                 int check_pointers, attn__problem *pr) {
+  attn_status st = check_params(fn, p, pr);
+  if (st != ATTN_STATUS_OK) return st;
+  const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
+  const int64_t D = p->dim, Dv = p->dim_v;
+  if (x->dbias && !p->bias)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: dbias is given but p->bias is NULL: there is no bias to differentiate",
+                      fn);
+  if (check_pointers && !x->lse && B * Hq * Lq > 0)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: lse is NULL: the backward needs the forward's log-sum-exp", fn);
+  int64_t db[4] = {B, Hq, Lq, Lk}; /* dbias: size 1 where the bias is broadcast */
+  for (int d = 0; d < 4; d++)
+    if (p->bias_stride[d] == 0) db[d] = 1;
+  enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, N_TENSORS };
+  tensor_desc t[N_TENSORS] = {
+      [Q] = {"q", "q_stride", x->q, 4, {B, Hq, Lq, D}, p->q_stride, 4, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", x->k, 4, {B, Hkv, Lk, D}, p->k_stride, 4, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", x->v, 4, {B, Hkv, Lk, Dv}, p->v_stride, 4, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", x->o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", x->lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0},
+      [DOUT] = {"dout", "dout_stride", x->dout, 4, {B, Hq, Lq, Dv}, p->dout_stride, 4, 0, 0, 0, 0},
+      [MASK] = {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0},
+      [BIAS] = {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0},
+      [DQ] = {"dq", "dq_stride", x->dq, 4, {B, Hq, Lq, D}, p->dq_stride, 4, 1, 0, 0, 0},
+      [DK] = {"dk", "dk_stride", x->dk, 4, {B, Hkv, Lk, D}, p->dk_stride, 4, 1, 0, 0, 0},
+      [DV] = {"dv", "dv_stride", x->dv, 4, {B, Hkv, Lk, Dv}, p->dv_stride, 4, 1, 0, 0, 0},
+      [DBIAS] = {"dbias",
+                 "dbias_stride",
+                 x->dbias,
+                 4,
+                 {db[0], db[1], db[2], db[3]},
+                 p->dbias_stride,
+                 4,
+                 1,
+                 0,
+                 0,
+                 0},
+  };
+  int present[N_TENSORS] = {
+      1, 1, 1, 1, 1, 1, p->mask != NULL, p->bias != NULL, 1, 1, 1, x->dbias != NULL};
+  if ((st = check_tensors(fn, t, present, N_TENSORS, DQ, check_pointers)) != ATTN_STATUS_OK)
+    return st;
   return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
 }

@@ -21,14 +21,19 @@ typedef struct kernel_entry {
   int (*supported)(void);
   attn__fwd_fn fwd;
   attn__scratch_fn scratch;
+  attn__bwd_fn bwd;
+  attn__scratch_fn bwd_scratch;
 } kernel_entry;
 
 static const kernel_entry kernels[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {ATTN_KERNEL_AVX2, 1, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2},
+    {ATTN_KERNEL_AVX2, 1, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2,
+     attn__bwd_f32__avx2, attn__bwd_scratch_f32__avx2},
 #endif
-    {ATTN_KERNEL_GENERIC, 2, always, attn__fwd_f32__generic, attn__scratch_f32__generic},
-    {ATTN_KERNEL_REF, 0, always, attn__fwd_f32__ref, attn__scratch_f32__ref},
+    {ATTN_KERNEL_GENERIC, 2, always, attn__fwd_f32__generic, attn__scratch_f32__generic,
+     attn__bwd_f32__generic, attn__bwd_scratch_f32__generic},
+    {ATTN_KERNEL_REF, 0, always, attn__fwd_f32__ref, attn__scratch_f32__ref, attn__bwd_f32__ref,
+     attn__bwd_scratch_f32__ref},
 };
 enum { N_KERNELS = sizeof kernels / sizeof kernels[0] };
 
@@ -123,4 +128,14 @@ attn__fwd_fn attn__kernel_fwd(attn_kernel kernel) {
 attn__scratch_fn attn__kernel_scratch(attn_kernel kernel) {
   const kernel_entry *e = find(kernel);
   return e ? e->scratch : NULL;
+}
+
+attn__bwd_fn attn__kernel_bwd(attn_kernel kernel) {
+  const kernel_entry *e = find(kernel);
+  return e ? e->bwd : NULL;
+}
+
+attn__scratch_fn attn__kernel_bwd_scratch(attn_kernel kernel) {
+  const kernel_entry *e = find(kernel);
+  return e ? e->bwd_scratch : NULL;
 }

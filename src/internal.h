@@ -38,6 +38,17 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const floa
                                 const float *k, const float *v, const float *o, const float *lse,
                                 const float *probs, int check_pointers, attn__problem *pr);
 
+/* The tensors of one attn_backward call. */
+typedef struct attn__bwd_tensors {
+  const float *q, *k, *v, *o, *lse, *dout;
+  float *dq, *dk, *dv, *dbias; /* dbias may be NULL */
+} attn__bwd_tensors;
+
+/* Validates every argument of attn_backward; check_pointers = 0 for size queries (t->dbias is then
+ * only tested for NULL). */
+attn_status attn__check_backward(const char *fn, const attn_params *p, const attn__bwd_tensors *t,
+                                 int check_pointers, attn__problem *pr);
+
 /* klen(b): per-batch key length or len_k. */
 static inline int64_t attn__klen(const attn_params *p, int64_t b) {
   return p->kv_len ? p->kv_len[b] : p->len_k;
@@ -60,6 +71,16 @@ attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, cons
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
                                 const float *v, float *o, float *lse, float *probs);
 
+typedef attn_status (*attn__bwd_fn)(const attn__problem *pr, const attn__bwd_tensors *t);
+attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors *t);
+attn_status attn__bwd_f32__generic(const attn__problem *pr, const attn__bwd_tensors *t);
+attn_status attn__bwd_f32__avx2(const attn__problem *pr, const attn__bwd_tensors *t);
+
+/* The ref kernels' visibility rule for pair (i, j) of batch b, head h (fwd_ref.c): 1 if visible,
+ * with the pair's bias (0 without one) in *bias. */
+int attn__ref_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t pos,
+                      int64_t klen, double *bias);
+
 /* Resolves p->kernel (AUTO through ATTN_ISA or detection) to a supported kernel, or fails with a
  * message naming fn. */
 attn_status attn__resolve_kernel(const char *fn, attn_kernel requested, attn_kernel *out);
@@ -76,9 +97,15 @@ attn_status attn__scratch_f32__ref(const attn__problem *pr, int with_probs, size
 attn_status attn__scratch_f32__generic(const attn__problem *pr, int with_probs, size_t *bytes);
 attn_status attn__scratch_f32__avx2(const attn__problem *pr, int with_probs, size_t *bytes);
 
-/* The forward and scratch-size functions of a resolved (non-AUTO, supported) kernel. */
+attn_status attn__bwd_scratch_f32__ref(const attn__problem *pr, int with_dbias, size_t *bytes);
+attn_status attn__bwd_scratch_f32__generic(const attn__problem *pr, int with_dbias, size_t *bytes);
+attn_status attn__bwd_scratch_f32__avx2(const attn__problem *pr, int with_dbias, size_t *bytes);
+
+/* The entry points of a resolved (non-AUTO, supported) kernel. */
 attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);
 attn__scratch_fn attn__kernel_scratch(attn_kernel kernel);
+attn__bwd_fn attn__kernel_bwd(attn_kernel kernel);
+attn__scratch_fn attn__kernel_bwd_scratch(attn_kernel kernel);
 
 /* ---- threads (threads.c) ---- */
 

@@ -29,6 +29,12 @@
 
 /* ---- tolerances (fail level; the warn level prints the ratio without failing) ---- */
 #define TOL_FACTOR_FWD 2.0 /* rms error ≤ 2 × a plain fp32 implementation's rms error (FA-2) */
+#define TOL_FACTOR_BWD 2.0 /* the same rms rule for the gradients */
+/* Gradients sum more rounded terms (recomputed P, dS = P∘(dP − Δ), then three products): over
+ * seven seeds of test_backward (~3000 comparisons each) the rms rule always held while the largest
+ * max-error ratio to the worst fp32 baseline was 4.0 (in 1–2 comparisons per seed, all small
+ * outputs); so the gradients' max rule uses 5. */
+#define TOL_MAX_FACTOR_BWD 5.0
 #define TOL_MAX_FACTOR 3.0 /* max error ≤ 3 × a plain fp32 implementation's max error */
 
 /* ---- checks ---- */
@@ -112,9 +118,20 @@ typedef struct tspec {
   uint64_t seed;
 } tspec;
 
+/* Strides of layout LAYOUT_* for a tensor of sizes n [B, H, L, D] (index order). */
+void t_layout_strides(int layout, const int64_t n[4], int64_t s[4]);
+
 /* A spec with the given shape and no features. */
 tspec tspec_shape(int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t D,
                   int64_t Dv);
+
+/* The features the sweeps combine: each sets one visibility or score option of a spec. */
+typedef struct t_feature {
+  const char *name;
+  void (*fn)(tspec *s);
+} t_feature;
+extern const t_feature t_features[];
+extern const int t_n_features;
 
 typedef struct tcase {
   tspec spec;
@@ -161,9 +178,48 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
 /* The tolerance rule over n values; the baseline error is the largest of the n_bases baselines'
  * (n_bases = 0: only the floor applies). Prints details and returns 0 on failure. */
 int t_compare(const char *label, const char *what, const float *ker, const double *ref,
-              const float *const *bases, int n_bases, size_t n, double factor);
+              const float *const *bases, int n_bases, size_t n, double factor, double max_factor);
 
 /* Runs kernel on c and checks O, LSE (and P if want_probs) against the oracle and guard bytes. */
 int t_check_case(tcase *c, attn_kernel kernel, int threads, int want_probs);
+
+/* ---- the backward (harness_grad.c) ---- */
+
+/* One backward run: dO (random, the O layout), the forward's O and LSE, guarded gradient outputs
+ * (dQ, dK, dV in the layouts of Q, K, V; dBias packed over its reduced shape). Sets the gradient
+ * strides of c->p. */
+typedef struct tgrad {
+  tbuf dout, o, lse, dq, dk, dv, dbias;
+  int has_dbias;
+  int64_t db[4]; /* dBias shape */
+} tgrad;
+/* Fills dO from seed and runs the forward with fwd_kernel (2 threads) for O and LSE. */
+void tgrad_make(tgrad *g, tcase *c, int want_dbias, attn_kernel fwd_kernel, uint64_t seed);
+void tgrad_free(tgrad *g);
+attn_status t_run_backward(tcase *c, tgrad *g, attn_kernel kernel, int threads);
+
+/* Packed gradients (index order). */
+typedef struct tgrads {
+  float *dq, *dk, *dv, *dbias;
+  size_t nq, nk, nv, nb;
+} tgrads;
+/* Runs the backward with kernel, checks status and guards, gathers the gradients. */
+tgrads t_backward_gather(tcase *c, tgrad *g, attn_kernel kernel, int threads);
+int tgrads_same(const tgrads *a, const tgrads *b);
+void tgrads_free(tgrads *r);
+
+/* Plain fp32 backward (packed outputs), materialising one row of weights: order 0 sums keys
+ * forward, order 1 backward, order 2 is the FlashAttention-2 form (P = exp(s − LSE) with an fp32
+ * LSE, Δ = rowsum(dO∘O) with an fp32 O): the recomputation from a rounded LSE adds an error of
+ * about |s|·ulp to every weight that a normalised P does not have (with one visible key a plain
+ * P is exactly 1), so it is the fair peer of a recomputing kernel. dbias may be NULL. */
+void baseline_backward(const attn_params *p, int order, const float *q, const float *k,
+                       const float *v, const float *dout, float *dq, float *dk, float *dv,
+                       float *dbias);
+
+/* Runs kernel's forward then backward on c; checks dQ, dK, dV (and dBias) against the ref kernel's
+ * fp64 backward under the tolerance rule (factor TOL_FACTOR_BWD), guards, and dQ = +0 on rows with
+ * no visible key. */
+int t_check_backward(tcase *c, attn_kernel kernel, int threads, int want_dbias);
 
 #endif

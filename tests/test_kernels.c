@@ -55,72 +55,29 @@ static void sweep_shapes(void) {
     }
 }
 
-/* ---- features ---- */
-
-typedef void (*feature_fn)(tspec *s);
-static void f_causal(tspec *s) { s->causal = 1; }
-static void f_window_left(tspec *s) { s->window_left = 5; }
-static void f_window_right(tspec *s) { s->window_right = 3; }
-static void f_window_zero(tspec *s) { s->window_left = s->window_right = 0; }
-static void f_window_huge(tspec *s) { s->window_left = s->window_right = 100000; }
-static void f_kv_len(tspec *s) { s->kv_len = 1; }
-static void f_mask_full(tspec *s) { s->mask = MASK_FULL; }
-static void f_mask_bcast(tspec *s) { s->mask = MASK_BCAST_BH; }
-static void f_mask_keypad(tspec *s) { s->mask = MASK_KEYPAD; }
-static void f_mask_rows(tspec *s) { s->mask = MASK_ROWS; }
-static void f_bias_full(tspec *s) { s->bias = BIAS_FULL; }
-static void f_bias_bcast(tspec *s) { s->bias = BIAS_BCAST; }
-static void f_bias_neginf(tspec *s) { s->bias = BIAS_NEGINF; }
-static void f_softcap(tspec *s) { s->softcap = 1.5f, s->q_mul = 3.0f; }
-static void f_alibi(tspec *s) { s->alibi = 1; }
-static void f_scale(tspec *s) { s->has_scale = 1, s->scale = -0.7f; }
-
-static const struct {
-  const char *name;
-  feature_fn fn;
-} features[] = {
-    {"causal", f_causal},
-    {"window_left", f_window_left},
-    {"window_right", f_window_right},
-    {"window_zero", f_window_zero},
-    {"window_huge", f_window_huge},
-    {"kv_len", f_kv_len},
-    {"mask_full", f_mask_full},
-    {"mask_bcast", f_mask_bcast},
-    {"mask_keypad", f_mask_keypad},
-    {"mask_rows", f_mask_rows},
-    {"bias_full", f_bias_full},
-    {"bias_bcast", f_bias_bcast},
-    {"bias_neginf", f_bias_neginf},
-    {"softcap", f_softcap},
-    {"alibi", f_alibi},
-    {"scale", f_scale},
-};
-enum { N_FEATURES = sizeof features / sizeof features[0] };
-
 static void sweep_features(void) {
   static const int64_t alone_shapes[][2] = {{37, 37}, {64, 129}, {130, 67}, {1, 200}};
   static const int64_t pair_shapes[][2] = {{23, 23}, {9, 41}, {41, 9}};
   int n = 0;
   for (int align = ATTN_ALIGN_TOP_LEFT; align <= ATTN_ALIGN_BOTTOM_RIGHT; align++) {
     /* each feature alone */
-    for (int f = 0; f < N_FEATURES; f++)
+    for (int f = 0; f < t_n_features; f++)
       for (size_t si = 0; si < 4; si++, n++) {
         tspec s = tspec_shape(3, 4, 2, alone_shapes[si][0], alone_shapes[si][1], 16 + n % 3, 16);
         s.layout = n % N_LAYOUTS;
         s.align = (attn_align)align;
-        features[f].fn(&s);
+        t_features[f].fn(&s);
         check_all_kernels(&s, 1);
       }
     /* every pair */
-    for (int f = 0; f < N_FEATURES; f++)
-      for (int g = f + 1; g < N_FEATURES; g++)
+    for (int f = 0; f < t_n_features; f++)
+      for (int g = f + 1; g < t_n_features; g++)
         for (size_t si = 0; si < 3; si++, n++) {
           tspec s = tspec_shape(2, 3, 1, pair_shapes[si][0], pair_shapes[si][1], 8 + n % 5, 7);
           s.layout = n % N_LAYOUTS;
           s.align = (attn_align)align;
-          features[f].fn(&s);
-          features[g].fn(&s);
+          t_features[f].fn(&s);
+          t_features[g].fn(&s);
           check_all_kernels(&s, n % 2);
         }
     /* everything at once (one mask and one bias kind at a time) */

@@ -112,20 +112,6 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   return t;
 }
 
-/* Visible key range [lo, hi) of the query at key position pos from key length, causal and window
- * (mask and bias are per pair and handled in score_tile). Written to avoid overflow for any window.
- */
-static void row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64_t *lo,
-                          int64_t *hi) {
-  int64_t a = 0, e = klen;
-  if (p->causal && pos < e - 1) e = pos + 1;
-  if (p->window_left >= 0 && pos - a > p->window_left) a = pos - p->window_left;
-  if (p->window_right >= 0 && e - 1 - pos > p->window_right) e = pos + p->window_right + 1;
-  if (e < a) e = a;
-  *lo = a;
-  *hi = e;
-}
-
 int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n) {
   uint32_t nonfinite = 0; /* exponent bits all ones: NaN or ±inf; an integer OR vectorises */
   for (int c = 0; c < cols; c++)
@@ -170,39 +156,9 @@ static int score_tile(const attn__fwd_ukernel *uk, const attn__problem *pr, int6
       ts->s[r * bc + c] = -INFINITY;
   if (whole) return 1; /* the common interior tile: S is final as computed */
 
-  const float cap = p->softcap;
-  for (int r = 0; r < rows; r++) {
-    const int64_t h = ts->row_h[r], i = ts->row_i[r], pos = i + shift;
-    const float slope = p->alibi_slopes ? p->alibi_slopes[h] : 0.0f;
-    const uint8_t *mrow =
-        p->mask ? p->mask + b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2]
-                : NULL;
-    const float *brow =
-        p->bias ? p->bias + b * p->bias_stride[0] + h * p->bias_stride[1] + i * p->bias_stride[2]
-                : NULL;
-    float *srow = ts->s + r * bc;
-    unsigned char *vrow = ts->vis + r * bc;
-    for (int c = 0; c < cols; c++) {
-      const int64_t j = j0 + c;
-      int visible = j >= ts->lo[r] && j < ts->hi[r];
-      if (visible && mrow && mrow[j * p->mask_stride[3]] == 0) visible = 0;
-      float bias = 0.0f;
-      if (visible && brow) {
-        bias = brow[j * p->bias_stride[3]];
-        if (bias == -INFINITY) visible = 0;
-      }
-      vrow[c] = (unsigned char)visible;
-      if (!visible) {
-        srow[c] = -INFINITY;
-        continue;
-      }
-      float s = srow[c]; /* already scaled: Q was packed as scale·q */
-      if (cap > 0.0f) s = cap * tanhf(s / cap);
-      if (p->alibi_slopes) s -= slope * (float)(pos >= j ? pos - j : j - pos);
-      if (brow) s += bias;
-      srow[c] = s;
-    }
-  }
+  for (int r = 0; r < rows; r++)
+    attn__score_row(p, b, ts->row_h[r], ts->row_i[r], ts->row_i[r] + shift, ts->lo[r], ts->hi[r],
+                    j0, cols, ts->s + r * bc, ts->vis + r * bc, NULL);
   return 0;
 }
 
@@ -246,7 +202,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   /* key range of every row and of the block */
   int64_t blo = j_hi, bhi = j_lo;
   for (int r = 0; r < rows; r++) {
-    row_key_range(p, ts->row_i[r] + shift, klen, &ts->lo[r], &ts->hi[r]);
+    attn__row_key_range(p, ts->row_i[r] + shift, klen, &ts->lo[r], &ts->hi[r]);
     if (ts->lo[r] < j_lo) ts->lo[r] = j_lo;
     if (ts->hi[r] > j_hi) ts->hi[r] = j_hi;
     if (ts->lo[r] < ts->hi[r]) {

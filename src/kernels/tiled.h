@@ -68,6 +68,19 @@ int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, in
 /* 1 if the rows [0, cols) × [0, n) of a matrix with unit column stride are all finite. */
 int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n);
 
+/* Visible key range [lo, hi) of a query at key position pos from key length, causal and window
+ * (mask and bias are per pair: attn__score_row). lo and hi never decrease as pos grows. */
+void attn__row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64_t *lo, int64_t *hi);
+
+/* Turns one row of scaled dot products srow[c] = (scale·q_i)·k_j for keys j = j0 + c, c < cols, of
+ * query i (head h, batch b, key position pos, key range [lo, hi)) into the contract's scores:
+ * softcap, ALiBi, bias; −inf and vrow[c] = 0 for invisible pairs, vrow[c] = 1 otherwise. The bias
+ * is read only for pairs visible by the other rules. grow (NULL unless needed, softcap only):
+ * grow[c] = ∂s/∂x = 1 − tanh²(x / softcap), the chain factor of the backward. */
+void attn__score_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t pos, int64_t lo,
+                     int64_t hi, int64_t j0, int cols, float *srow, unsigned char *vrow,
+                     float *grow);
+
 /* Portable scalar online-softmax update of one row (used by every set for rows whose running max
  * is not finite, and by the generic set for all rows). */
 void attn__softmax_row_scalar(float *row, int cols, float *m, float *l, float *alpha);

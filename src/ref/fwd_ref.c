@@ -4,13 +4,32 @@
  * For each (b, h, i) it materialises the row of scores in double, applies the contract's rules in
  * the contract's order, takes a two-pass softmax (max, then exp and sum) over the visible keys and
  * forms O = P·V in double. No tiles, no SIMD, one thread: simple enough to check by reading.
- * Deliberately does not share visibility code with the fused kernels, so a wrong mask in one is not
- * hidden by the same wrong mask in the other.
+ * Deliberately does not share visibility code with the fused kernels (only with the ref backward:
+ * attn__ref_visible), so a wrong mask in one is not hidden by the same wrong mask in the other.
  */
 #include "../internal.h"
 
 #include <math.h>
 #include <stdlib.h>
+
+int attn__ref_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t pos,
+                      int64_t klen, double *bias) {
+  int visible = j < klen;
+  if (visible && p->causal && j > pos) visible = 0;
+  if (visible && p->window_left >= 0 && pos - j > p->window_left) visible = 0;
+  if (visible && p->window_right >= 0 && j - pos > p->window_right) visible = 0;
+  if (visible && p->mask &&
+      p->mask[b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2] +
+              j * p->mask_stride[3]] == 0)
+    visible = 0;
+  *bias = 0.0;
+  if (visible && p->bias) {
+    *bias = p->bias[b * p->bias_stride[0] + h * p->bias_stride[1] + i * p->bias_stride[2] +
+                    j * p->bias_stride[3]];
+    if (*bias == -INFINITY) visible = 0;
+  }
+  return visible;
+}
 
 /* Row (b, h, i) of the forward. s, vis: scratch of len_k entries. */
 static void ref_row(const attn__problem *pr, const float *q, const float *k, const float *v,
@@ -26,20 +45,8 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   double m = -INFINITY;
   int any_visible = 0;
   for (int64_t j = 0; j < Lk; j++) {
-    int visible = j < klen;
-    if (visible && p->causal && j > pos) visible = 0;
-    if (visible && p->window_left >= 0 && pos - j > p->window_left) visible = 0;
-    if (visible && p->window_right >= 0 && j - pos > p->window_right) visible = 0;
-    if (visible && p->mask &&
-        p->mask[b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2] +
-                j * p->mask_stride[3]] == 0)
-      visible = 0;
-    double bias = 0.0;
-    if (visible && p->bias) {
-      bias = p->bias[b * p->bias_stride[0] + h * p->bias_stride[1] + i * p->bias_stride[2] +
-                     j * p->bias_stride[3]];
-      if (bias == -INFINITY) visible = 0;
-    }
+    double bias;
+    const int visible = attn__ref_visible(p, b, h, i, j, pos, klen, &bias);
     vis[j] = (unsigned char)visible;
     if (!visible) continue;
 

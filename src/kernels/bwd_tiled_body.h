@@ -1,0 +1,553 @@
+/*
+ * bwd_tiled_body.h — the fused FlashAttention-2 backward (Dao, arXiv:2307.08691, Algorithm 2),
+ * written once in C with GCC/Clang vector extensions (8-lane float vectors) and compiled once per
+ * instruction set: generic/bwd_generic.c (baseline ISA) and avx2/bwd_avx2.c (-mavx2 -mfma), each of
+ * which defines ATTN_BWD_FN and ATTN_BWD_SCRATCH_FN and includes this file.
+ *
+ * Passes (each a parallel loop over items that write disjoint memory, so no atomics):
+ *   1. Δ = rowsum(dO∘O)                          items (b, h, query block)
+ *   2. main: items (b, KV head, key slice). For each key block kb of the slice (bc keys):
+ *        for each query head of the group and each query block that sees kb:
+ *          S  = (scale·Q)·Kᵀ, then softcap/ALiBi/bias/visibility (attn__score_row)
+ *          P  = exp(S − LSE)                     (recomputed; no O(Lq·Lk) storage)
+ *          dP = dO·Vᵀ,  dS = P∘(dP − Δ)  (× 1 − tanh² under softcap)
+ *          dV_kb += Pᵀ·dO,  dK_kb += dSᵀ·(scale·Q),  dQpart_slice += dS·K
+ *        dK, dV rows of kb written once (the group's heads summed in head order).
+ *   3. dQ = scale · Σ_slice dQpart_slice, in slice order     items (b, h, query block)
+ *   4. (dbias requested) items (b', h', query block') of dBias's reduced shape: recompute dS for
+ *      every (b, h, i) that maps there, in index order, and sum.
+ * The number of slices depends on the shape only (enough items for 8 workers; key blocks dealt to
+ * slices zig-zag, so causal slices get equal work), so the result is bitwise the same for any
+ * thread count.
+ *
+ * Non-finite values: products that accumulate over pairs (dV, dK, dQ) skip invisible pairs
+ * instead of multiplying them by 0 when the operand tile they read holds NaN or inf (gemm_masked),
+ * which gives bitwise the fast path's result whenever the data are finite.
+ */
+#include "tiled.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(ATTN_BWD_FN) || !defined(ATTN_BWD_SCRATCH_FN)
+#error "define ATTN_BWD_FN and ATTN_BWD_SCRATCH_FN before including bwd_tiled_body.h"
+#endif
+
+enum { BR = 64, BC = 64, VL = 8, NB = 16 /* gemm column block: 2 vectors */, MB = 4 };
+enum { MIN_MAIN_ITEMS = 8 };
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f ld8(const float *p) {
+  v8f v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+static inline v8f select8(v8i m, v8f a, v8f b) { /* m ? a : b, m lanes all ones or zero */
+  return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+}
+
+/* exp(x) on 8 lanes: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial), the
+ * same scheme as the AVX2 forward's; relative error below 2e-7 on [−87.3, 88]. x < −87.3 (and −inf)
+ * gives 0, NaN stays NaN. */
+static inline v8f exp8(v8f x) {
+  const v8f lo = splat(-87.3365f), hi = splat(88.0f);
+  const v8i is_nan = x != x, under = x < lo;
+  v8f xc = select8(x < lo, lo, x);
+  xc = select8(xc > hi, hi, xc);
+  xc = select8(is_nan, splat(0.0f), xc);
+  const v8f magic = splat(12582912.0f); /* 1.5 · 2^23: adding it rounds to an integer */
+  const v8f n = (xc * splat(1.44269504088896341f) + magic) - magic;
+  const v8f r = (xc - n * splat(0.693359375f)) - n * splat(-2.12194440e-4f);
+  v8f y = splat(1.9875691500e-4f);
+  y = y * r + splat(1.3981999507e-3f);
+  y = y * r + splat(8.3334519073e-3f);
+  y = y * r + splat(4.1665795894e-2f);
+  y = y * r + splat(1.6666665459e-1f);
+  y = y * r + splat(5.0000001201e-1f);
+  y = (y * (r * r) + r) + splat(1.0f);
+  const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
+  const v8f out = y * (v8f)e;
+  return select8(is_nan, x, select8(under, splat(0.0f), out));
+}
+
+/* C [m, n] = (accumulate ? C : 0) + A·B with A(i, kk) = a[i·ars + kk·acs], B [k, n] row stride
+ * ldb, C row stride ldc; m % MB == 0, n % NB == 0. Register block MB × NB (8 vector
+ * accumulators); per element the sum runs over kk in increasing order. */
+static void gemm(int m, int n, int k, const float *a, int64_t ars, int64_t acs, const float *b,
+                 int64_t ldb, float *c, int64_t ldc, int accumulate) {
+  for (int i = 0; i < m; i += MB)
+    for (int j = 0; j < n; j += NB) {
+      v8f acc[MB][2];
+      for (int r = 0; r < MB; r++)
+        for (int h = 0; h < 2; h++)
+          acc[r][h] = accumulate ? ld8(c + (i + r) * ldc + j + h * VL) : splat(0.0f);
+      const float *ai = a + i * ars;
+      for (int kk = 0; kk < k; kk++) {
+        const v8f b0 = ld8(b + kk * ldb + j), b1 = ld8(b + kk * ldb + j + VL);
+        for (int r = 0; r < MB; r++) {
+          const v8f av = splat(ai[r * ars + kk * acs]);
+          acc[r][0] += av * b0;
+          acc[r][1] += av * b1;
+        }
+      }
+      for (int r = 0; r < MB; r++)
+        for (int h = 0; h < 2; h++)
+          st8(c + (i + r) * ldc + j + h * VL, acc[r][h]);
+    }
+}
+
+/* The same, skipping the terms whose pair is invisible (vis(i, kk) = vis[i·vrs + kk·vcs] == 0):
+ * bitwise gemm's result when those terms are ±0 (an accumulator that starts at +0 or at a sum
+ * never holds −0, and x + ±0 = x), and no 0·NaN when they are not. */
+static void gemm_masked(int m, int n, int k, const float *a, int64_t ars, int64_t acs,
+                        const unsigned char *vis, int64_t vrs, int64_t vcs, const float *b,
+                        int64_t ldb, float *c, int64_t ldc, int accumulate) {
+  for (int i = 0; i < m; i++)
+    for (int j = 0; j < n; j++) {
+      float acc = accumulate ? c[i * ldc + j] : 0.0f;
+      for (int kk = 0; kk < k; kk++)
+        if (vis[i * vrs + kk * vcs]) acc += a[i * ars + kk * acs] * b[kk * ldb + j];
+      c[i * ldc + j] = acc;
+    }
+}
+
+typedef struct bwd_job {
+  const attn__problem *pr;
+  const attn__bwd_tensors *t;
+  int64_t dp, dvp;          /* D and Dv rounded up to NB */
+  int64_t n_qb, n_kb, lq_p; /* query blocks, key blocks, Lq rounded up to BR */
+  int64_t n_slices;         /* key slices per (b, KV head) */
+  float *delta;             /* [B, Hq, Lq] */
+  float *dq_part;           /* [B, Hkv, n_slices, group, lq_p, dp] */
+  int64_t db[4];            /* dBias shape */
+  unsigned char *scratch;   /* workers × scratch_bytes */
+  size_t scratch_bytes;
+} bwd_job;
+
+/* One worker's tile buffers (64-byte aligned). */
+typedef struct bwd_scratch {
+  float *qs;          /* [BR, dp]  scale·Q rows, zero padded */
+  float *dos;         /* [BR, dvp] dO rows */
+  float *kr;          /* [BC, dp]  K rows */
+  float *kt;          /* [dp, BC]  K transposed */
+  float *vt;          /* [dvp, BC] V transposed */
+  float *s;           /* [BR, BC]  scores, then P */
+  float *ds;          /* [BR, BC]  dP, then dS */
+  float *g;           /* [BR, BC]  softcap chain factor */
+  float *dk;          /* [BC, dp]  dK of the key block */
+  float *dv;          /* [BC, dvp] dV of the key block */
+  float *lse, *delta; /* [BR] */
+  int64_t *lo, *hi;   /* [BR] visible key ranges */
+  unsigned char *vis; /* [BR, BC] */
+} bwd_scratch;
+
+enum { N_PARTS = 15 };
+static int scratch_layout(int64_t dp, int64_t dvp, size_t offs[N_PARTS], size_t *total) {
+  const int64_t counts[N_PARTS] = {BR * dp, BR * dvp, BC * dp, dp * BC, dvp * BC,
+                                   BR * BC, BR * BC,  BR * BC, BC * dp, BC * dvp,
+                                   BR,      BR,       BR,      BR,      BR * BC};
+  const int64_t sizes[N_PARTS] = {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 8, 8, 1};
+  int64_t at = 0, bytes;
+  for (int i = 0; i < N_PARTS; i++) {
+    offs[i] = (size_t)at;
+    if (!attn__mul_ok(counts[i], sizes[i], &bytes) || !attn__add_ok(at, bytes + 63, &at)) return 0;
+    at &= ~(int64_t)63;
+  }
+  *total = (size_t)at;
+  return 1;
+}
+
+static bwd_scratch carve(const bwd_job *job, int worker) {
+  size_t o[N_PARTS], total;
+  scratch_layout(job->dp, job->dvp, o, &total);
+  unsigned char *base = job->scratch + (size_t)worker * job->scratch_bytes;
+  float *f[12];
+  for (int i = 0; i < 12; i++)
+    f[i] = (float *)(void *)(base + o[i]);
+  bwd_scratch w = {f[0],
+                   f[1],
+                   f[2],
+                   f[3],
+                   f[4],
+                   f[5],
+                   f[6],
+                   f[7],
+                   f[8],
+                   f[9],
+                   f[10],
+                   f[11],
+                   (int64_t *)(void *)(base + o[12]),
+                   (int64_t *)(void *)(base + o[13]),
+                   base + o[14]};
+  return w;
+}
+
+/* Packs key block [j0, j0 + cols) of KV head (b, hk): K rows, K transposed, V transposed (zero
+ * padded). Returns bit 0: K finite, bit 1: V finite. */
+static int pack_kv(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t hk, int64_t j0,
+                   int cols) {
+  const attn_params *p = job->pr->p;
+  const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
+  const float *kb = job->t->k + b * p->k_stride[0] + hk * p->k_stride[1];
+  const float *vb = job->t->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  const int kfin = attn__pack_rows(kb, p->k_stride[2], p->k_stride[3], j0, cols, D, dp, w->kr);
+  memset(w->kr + cols * dp, 0, sizeof(float) * (size_t)((BC - cols) * dp));
+  memset(w->kt, 0, sizeof(float) * (size_t)(dp * BC));
+  memset(w->vt, 0, sizeof(float) * (size_t)(dvp * BC));
+  int vfin = 1;
+  for (int c = 0; c < cols; c++) {
+    const float *vrow = vb + (j0 + c) * p->v_stride[2];
+    for (int64_t d = 0; d < D; d++)
+      w->kt[d * BC + c] = w->kr[c * dp + d];
+    for (int64_t d = 0; d < Dv; d++) {
+      const float x = vrow[d * p->v_stride[3]];
+      vfin &= isfinite(x) != 0;
+      w->vt[d * BC + c] = x;
+    }
+  }
+  return kfin | vfin << 1;
+}
+
+/* Packs query block rows [i0, i0 + rows) of head (b, h): scale·Q, dO, LSE, Δ, key ranges. Returns
+ * bit 0: Q finite, bit 1: dO finite. */
+static int pack_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_t i0, int rows) {
+  const attn_params *p = job->pr->p;
+  const attn__bwd_tensors *t = job->t;
+  const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
+  const float scale = job->pr->scale;
+  int qfin = 1, dofin = 1;
+  memset(w->qs, 0, sizeof(float) * (size_t)(BR * dp));
+  memset(w->dos, 0, sizeof(float) * (size_t)(BR * dvp));
+  for (int r = 0; r < BR; r++) {
+    w->lse[r] = -INFINITY, w->delta[r] = 0.0f;
+    if (r >= rows) continue;
+    const int64_t i = i0 + r;
+    const float *q = t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
+    const float *d_o =
+        t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
+    for (int64_t d = 0; d < D; d++) {
+      const float x = q[d * p->q_stride[3]] * scale;
+      qfin &= isfinite(x) != 0;
+      w->qs[r * dp + d] = x;
+    }
+    for (int64_t d = 0; d < Dv; d++) {
+      const float x = d_o[d * p->dout_stride[3]];
+      dofin &= isfinite(x) != 0;
+      w->dos[r * dvp + d] = x;
+    }
+    w->lse[r] = t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
+    w->delta[r] = job->delta[(b * p->heads_q + h) * p->len_q + i];
+    attn__row_key_range(p, i + shift, klen, &w->lo[r], &w->hi[r]);
+  }
+  return qfin | dofin << 1;
+}
+
+/* Recomputes one tile: rows of the packed query block × keys [j0, j0 + cols) of the packed key
+ * block. Leaves P in w->s and dS = ∂L/∂s in w->ds (times the softcap factor when chain = 1).
+ * Returns 1 if every pair of the tile is visible (w->vis is then unwritten). */
+static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_t i0, int rows,
+                int64_t j0, int cols, int chain) {
+  const attn_params *p = job->pr->p;
+  const int rows_p = (int)attn__round_up(rows, MB), cols_p = (int)attn__round_up(cols, NB);
+  const int64_t shift = attn__pos_shift(p, b);
+  gemm(rows_p, cols_p, (int)p->dim, w->qs, job->dp, 1, w->kt, BC, w->s, BC, 0);
+  int whole = !p->mask && !p->bias && p->softcap == 0.0f && !p->alibi_slopes;
+  for (int r = 0; r < rows && whole; r++)
+    whole = w->lo[r] <= j0 && j0 + cols <= w->hi[r];
+  const int softcap = p->softcap > 0.0f;
+  if (!whole) {
+    for (int r = 0; r < rows; r++)
+      attn__score_row(p, b, h, i0 + r, i0 + r + shift, w->lo[r], w->hi[r], j0, cols, w->s + r * BC,
+                      w->vis + r * BC, softcap ? w->g + r * BC : NULL);
+    for (int r = 0; r < rows_p; r++)
+      memset(w->vis + r * BC + (r < rows ? cols : 0), 0, (size_t)(BC - (r < rows ? cols : 0)));
+  }
+  /* P = exp(S − LSE); padding columns and rows with no visible key (LSE = −inf) give 0 */
+  for (int r = 0; r < rows_p; r++) {
+    float *srow = w->s + r * BC;
+    if (w->lse[r] == -INFINITY) {
+      memset(srow, 0, sizeof(float) * BC);
+      continue;
+    }
+    const v8f l = splat(w->lse[r]);
+    for (int c = 0; c < cols_p; c += VL)
+      st8(srow + c, exp8(ld8(srow + c) - l));
+    for (int c = cols; c < cols_p; c++)
+      srow[c] = 0.0f;
+  }
+  gemm(rows_p, cols_p, (int)p->dim_v, w->dos, job->dvp, 1, w->vt, BC, w->ds, BC, 0);
+  for (int r = 0; r < rows_p; r++) {
+    const float *prow = w->s + r * BC, *grow = w->g + r * BC;
+    const unsigned char *vrow = w->vis + r * BC;
+    float *dsrow = w->ds + r * BC;
+    const float delta = w->delta[r];
+    for (int c = 0; c < cols_p; c++) {
+      float ds = prow[c] * (dsrow[c] - delta);
+      if (!whole && !vrow[c])
+        ds = 0.0f; /* never 0·NaN from a masked V or bias */
+      else if (chain && softcap && !whole)
+        ds *= grow[c];
+      dsrow[c] = ds;
+    }
+  }
+  return whole;
+}
+
+/* Pass 1: Δ for the rows of item (b, h, query block). */
+static void delta_item(void *ctx, int64_t item, int worker) {
+  const bwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const attn__bwd_tensors *t = job->t;
+  (void)worker;
+  const int64_t qb = item % job->n_qb, bh = item / job->n_qb;
+  const int64_t h = bh % p->heads_q, b = bh / p->heads_q;
+  for (int64_t i = qb * BR; i < p->len_q && i < (qb + 1) * BR; i++) {
+    const float *o = t->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
+    const float *d_o =
+        t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
+    float sum = 0.0f;
+    for (int64_t d = 0; d < p->dim_v; d++)
+      sum += d_o[d * p->dout_stride[3]] * o[d * p->o_stride[3]];
+    job->delta[bh * p->len_q + i] = sum;
+  }
+}
+
+/* Slice of key block kb: blocks are dealt 0, 1, …, S−1, S−1, …, 0, 0, 1, … (zig-zag). */
+static int64_t slice_of(int64_t kb, int64_t n_slices) {
+  const int64_t r = kb % (2 * n_slices);
+  return r < n_slices ? r : 2 * n_slices - 1 - r;
+}
+
+/* Query blocks [*qb0, *qb1) of which some row may see a key in [j0, j1): the visible range of a
+ * row never moves left as the row index grows. */
+static void query_block_range(const bwd_job *job, int64_t b, int64_t j0, int64_t j1, int64_t *qb0,
+                              int64_t *qb1) {
+  const attn_params *p = job->pr->p;
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
+  int64_t a = 0, e = job->n_qb, lo, hi;
+  while (a < e) { /* first block whose last row's range ends after j0 */
+    const int64_t mid = (a + e) / 2,
+                  last = (mid + 1) * BR < p->len_q ? (mid + 1) * BR - 1 : p->len_q - 1;
+    attn__row_key_range(p, last + shift, klen, &lo, &hi);
+    if (hi > j0)
+      e = mid;
+    else
+      a = mid + 1;
+  }
+  *qb0 = a;
+  e = job->n_qb;
+  while (a < e) { /* first block whose first row's range starts at or after j1 */
+    const int64_t mid = (a + e) / 2;
+    attn__row_key_range(p, mid * BR + shift, klen, &lo, &hi);
+    if (lo >= j1)
+      e = mid;
+    else
+      a = mid + 1;
+  }
+  *qb1 = a;
+}
+
+/* Pass 2: item (b, KV head, slice). */
+static void main_item(void *ctx, int64_t item, int worker) {
+  const bwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const attn__bwd_tensors *t = job->t;
+  const int64_t S = job->n_slices, group = job->pr->group, dp = job->dp, dvp = job->dvp;
+  const int64_t slice = item % S, bhk = item / S, hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
+  float *dq_part = job->dq_part + item * group * job->lq_p * dp;
+  bwd_scratch w = carve(job, worker);
+  memset(dq_part, 0, sizeof(float) * (size_t)(group * job->lq_p * dp));
+
+  for (int64_t kb = 0; kb < job->n_kb; kb++) {
+    if (slice_of(kb, S) != slice) continue;
+    const int64_t j0 = kb * BC;
+    const int cols = (int)(p->len_k - j0 < BC ? p->len_k - j0 : BC);
+    const int fin_kv = pack_kv(job, &w, b, hk, j0, cols);
+    memset(w.dk, 0, sizeof(float) * (size_t)(BC * dp));
+    memset(w.dv, 0, sizeof(float) * (size_t)(BC * dvp));
+    int64_t qb0, qb1;
+    query_block_range(job, b, j0, j0 + cols, &qb0, &qb1);
+    for (int64_t hh = 0; hh < group; hh++)
+      for (int64_t qb = qb0; qb < qb1; qb++) {
+        const int64_t h = hk * group + hh, i0 = qb * BR;
+        const int rows = (int)(p->len_q - i0 < BR ? p->len_q - i0 : BR);
+        const int rows_p = (int)attn__round_up(rows, MB), cols_p = (int)attn__round_up(cols, NB);
+        const int fin_q = pack_q(job, &w, b, h, i0, rows);
+        const int whole = tile(job, &w, b, h, i0, rows, j0, cols, 1);
+        const int all_finite = (fin_q & 3) == 3 && (fin_kv & 1);
+        if (!all_finite && whole) { /* the masked products need vis */
+          for (int r = 0; r < rows_p; r++)
+            for (int c = 0; c < BC; c++)
+              w.vis[r * BC + c] = (unsigned char)(r < rows && c < cols);
+        }
+        /* dV += Pᵀ·dO, dK += dSᵀ·(scale·Q): A(c, r) = P[r, c] */
+        if (fin_q & 2)
+          gemm(cols_p, (int)dvp, rows_p, w.s, 1, BC, w.dos, dvp, w.dv, dvp, 1);
+        else
+          gemm_masked(cols_p, (int)dvp, rows_p, w.s, 1, BC, w.vis, 1, BC, w.dos, dvp, w.dv, dvp, 1);
+        if (fin_q & 1)
+          gemm(cols_p, (int)dp, rows_p, w.ds, 1, BC, w.qs, dp, w.dk, dp, 1);
+        else
+          gemm_masked(cols_p, (int)dp, rows_p, w.ds, 1, BC, w.vis, 1, BC, w.qs, dp, w.dk, dp, 1);
+        /* dQpart += dS·K */
+        float *dq = dq_part + (hh * job->lq_p + i0) * dp;
+        if (fin_kv & 1)
+          gemm(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.kr, dp, dq, dp, 1);
+        else
+          gemm_masked(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.vis, BC, 1, w.kr, dp, dq, dp, 1);
+      }
+    for (int c = 0; c < cols; c++) {
+      const int64_t j = j0 + c;
+      float *dk = t->dk + b * p->dk_stride[0] + hk * p->dk_stride[1] + j * p->dk_stride[2];
+      float *dv = t->dv + b * p->dv_stride[0] + hk * p->dv_stride[1] + j * p->dv_stride[2];
+      for (int64_t d = 0; d < p->dim; d++)
+        dk[d * p->dk_stride[3]] = w.dk[c * dp + d];
+      for (int64_t d = 0; d < p->dim_v; d++)
+        dv[d * p->dv_stride[3]] = w.dv[c * dvp + d];
+    }
+  }
+}
+
+/* Pass 3: dQ rows of item (b, h, query block) = scale · Σ_slice partials, in slice order. */
+static void dq_item(void *ctx, int64_t item, int worker) {
+  const bwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const int64_t S = job->n_slices, group = job->pr->group, dp = job->dp;
+  (void)worker;
+  const int64_t qb = item % job->n_qb, bh = item / job->n_qb;
+  const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / group, hh = h % group;
+  const int64_t part_stride = group * job->lq_p * dp;
+  const float *part0 = job->dq_part + (b * p->heads_kv + hk) * S * part_stride;
+  for (int64_t i = qb * BR; i < p->len_q && i < (qb + 1) * BR; i++) {
+    float *dq = job->t->dq + b * p->dq_stride[0] + h * p->dq_stride[1] + i * p->dq_stride[2];
+    for (int64_t d = 0; d < p->dim; d++) {
+      float sum = 0.0f;
+      for (int64_t s = 0; s < S; s++)
+        sum += part0[s * part_stride + (hh * job->lq_p + i) * dp + d];
+      dq[d * p->dq_stride[3]] = sum == 0.0f ? 0.0f : sum * job->pr->scale; /* +0, never −0 */
+    }
+  }
+}
+
+/* Pass 4: item (b', h', query block') of dBias's reduced shape. */
+static void dbias_item(void *ctx, int64_t item, int worker) {
+  const bwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const int64_t *db = job->db;
+  const int64_t nqb = db[2] > 1 ? job->n_qb : 1;
+  const int64_t qbr = item % nqb, hr = item / nqb % db[1], br = item / nqb / db[1];
+  float *out = job->t->dbias;
+  const int64_t *os = p->dbias_stride;
+  bwd_scratch w = carve(job, worker);
+  /* rows of dBias this item owns: all zero first */
+  const int64_t i_lo = db[2] > 1 ? qbr * BR : 0;
+  const int64_t i_hi = db[2] > 1 ? (i_lo + BR < p->len_q ? i_lo + BR : p->len_q) : 1;
+  for (int64_t i = i_lo; i < i_hi; i++)
+    for (int64_t j = 0; j < db[3]; j++)
+      out[br * os[0] + hr * os[1] + i * os[2] + j * os[3]] = 0.0f;
+  for (int64_t b = db[0] > 1 ? br : 0; b < (db[0] > 1 ? br + 1 : p->batch); b++)
+    for (int64_t h = db[1] > 1 ? hr : 0; h < (db[1] > 1 ? hr + 1 : p->heads_q); h++)
+      for (int64_t qb = db[2] > 1 ? qbr : 0; qb < (db[2] > 1 ? qbr + 1 : job->n_qb); qb++) {
+        const int64_t i0 = qb * BR, hk = h / job->pr->group;
+        const int rows = (int)(p->len_q - i0 < BR ? p->len_q - i0 : BR);
+        pack_q(job, &w, b, h, i0, rows);
+        int64_t blo = p->len_k, bhi = 0;
+        for (int r = 0; r < rows; r++)
+          if (w.lo[r] < w.hi[r]) {
+            blo = w.lo[r] < blo ? w.lo[r] : blo;
+            bhi = w.hi[r] > bhi ? w.hi[r] : bhi;
+          }
+        for (int64_t j0 = blo / BC * BC; j0 < bhi; j0 += BC) {
+          const int cols = (int)(p->len_k - j0 < BC ? p->len_k - j0 : BC);
+          pack_kv(job, &w, b, hk, j0, cols);
+          tile(job, &w, b, h, i0, rows, j0, cols, 0);
+          for (int r = 0; r < rows; r++) {
+            float *orow = out + br * os[0] + hr * os[1] + (db[2] > 1 ? i0 + r : 0) * os[2];
+            for (int c = 0; c < cols; c++)
+              orow[(db[3] > 1 ? j0 + c : 0) * os[3]] += w.ds[r * BC + c];
+          }
+        }
+      }
+}
+
+/* Sizes the job; the plan depends on shapes only. */
+static attn_status plan(bwd_job *job, int with_dbias, int *workers, int64_t *n_main,
+                        size_t *bytes_extra) {
+  const attn_params *p = job->pr->p;
+  size_t offs[N_PARTS];
+  job->dp = attn__round_up(p->dim, NB);
+  job->dvp = attn__round_up(p->dim_v, NB);
+  job->n_qb = (p->len_q + BR - 1) / BR;
+  job->n_kb = (p->len_k + BC - 1) / BC;
+  job->lq_p = job->n_qb * BR;
+  const int64_t bhk = p->batch * p->heads_kv;
+  job->n_slices = 1;
+  if (bhk > 0 && bhk < MIN_MAIN_ITEMS) job->n_slices = (MIN_MAIN_ITEMS + bhk - 1) / bhk;
+  if (job->n_slices > job->n_kb) job->n_slices = job->n_kb > 0 ? job->n_kb : 1;
+  const int64_t full[4] = {p->batch, p->heads_q, p->len_q, p->len_k};
+  for (int d = 0; d < 4; d++)
+    job->db[d] = p->bias_stride[d] == 0 ? 1 : full[d];
+  int64_t parts, n_delta;
+  int ok = attn__mul_ok(bhk, job->n_slices, n_main) &&
+           attn__mul_ok(*n_main, job->pr->group * job->lq_p, &parts) &&
+           attn__mul_ok(parts, job->dp * 4, &parts) &&
+           attn__mul_ok(p->batch * p->heads_q, p->len_q * 4, &n_delta) &&
+           scratch_layout(job->dp, job->dvp, offs, &job->scratch_bytes);
+  if (!ok) return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "attn_backward: scratch size overflows");
+  (void)with_dbias;
+  *workers = job->pr->threads;
+  if (*workers > *n_main && *n_main > 0) *workers = (int)*n_main;
+  if (*n_main == 0) *workers = 1;
+  *bytes_extra = (size_t)parts + (size_t)n_delta;
+  return ATTN_STATUS_OK;
+}
+
+attn_status ATTN_BWD_SCRATCH_FN(const attn__problem *pr, int with_dbias, size_t *bytes) {
+  bwd_job job = {0};
+  job.pr = pr;
+  int workers = 1;
+  int64_t n_main;
+  size_t extra = 0;
+  attn_status st = plan(&job, with_dbias, &workers, &n_main, &extra);
+  if (st == ATTN_STATUS_OK) *bytes = job.scratch_bytes * (size_t)workers + extra;
+  return st;
+}
+
+attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
+  const attn_params *p = pr->p;
+  bwd_job job = {0};
+  job.pr = pr;
+  job.t = t;
+  int workers = 1;
+  int64_t n_main;
+  size_t extra = 0;
+  attn_status st = plan(&job, t->dbias != NULL, &workers, &n_main, &extra);
+  if (st != ATTN_STATUS_OK) return st;
+  const size_t n_delta = (size_t)(p->batch * p->heads_q * p->len_q);
+  job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
+  job.delta = malloc(n_delta * sizeof(float) + 1);
+  job.dq_part = malloc(extra - n_delta * sizeof(float) + 1);
+  if (!job.scratch || !job.delta || !job.dq_part) {
+    free(job.scratch), free(job.delta), free(job.dq_part);
+    return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
+                      "attn_backward: could not allocate %d x %zu bytes of tile scratch and %zu "
+                      "bytes of row sums and partial dQ",
+                      workers, job.scratch_bytes, extra);
+  }
+  const int64_t n_rows_items = p->batch * p->heads_q * job.n_qb;
+  attn__parallel_for(workers, n_rows_items, delta_item, &job);
+  attn__parallel_for(workers, n_main, main_item, &job);
+  attn__parallel_for(workers, n_rows_items, dq_item, &job);
+  if (t->dbias) {
+    const int64_t n_db = job.db[0] * job.db[1] * (job.db[2] > 1 ? job.n_qb : 1);
+    attn__parallel_for(workers, n_db, dbias_item, &job);
+  }
+  free(job.scratch), free(job.delta), free(job.dq_part);
+  return ATTN_STATUS_OK;
+}
