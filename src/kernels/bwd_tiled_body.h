@@ -47,6 +47,19 @@ static inline v8f ld8(const float *p) {
 }
 static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
 static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+
+/* acc + a·b: one fused multiply-add where the build has FMA (ATTN_BWD_FMA), else a multiply and an
+ * add; the vector and scalar forms round alike, so gemm and gemm_masked agree bitwise. */
+#if defined(ATTN_BWD_FMA)
+#include <immintrin.h>
+static inline v8f madd(v8f acc, v8f a, v8f b) {
+  return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+}
+static inline float madd1(float acc, float a, float b) { return fmaf(a, b, acc); }
+#else
+static inline v8f madd(v8f acc, v8f a, v8f b) { return acc + a * b; }
+static inline float madd1(float acc, float a, float b) { return acc + a * b; }
+#endif
 static inline v8f select8(v8i m, v8f a, v8f b) { /* m ? a : b, m lanes all ones or zero */
   return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
 }
@@ -75,30 +88,42 @@ static inline v8f exp8(v8f x) {
   return select8(is_nan, x, select8(under, splat(0.0f), out));
 }
 
+/* Rows [i, i + R) of C [m, n] = (accumulate ? C : 0) + A·B (see gemm); R ≤ 6 is a constant after
+ * inlining, so the R × 16 block of accumulators stays in registers. */
+static inline __attribute__((always_inline)) void
+gemm_rows(int R, int i, int n, int k, const float *a, int64_t ars, int64_t acs, const float *b,
+          int64_t ldb, float *c, int64_t ldc, int accumulate) {
+  for (int j = 0; j < n; j += NB) {
+    v8f acc[6][2];
+    for (int r = 0; r < R; r++)
+      for (int h = 0; h < 2; h++)
+        acc[r][h] = accumulate ? ld8(c + (i + r) * ldc + j + h * VL) : splat(0.0f);
+    const float *ai = a + i * ars;
+    for (int kk = 0; kk < k; kk++) {
+      const v8f b0 = ld8(b + kk * ldb + j), b1 = ld8(b + kk * ldb + j + VL);
+      for (int r = 0; r < R; r++) {
+        const v8f av = splat(ai[r * ars + kk * acs]);
+        acc[r][0] = madd(acc[r][0], av, b0);
+        acc[r][1] = madd(acc[r][1], av, b1);
+      }
+    }
+    for (int r = 0; r < R; r++)
+      for (int h = 0; h < 2; h++)
+        st8(c + (i + r) * ldc + j + h * VL, acc[r][h]);
+  }
+}
+
 /* C [m, n] = (accumulate ? C : 0) + A·B with A(i, kk) = a[i·ars + kk·acs], B [k, n] row stride
- * ldb, C row stride ldc; m % MB == 0, n % NB == 0. Register block MB × NB (8 vector
- * accumulators); per element the sum runs over kk in increasing order. */
+ * ldb, C row stride ldc; m even, n % NB == 0. Register blocks of 6 × 16 (12 vector accumulators,
+ * 2 loads of B and 6 broadcasts of A per 12 multiply-adds), the last rows in a block of 4 or 2;
+ * per element the sum runs over kk in increasing order. */
 static void gemm(int m, int n, int k, const float *a, int64_t ars, int64_t acs, const float *b,
                  int64_t ldb, float *c, int64_t ldc, int accumulate) {
-  for (int i = 0; i < m; i += MB)
-    for (int j = 0; j < n; j += NB) {
-      v8f acc[MB][2];
-      for (int r = 0; r < MB; r++)
-        for (int h = 0; h < 2; h++)
-          acc[r][h] = accumulate ? ld8(c + (i + r) * ldc + j + h * VL) : splat(0.0f);
-      const float *ai = a + i * ars;
-      for (int kk = 0; kk < k; kk++) {
-        const v8f b0 = ld8(b + kk * ldb + j), b1 = ld8(b + kk * ldb + j + VL);
-        for (int r = 0; r < MB; r++) {
-          const v8f av = splat(ai[r * ars + kk * acs]);
-          acc[r][0] += av * b0;
-          acc[r][1] += av * b1;
-        }
-      }
-      for (int r = 0; r < MB; r++)
-        for (int h = 0; h < 2; h++)
-          st8(c + (i + r) * ldc + j + h * VL, acc[r][h]);
-    }
+  int i = 0;
+  for (; i + 6 <= m; i += 6)
+    gemm_rows(6, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+  if (m - i == 4) gemm_rows(4, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+  if (m - i == 2) gemm_rows(2, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
 }
 
 /* The same, skipping the terms whose pair is invisible (vis(i, kk) = vis[i·vrs + kk·vcs] == 0):
@@ -111,7 +136,7 @@ static void gemm_masked(int m, int n, int k, const float *a, int64_t ars, int64_
     for (int j = 0; j < n; j++) {
       float acc = accumulate ? c[i * ldc + j] : 0.0f;
       for (int kk = 0; kk < k; kk++)
-        if (vis[i * vrs + kk * vcs]) acc += a[i * ars + kk * acs] * b[kk * ldb + j];
+        if (vis[i * vrs + kk * vcs]) acc = madd1(acc, a[i * ars + kk * acs], b[kk * ldb + j]);
       c[i * ldc + j] = acc;
     }
 }
@@ -123,6 +148,9 @@ typedef struct bwd_job {
   int64_t n_qb, n_kb, lq_p; /* query blocks, key blocks, Lq rounded up to BR */
   int64_t n_slices;         /* key slices per (b, KV head) */
   float *delta;             /* [B, Hq, Lq] */
+  float *qs_all;            /* [B, Hq, lq_p, dp]  scale·Q, packed once, zero padded */
+  float *dos_all;           /* [B, Hq, lq_p, dvp] dO, packed once */
+  unsigned char *qfin;      /* [B, Hq, n_qb] bit 0: the block's Q finite, bit 1: its dO */
   float *dq_part;           /* [B, Hkv, n_slices, group, lq_p, dp] */
   int64_t db[4];            /* dBias shape */
   unsigned char *scratch;   /* workers × scratch_bytes */
@@ -131,8 +159,8 @@ typedef struct bwd_job {
 
 /* One worker's tile buffers (64-byte aligned). */
 typedef struct bwd_scratch {
-  float *qs;          /* [BR, dp]  scale·Q rows, zero padded */
-  float *dos;         /* [BR, dvp] dO rows */
+  const float *qs;    /* [BR, dp]  scale·Q rows of the current query block (in job->qs_all) */
+  const float *dos;   /* [BR, dvp] its dO rows (in job->dos_all) */
   float *kr;          /* [BC, dp]  K rows */
   float *kt;          /* [dp, BC]  K transposed */
   float *vt;          /* [dvp, BC] V transposed */
@@ -146,12 +174,11 @@ typedef struct bwd_scratch {
   unsigned char *vis; /* [BR, BC] */
 } bwd_scratch;
 
-enum { N_PARTS = 15 };
+enum { N_PARTS = 13 };
 static int scratch_layout(int64_t dp, int64_t dvp, size_t offs[N_PARTS], size_t *total) {
-  const int64_t counts[N_PARTS] = {BR * dp, BR * dvp, BC * dp, dp * BC, dvp * BC,
-                                   BR * BC, BR * BC,  BR * BC, BC * dp, BC * dvp,
-                                   BR,      BR,       BR,      BR,      BR * BC};
-  const int64_t sizes[N_PARTS] = {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 8, 8, 1};
+  const int64_t counts[N_PARTS] = {BC * dp,  dp * BC, dvp * BC, BR * BC, BR * BC, BR * BC, BC * dp,
+                                   BC * dvp, BR,      BR,       BR,      BR,      BR * BC};
+  const int64_t sizes[N_PARTS] = {4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 8, 8, 1};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -166,10 +193,12 @@ static bwd_scratch carve(const bwd_job *job, int worker) {
   size_t o[N_PARTS], total;
   scratch_layout(job->dp, job->dvp, o, &total);
   unsigned char *base = job->scratch + (size_t)worker * job->scratch_bytes;
-  float *f[12];
-  for (int i = 0; i < 12; i++)
+  float *f[10];
+  for (int i = 0; i < 10; i++)
     f[i] = (float *)(void *)(base + o[i]);
-  bwd_scratch w = {f[0],
+  bwd_scratch w = {NULL,
+                   NULL,
+                   f[0],
                    f[1],
                    f[2],
                    f[3],
@@ -179,11 +208,9 @@ static bwd_scratch carve(const bwd_job *job, int worker) {
                    f[7],
                    f[8],
                    f[9],
-                   f[10],
-                   f[11],
-                   (int64_t *)(void *)(base + o[12]),
-                   (int64_t *)(void *)(base + o[13]),
-                   base + o[14]};
+                   (int64_t *)(void *)(base + o[10]),
+                   (int64_t *)(void *)(base + o[11]),
+                   base + o[12]};
   return w;
 }
 
@@ -213,39 +240,23 @@ static int pack_kv(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t hk, in
   return kfin | vfin << 1;
 }
 
-/* Packs query block rows [i0, i0 + rows) of head (b, h): scale·Q, dO, LSE, Δ, key ranges. Returns
- * bit 0: Q finite, bit 1: dO finite. */
-static int pack_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_t i0, int rows) {
+/* Points w at query block qb of head (b, h) (rows [i0, i0 + rows), packed by pass 1) and loads its
+ * LSE, Δ and key ranges. Returns bit 0: Q finite, bit 1: dO finite. */
+static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_t qb, int rows) {
   const attn_params *p = job->pr->p;
-  const attn__bwd_tensors *t = job->t;
-  const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
-  const float scale = job->pr->scale;
-  int qfin = 1, dofin = 1;
-  memset(w->qs, 0, sizeof(float) * (size_t)(BR * dp));
-  memset(w->dos, 0, sizeof(float) * (size_t)(BR * dvp));
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b), i0 = qb * BR;
+  const int64_t bh = b * p->heads_q + h;
+  w->qs = job->qs_all + (bh * job->lq_p + i0) * job->dp;
+  w->dos = job->dos_all + (bh * job->lq_p + i0) * job->dvp;
   for (int r = 0; r < BR; r++) {
     w->lse[r] = -INFINITY, w->delta[r] = 0.0f;
     if (r >= rows) continue;
     const int64_t i = i0 + r;
-    const float *q = t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
-    const float *d_o =
-        t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
-    for (int64_t d = 0; d < D; d++) {
-      const float x = q[d * p->q_stride[3]] * scale;
-      qfin &= isfinite(x) != 0;
-      w->qs[r * dp + d] = x;
-    }
-    for (int64_t d = 0; d < Dv; d++) {
-      const float x = d_o[d * p->dout_stride[3]];
-      dofin &= isfinite(x) != 0;
-      w->dos[r * dvp + d] = x;
-    }
-    w->lse[r] = t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
-    w->delta[r] = job->delta[(b * p->heads_q + h) * p->len_q + i];
+    w->lse[r] = job->t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
+    w->delta[r] = job->delta[bh * p->len_q + i];
     attn__row_key_range(p, i + shift, klen, &w->lo[r], &w->hi[r]);
   }
-  return qfin | dofin << 1;
+  return job->qfin[bh * job->n_qb + qb];
 }
 
 /* Recomputes one tile: rows of the packed query block × keys [j0, j0 + cols) of the packed key
@@ -299,23 +310,40 @@ static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_
   return whole;
 }
 
-/* Pass 1: Δ for the rows of item (b, h, query block). */
-static void delta_item(void *ctx, int64_t item, int worker) {
+/* Pass 1, item (b, h, query block): packs scale·Q and dO (zero padded to BR rows), records whether
+ * they are finite, and computes Δ = rowsum(dO∘O). */
+static void prepare_item(void *ctx, int64_t item, int worker) {
   const bwd_job *job = ctx;
   const attn_params *p = job->pr->p;
   const attn__bwd_tensors *t = job->t;
+  const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
   (void)worker;
   const int64_t qb = item % job->n_qb, bh = item / job->n_qb;
   const int64_t h = bh % p->heads_q, b = bh / p->heads_q;
-  for (int64_t i = qb * BR; i < p->len_q && i < (qb + 1) * BR; i++) {
+  float *qs = job->qs_all + (bh * job->lq_p + qb * BR) * dp;
+  float *dos = job->dos_all + (bh * job->lq_p + qb * BR) * dvp;
+  memset(qs, 0, sizeof(float) * (size_t)(BR * dp));
+  memset(dos, 0, sizeof(float) * (size_t)(BR * dvp));
+  uint32_t nonfinite_q = 0, nonfinite_do = 0;
+  for (int64_t r = 0; r < BR && qb * BR + r < p->len_q; r++) {
+    const int64_t i = qb * BR + r;
+    const float *q = t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
     const float *o = t->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
     const float *d_o =
         t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
+    for (int64_t d = 0; d < D; d++)
+      qs[r * dp + d] = q[d * p->q_stride[3]] * job->pr->scale;
     float sum = 0.0f;
-    for (int64_t d = 0; d < p->dim_v; d++)
-      sum += d_o[d * p->dout_stride[3]] * o[d * p->o_stride[3]];
+    for (int64_t d = 0; d < Dv; d++) {
+      const float x = d_o[d * p->dout_stride[3]];
+      dos[r * dvp + d] = x;
+      sum = madd1(sum, x, o[d * p->o_stride[3]]); /* as dP = dO·Vᵀ rounds */
+    }
     job->delta[bh * p->len_q + i] = sum;
   }
+  nonfinite_q = !attn__rows_finite(qs, dp, BR, D);
+  nonfinite_do = !attn__rows_finite(dos, dvp, BR, Dv);
+  job->qfin[bh * job->n_qb + qb] = (unsigned char)((!nonfinite_q) | (!nonfinite_do) << 1);
 }
 
 /* Slice of key block kb: blocks are dealt 0, 1, …, S−1, S−1, …, 0, 0, 1, … (zig-zag). */
@@ -378,7 +406,7 @@ static void main_item(void *ctx, int64_t item, int worker) {
         const int64_t h = hk * group + hh, i0 = qb * BR;
         const int rows = (int)(p->len_q - i0 < BR ? p->len_q - i0 : BR);
         const int rows_p = (int)attn__round_up(rows, MB), cols_p = (int)attn__round_up(cols, NB);
-        const int fin_q = pack_q(job, &w, b, h, i0, rows);
+        const int fin_q = load_q(job, &w, b, h, qb, rows);
         const int whole = tile(job, &w, b, h, i0, rows, j0, cols, 1);
         const int all_finite = (fin_q & 3) == 3 && (fin_kv & 1);
         if (!all_finite && whole) { /* the masked products need vis */
@@ -456,7 +484,7 @@ static void dbias_item(void *ctx, int64_t item, int worker) {
       for (int64_t qb = db[2] > 1 ? qbr : 0; qb < (db[2] > 1 ? qbr + 1 : job->n_qb); qb++) {
         const int64_t i0 = qb * BR, hk = h / job->pr->group;
         const int rows = (int)(p->len_q - i0 < BR ? p->len_q - i0 : BR);
-        pack_q(job, &w, b, h, i0, rows);
+        load_q(job, &w, b, h, qb, rows);
         int64_t blo = p->len_k, bhi = 0;
         for (int r = 0; r < rows; r++)
           if (w.lo[r] < w.hi[r]) {
@@ -476,9 +504,10 @@ static void dbias_item(void *ctx, int64_t item, int worker) {
       }
 }
 
-/* Sizes the job; the plan depends on shapes only. */
-static attn_status plan(bwd_job *job, int with_dbias, int *workers, int64_t *n_main,
-                        size_t *bytes_extra) {
+/* Sizes the job; the plan depends on shapes only. Extra buffers, in bytes: dQ partials, Δ, packed
+ * Q and dO, finiteness flags (each part rounded up to 64 bytes). */
+enum { N_EXTRA = 5 };
+static attn_status plan(bwd_job *job, int *workers, int64_t *n_main, size_t extra[N_EXTRA]) {
   const attn_params *p = job->pr->p;
   size_t offs[N_PARTS];
   job->dp = attn__round_up(p->dim, NB);
@@ -486,25 +515,28 @@ static attn_status plan(bwd_job *job, int with_dbias, int *workers, int64_t *n_m
   job->n_qb = (p->len_q + BR - 1) / BR;
   job->n_kb = (p->len_k + BC - 1) / BC;
   job->lq_p = job->n_qb * BR;
-  const int64_t bhk = p->batch * p->heads_kv;
+  const int64_t bhk = p->batch * p->heads_kv, bhq = p->batch * p->heads_q;
   job->n_slices = 1;
   if (bhk > 0 && bhk < MIN_MAIN_ITEMS) job->n_slices = (MIN_MAIN_ITEMS + bhk - 1) / bhk;
   if (job->n_slices > job->n_kb) job->n_slices = job->n_kb > 0 ? job->n_kb : 1;
   const int64_t full[4] = {p->batch, p->heads_q, p->len_q, p->len_k};
   for (int d = 0; d < 4; d++)
     job->db[d] = p->bias_stride[d] == 0 ? 1 : full[d];
-  int64_t parts, n_delta;
-  int ok = attn__mul_ok(bhk, job->n_slices, n_main) &&
-           attn__mul_ok(*n_main, job->pr->group * job->lq_p, &parts) &&
-           attn__mul_ok(parts, job->dp * 4, &parts) &&
-           attn__mul_ok(p->batch * p->heads_q, p->len_q * 4, &n_delta) &&
+  int64_t n[N_EXTRA], rows;
+  int ok = attn__mul_ok(bhk, job->n_slices, n_main) && attn__mul_ok(bhq, job->lq_p, &rows) &&
+           attn__mul_ok(*n_main, job->pr->group * job->lq_p, &n[0]) &&
+           attn__mul_ok(n[0], job->dp * 4, &n[0]) && attn__mul_ok(bhq, p->len_q * 4, &n[1]) &&
+           attn__mul_ok(rows, job->dp * 4, &n[2]) && attn__mul_ok(rows, job->dvp * 4, &n[3]) &&
+           attn__mul_ok(bhq, job->n_qb, &n[4]) &&
            scratch_layout(job->dp, job->dvp, offs, &job->scratch_bytes);
+  for (int i = 0; ok && i < N_EXTRA; i++) {
+    ok = attn__add_ok(n[i], 64, &n[i]);
+    extra[i] = (size_t)(n[i] & ~(int64_t)63);
+  }
   if (!ok) return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "attn_backward: scratch size overflows");
-  (void)with_dbias;
   *workers = job->pr->threads;
   if (*workers > *n_main && *n_main > 0) *workers = (int)*n_main;
   if (*n_main == 0) *workers = 1;
-  *bytes_extra = (size_t)parts + (size_t)n_delta;
   return ATTN_STATUS_OK;
 }
 
@@ -513,10 +545,14 @@ attn_status ATTN_BWD_SCRATCH_FN(const attn__problem *pr, int with_dbias, size_t 
   job.pr = pr;
   int workers = 1;
   int64_t n_main;
-  size_t extra = 0;
-  attn_status st = plan(&job, with_dbias, &workers, &n_main, &extra);
-  if (st == ATTN_STATUS_OK) *bytes = job.scratch_bytes * (size_t)workers + extra;
-  return st;
+  size_t extra[N_EXTRA];
+  (void)with_dbias; /* the dBias pass reuses the same buffers */
+  attn_status st = plan(&job, &workers, &n_main, extra);
+  if (st != ATTN_STATUS_OK) return st;
+  *bytes = job.scratch_bytes * (size_t)workers;
+  for (int i = 0; i < N_EXTRA; i++)
+    *bytes += extra[i];
+  return ATTN_STATUS_OK;
 }
 
 attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
@@ -526,28 +562,34 @@ attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
   job.t = t;
   int workers = 1;
   int64_t n_main;
-  size_t extra = 0;
-  attn_status st = plan(&job, t->dbias != NULL, &workers, &n_main, &extra);
+  size_t extra[N_EXTRA], total = 0;
+  attn_status st = plan(&job, &workers, &n_main, extra);
   if (st != ATTN_STATUS_OK) return st;
-  const size_t n_delta = (size_t)(p->batch * p->heads_q * p->len_q);
+  for (int i = 0; i < N_EXTRA; i++)
+    total += extra[i];
+  /* everything is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
   job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
-  job.delta = malloc(n_delta * sizeof(float) + 1);
-  job.dq_part = malloc(extra - n_delta * sizeof(float) + 1);
-  if (!job.scratch || !job.delta || !job.dq_part) {
-    free(job.scratch), free(job.delta), free(job.dq_part);
+  unsigned char *block = aligned_alloc(64, total + 64);
+  if (!job.scratch || !block) {
+    free(job.scratch), free(block);
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_backward: could not allocate %d x %zu bytes of tile scratch and %zu "
-                      "bytes of row sums and partial dQ",
-                      workers, job.scratch_bytes, extra);
+                      "bytes of packed rows and partial dQ",
+                      workers, job.scratch_bytes, total);
   }
+  job.dq_part = (float *)(void *)block;
+  job.delta = (float *)(void *)(block + extra[0]);
+  job.qs_all = (float *)(void *)(block + extra[0] + extra[1]);
+  job.dos_all = (float *)(void *)(block + extra[0] + extra[1] + extra[2]);
+  job.qfin = block + extra[0] + extra[1] + extra[2] + extra[3];
   const int64_t n_rows_items = p->batch * p->heads_q * job.n_qb;
-  attn__parallel_for(workers, n_rows_items, delta_item, &job);
+  attn__parallel_for(workers, n_rows_items, prepare_item, &job);
   attn__parallel_for(workers, n_main, main_item, &job);
   attn__parallel_for(workers, n_rows_items, dq_item, &job);
   if (t->dbias) {
     const int64_t n_db = job.db[0] * job.db[1] * (job.db[2] > 1 ? job.n_qb : 1);
     attn__parallel_for(workers, n_db, dbias_item, &job);
   }
-  free(job.scratch), free(job.delta), free(job.dq_part);
+  free(job.scratch), free(block);
   return ATTN_STATUS_OK;
 }
