@@ -5,7 +5,7 @@ TSANBUILD ?= build-tsan
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build test test-release test-sanitize test-tsan demo bench clean
+.PHONY: all build deps test test-release test-sanitize test-tsan demo bench clean
 
 all: build
 
@@ -14,8 +14,13 @@ build:
 	cmake --build $(BUILD) -j $(JOBS)
 
 # Every test: the optimised build, then the whole suite again under ASan + UBSan, then the
-# threaded tests under TSan.
-test: test-release test-sanitize test-tsan
+# threaded tests under TSan. Open MPI (for ring attention and its tests) is installed if missing.
+test: deps test-release test-sanitize test-tsan
+
+# Open MPI from the Debian archive: ring/ and its tests are built only where it is found.
+deps:
+	@command -v mpicc >/dev/null 2>&1 || { echo "installing Open MPI (openmpi-bin libopenmpi-dev)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev; }
 
 test-release: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -28,8 +33,8 @@ test-sanitize:
 
 test-tsan:
 	cmake -S . -B $(TSANBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=thread -DATTN_WERROR=ON $(CMAKE_FLAGS)
-	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward
-	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads)$$'
+	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward test_merge
+	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads|merge)$$'
 
 # The main job: the three kinds of attention, one example each, and a model trained with attn_backward.
 demo: build

@@ -267,6 +267,39 @@ ATTN_API attn_status attn_backward(const attn_params *p, const float *q, const f
 ATTN_API attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias,
                                                  size_t *bytes);
 
+/*
+ * Merging partial results. When the keys of one attention call are split into disjoint sets
+ * (split-key decode, ring attention across machines, a KV cache in pages), each set's call gives
+ * a partial O_k and LSE_k for the same queries; attn_merge combines them into exactly the result
+ * of one call over the union of the keys:
+ *     LSE = log Σ_k exp(LSE_k),   O = Σ_k exp(LSE_k − LSE) · O_k      (per row, fp64 inside)
+ * Parts with LSE_k = −inf (no visible key) contribute nothing, so an empty part never matters and
+ * a row empty in every part gives O = +0, LSE = −inf; a NaN LSE_k makes the row NaN.
+ *   p: the parameters of the per-part calls; only batch, heads_q, len_q, dim_v, o_stride,
+ *     lse_stride (for every part and for the outputs), threads and the validity of the rest are
+ *     used. n_parts in [0, ATTN_MAX_MERGE_PARTS].
+ *   o_parts[k] [B, Hq, Lq, Dv], lse_parts[k] [B, Hq, Lq]: the parts.
+ *   o (overwritten), lse (overwritten if non-NULL): the merged result; o may be o_parts[k] and
+ *     lse may be lse_parts[k] (in-place accumulation); other overlaps are errors.
+ */
+#define ATTN_MAX_MERGE_PARTS 65536
+ATTN_API attn_status attn_merge(const attn_params *p, int n_parts, const float *const *o_parts,
+                                const float *const *lse_parts, float *o, float *lse);
+
+/*
+ * The backward of attn_merge: given the merged o, lse and dout = ∂L/∂O (dout_stride) and optionally
+ * dlse = ∂L/∂LSE (lse_stride, NULL = 0), writes for every part, with W_k = exp(LSE_k − LSE):
+ *     do_parts[k] = W_k · dout                       (dout_stride)
+ *     dlse_parts[k] = W_k · (dout·(O_k − O) + dlse)  (lse_stride; the array may be NULL)
+ * Note that a key block's attn_backward with the merged o and lse (not its own) already gives that
+ * block's gradients directly; this function is for chaining through a merge explicitly.
+ */
+ATTN_API attn_status attn_merge_backward(const attn_params *p, int n_parts,
+                                         const float *const *o_parts, const float *const *lse_parts,
+                                         const float *o, const float *lse, const float *dout,
+                                         const float *dlse, float *const *do_parts,
+                                         float *const *dlse_parts);
+
 /* A static, never-NULL description of a status ("invalid argument"); "unknown status" otherwise. */
 ATTN_API const char *attn_status_str(attn_status status);
 

@@ -8,6 +8,8 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 /* A strided tensor as the validator sees it. */
 typedef struct tensor_desc {
@@ -22,6 +24,7 @@ typedef struct tensor_desc {
   /* filled by check_tensor: the byte range [lo, hi) it touches; empty if no elements */
   int empty;
   uintptr_t lo, hi;
+  int may_alias; /* an output that may be exactly an input with the same strides (in place) */
 } tensor_desc;
 
 /* Checks pointer, strides and byte extent of one tensor and fills its address range. */
@@ -188,7 +191,9 @@ static attn_status check_tensors(const char *fn, tensor_desc *t, const int *pres
   }
   for (int a = first_output; a < n; a++)
     for (int b = 0; b < a; b++)
-      if (check_pointers && present[a] && present[b] && ranges_overlap(&t[a], &t[b]))
+      if (check_pointers && present[a] && present[b] && ranges_overlap(&t[a], &t[b]) &&
+          !(t[a].may_alias && b < first_output && t[a].ptr == t[b].ptr &&
+            t[a].strides == t[b].strides && t[a].rank == t[b].rank))
         return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                           "%s: output %s overlaps %s %s: outputs must not overlap each other or "
                           "the inputs",
@@ -280,4 +285,94 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
   if ((st = check_tensors(fn, t, present, N_TENSORS, DQ, check_pointers)) != ATTN_STATUS_OK)
     return st;
   return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
+}
+
+attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__merge_tensors *x,
+                              int check_pointers, attn__problem *pr) {
+  attn_status st = check_params(fn, p, pr);
+  if (st != ATTN_STATUS_OK) return st;
+  const int n = x->n_parts;
+  if (n < 0 || n > ATTN_MAX_MERGE_PARTS)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: n_parts (%d) must be in [0, %d]", fn, n,
+                      ATTN_MAX_MERGE_PARTS);
+  const int bwd = x->dout != NULL || x->do_parts != NULL;
+  const char *arrays[4][2] = {{"o_parts", (const char *)x->o_parts},
+                              {"lse_parts", (const char *)x->lse_parts},
+                              {"do_parts", (const char *)x->do_parts},
+                              {NULL, NULL}};
+  for (int a = 0; a < (bwd ? 3 : 2); a++)
+    if (n > 0 && !arrays[a][1] && check_pointers)
+      return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: %s is NULL but n_parts is %d", fn,
+                        arrays[a][0], n);
+  const int64_t B = p->batch, Hq = p->heads_q, Lq = p->len_q, Dv = p->dim_v;
+  /* inputs: parts' O and LSE, then (backward) O, LSE, dO, dLSE; outputs: O and LSE (forward) or
+   * the parts' dO and dLSE (backward) */
+  const int n_t = bwd ? 4 * n + 4 : 2 * n + 2;
+  tensor_desc *t = calloc((size_t)n_t + 1, sizeof *t);
+  int *present = calloc((size_t)n_t + 1, sizeof *present);
+  char(*names)[32] = calloc((size_t)n_t + 1, sizeof *names);
+  if (!t || !present || !names) {
+    free(t), free(present), free(names);
+    return attn__fail(ATTN_STATUS_OUT_OF_MEMORY, "%s: cannot allocate the checks", fn);
+  }
+  int at = 0;
+  const tensor_desc o_like = {.stride = "o_stride",
+                              .rank = 4,
+                              .size = {B, Hq, Lq, Dv},
+                              .strides = p->o_stride,
+                              .elem_size = 4};
+  const tensor_desc lse_like = {.stride = "lse_stride",
+                                .rank = 3,
+                                .size = {B, Hq, Lq, 1},
+                                .strides = p->lse_stride,
+                                .elem_size = 4};
+  tensor_desc do_like = o_like, dlse_like = lse_like;
+  do_like.stride = "dout_stride", do_like.strides = p->dout_stride;
+  for (int k = 0; k < n; k++) {
+    t[at] = o_like, t[at].ptr = x->o_parts ? x->o_parts[k] : NULL;
+    snprintf(names[at], sizeof names[at], "o_parts[%d]", k);
+    present[at++] = 1;
+    t[at] = lse_like, t[at].ptr = x->lse_parts ? x->lse_parts[k] : NULL;
+    snprintf(names[at], sizeof names[at], "lse_parts[%d]", k);
+    present[at++] = 1;
+  }
+  const int first_output = bwd ? at + 4 : at;
+  if (bwd) {
+    const struct {
+      const char *name;
+      const tensor_desc *like;
+      const float *ptr;
+      int present;
+    } in[4] = {{"o", &o_like, x->o, 1},
+               {"lse", &lse_like, x->lse, 1},
+               {"dout", &do_like, x->dout, 1},
+               {"dlse", &dlse_like, x->dlse, x->dlse != NULL}};
+    for (int i = 0; i < 4; i++) {
+      t[at] = *in[i].like, t[at].ptr = in[i].ptr;
+      snprintf(names[at], sizeof names[at], "%s", in[i].name);
+      present[at++] = in[i].present;
+    }
+    for (int k = 0; k < n; k++) {
+      t[at] = do_like, t[at].ptr = x->do_parts ? x->do_parts[k] : NULL, t[at].is_output = 1;
+      snprintf(names[at], sizeof names[at], "do_parts[%d]", k);
+      present[at++] = 1;
+      t[at] = lse_like, t[at].ptr = x->dlse_parts ? x->dlse_parts[k] : NULL, t[at].is_output = 1;
+      snprintf(names[at], sizeof names[at], "dlse_parts[%d]", k);
+      present[at++] = x->dlse_parts != NULL;
+    }
+  } else {
+    t[at] = o_like, t[at].ptr = x->o, t[at].is_output = 1, t[at].may_alias = 1;
+    snprintf(names[at], sizeof names[at], "o");
+    present[at++] = 1;
+    t[at] = lse_like, t[at].ptr = x->lse, t[at].is_output = 1, t[at].may_alias = 1;
+    snprintf(names[at], sizeof names[at], "lse");
+    present[at++] = x->lse != NULL;
+  }
+  for (int i = 0; i < at; i++)
+    t[i].name = names[i];
+  st = check_tensors(fn, t, present, at, first_output, check_pointers);
+  free(t), free(present), free(names);
+  if (st != ATTN_STATUS_OK) return st;
+  pr->kernel = ATTN_KERNEL_REF; /* one implementation: plain C, fp64 accumulation */
+  return ATTN_STATUS_OK;
 }

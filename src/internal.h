@@ -49,6 +49,18 @@ typedef struct attn__bwd_tensors {
 attn_status attn__check_backward(const char *fn, const attn_params *p, const attn__bwd_tensors *t,
                                  int check_pointers, attn__problem *pr);
 
+/* The tensors of one attn_merge (dout == NULL) or attn_merge_backward call. */
+typedef struct attn__merge_tensors {
+  int n_parts;
+  const float *const *o_parts, *const *lse_parts;
+  float *o, *lse;           /* attn_merge outputs (o may be o_parts[k], lse lse_parts[k]) */
+  const float *dout, *dlse; /* attn_merge_backward inputs (with o, lse as inputs) */
+  float *const *do_parts, *const *dlse_parts;
+} attn__merge_tensors;
+
+attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__merge_tensors *x,
+                              int check_pointers, attn__problem *pr);
+
 /* klen(b): per-batch key length or len_k. */
 static inline int64_t attn__klen(const attn_params *p, int64_t b) {
   return p->kv_len ? p->kv_len[b] : p->len_k;
@@ -106,6 +118,10 @@ attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);
 attn__scratch_fn attn__kernel_scratch(attn_kernel kernel);
 attn__bwd_fn attn__kernel_bwd(attn_kernel kernel);
 attn__scratch_fn attn__kernel_bwd_scratch(attn_kernel kernel);
+
+/* attn_merge and attn_merge_backward on validated tensors (merge.c). */
+attn_status attn__merge(const attn__problem *pr, const attn__merge_tensors *x);
+attn_status attn__merge_backward(const attn__problem *pr, const attn__merge_tensors *x);
 
 /* ---- threads (threads.c) ---- */
 

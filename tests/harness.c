@@ -400,8 +400,8 @@ void tresult_free(tresult *r) {
 /* ---- oracle: straight from semantics.md, in double ---- */
 
 /* Visibility of key j for query i (rules 1–5); window arithmetic in double cannot overflow. */
-static int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j,
-                          int64_t klen, int64_t pos) {
+int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t klen,
+                   int64_t pos) {
   if (j >= klen) return 0;
   if (p->causal && j > pos) return 0;
   if (p->window_left >= 0 && (double)j < (double)pos - (double)p->window_left) return 0;

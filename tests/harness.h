@@ -166,6 +166,11 @@ tresult t_run_gather(tcase *c, attn_kernel kernel, int threads);
 int tresult_same(const tresult *a, const tresult *b);
 void tresult_free(tresult *r);
 
+/* The contract's visibility of key j for query i (batch b, head h) at key position pos, written
+ * independently of the library. */
+int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t klen,
+                   int64_t pos);
+
 /* ---- oracle and baseline (packed outputs: O [B,Hq,Lq,Dv], LSE [B,Hq,Lq], P [B,Hq,Lq,Lk]) ---- */
 void oracle_forward(const attn_params *p, const float *q, const float *k, const float *v, double *o,
                     double *lse, double *probs);

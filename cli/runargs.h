@@ -1,0 +1,59 @@
+/* runargs.h — the run options and file handling shared by the attn and attn-ring commands. */
+#ifndef ATTN_CLI_RUNARGS_H
+#define ATTN_CLI_RUNARGS_H
+
+#include "attn.h"
+#include "npy.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* Exit status: 2 bad usage or bad input (nothing written), 1 a failure while computing/writing. */
+enum { EXIT_BAD_INPUT = 2, EXIT_RUNTIME = 1 };
+
+/* The command name messages start with ("attn run", "attn-ring grad", ...). */
+extern const char *cli_command;
+
+/* Prints "command: message" on stderr; returns code. */
+int cli_fail(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+typedef struct inputs {
+  npy_array q, k, v, mask, bias, alibi;
+} inputs;
+void cli_inputs_free(inputs *in);
+/* Reads path into *a and checks dtype and rank; messages name the flag. */
+int cli_load(const char *flag, const char *path, npy_dtype dtype, int ndim, npy_array *a);
+void cli_shape_str(const int64_t *s, int n, char *buf, size_t size);
+
+/* The options of attn run (and, with grad = 1, attn grad). */
+typedef struct run_opts {
+  const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi;
+  const char *scale, *align, *window, *kv_len, *softcap, *threads, *kernel;
+  const char *dout, *dq, *dk, *dv, *dbias; /* attn grad */
+  int causal, grad;
+} run_opts;
+int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*usage)(FILE *));
+/* Fills p from the options and the loaded Q, K, V (loading mask, bias, ALiBi); *kv_len gets the
+ * malloc'ed lengths if given. */
+int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_len);
+/* malloc of a·b·c·d floats, NULL on overflow. */
+float *cli_alloc_floats(int64_t a, int64_t b, int64_t c, int64_t d);
+
+/* An output written to a temporary file next to its path, renamed at the end. */
+typedef struct out_file {
+  const char *flag, *path;
+  char *tmp;
+  FILE *f;
+} out_file;
+int cli_out_open(out_file *o);
+void cli_out_discard(out_file *o);
+/* Writes bufs[i] as float32 .npy of shapes[i] (ranks[i] dims) to every opened output, then renames
+ * them all into place. */
+int cli_outputs_commit(out_file *outs, int n, float *const *bufs, const int *ranks,
+                       const int64_t (*shapes)[4]);
+
+#endif
