@@ -3,6 +3,7 @@
  *
  *   mpirun -np N attn-ring run  --q Q.npy --k K.npy --v V.npy --out O.npy [options of attn run]
  *   mpirun -np N attn-ring grad --q ... --dout DO.npy --dq DQ.npy --dk DK.npy --dv DV.npy [...]
+ *   mpirun -np N attn-ring bench [--shape B,H,L,D[,causal]] [--reps N] [--threads N]
  *
  * Same flags and output files as `attn run` / `attn grad`, so anything attn computes can be checked
  * against it. Rank 0 reads the inputs, checks them, scatters each rank's shard of the sequence
@@ -14,6 +15,8 @@
 #include "attn_ring.h"
 #include "runargs.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +24,7 @@ static int rank, ranks;
 
 static void usage(FILE *f) {
   fputs("usage: mpirun -np N attn-ring run|grad [the options of attn run / attn grad]\n"
+        "       mpirun -np N attn-ring bench [--shape B,H,L,D[,causal]] [--reps N] [--threads N]\n"
         "  self-attention over N ranks: Lq = Lk = L, L a multiple of N (of 2N with --causal);\n"
         "  --mask, --bias, --window, --alibi, --probs and --dbias are not available.\n",
         f);
@@ -219,6 +223,91 @@ done:
   return rc;
 }
 
+/* `attn-ring bench --shape B,H,L,D[,causal] [--reps N] [--threads N]`: every rank fills its own
+ * shard with pseudo-random data and times attn_ring_forward (and backward) over the ring, after a
+ * barrier; prints the slowest rank's median, the per-step compute estimate (the same shard
+ * problem run alone on one rank's threads) and the bytes each rank sends per step. */
+static int bench(int argc, char **argv) {
+  cli_command = "attn-ring bench";
+  long long B = 1, H = 2, L = 8192, D = 64;
+  int causal = 0, reps = 3, threads = 0;
+  for (int i = 0; i < argc; i++) {
+    char tail[16] = "";
+    if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+      int n = sscanf(argv[++i], "%lld,%lld,%lld,%lld,%15s", &B, &H, &L, &D, tail);
+      if (n < 4 || B < 1 || H < 1 || L < 1 || D < 1 || (n == 5 && strcmp(tail, "causal")))
+        return cli_fail(EXIT_BAD_INPUT, "--shape must be B,H,L,D[,causal]");
+      causal = n == 5;
+    } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+      reps = atoi(argv[++i]);
+      if (reps < 1 || reps > 100) return cli_fail(EXIT_BAD_INPUT, "--reps must be 1 to 100");
+    } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      threads = atoi(argv[++i]);
+      if (threads < 0 || threads > ATTN_MAX_THREADS)
+        return cli_fail(EXIT_BAD_INPUT, "--threads must be 0 to %d", ATTN_MAX_THREADS);
+    } else {
+      return cli_fail(EXIT_BAD_INPUT, "unknown option '%s'", argv[i]);
+    }
+  }
+  if (L % (causal ? 2 * ranks : ranks))
+    return cli_fail(EXIT_BAD_INPUT, "L (%lld) must be a multiple of %d", L,
+                    causal ? 2 * ranks : ranks);
+  const int64_t lloc = L / ranks;
+  attn_params p;
+  attn_params_init(&p, B, H, H, lloc, lloc, D, D);
+  p.causal = causal, p.threads = threads;
+  const size_t n = (size_t)(B * H * lloc * D);
+  float *q = malloc(4 * n + 4), *k = malloc(4 * n + 4), *v = malloc(4 * n + 4),
+        *o = malloc(4 * n + 4);
+  float *lse = malloc(4 * (size_t)(B * H * lloc) + 4), *dq = malloc(4 * n + 4);
+  float *dk = malloc(4 * n + 4), *dv = malloc(4 * n + 4);
+  if (!q || !k || !v || !o || !lse || !dq || !dk || !dv) MPI_Abort(MPI_COMM_WORLD, EXIT_RUNTIME);
+  uint64_t st = 0x9e3779b97f4a7c15ull * (uint64_t)(rank + 1);
+  for (size_t i = 0; i < n; i++) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    q[i] = k[i] = v[i] = (float)((double)(st >> 40) / 16777216.0 - 0.5);
+  }
+  double tf[100], tb[100];
+  for (int r = -1; r < reps; r++) { /* r = −1: warm-up */
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    attn_status s1 = attn_ring_forward(&p, MPI_COMM_WORLD, q, k, v, o, lse);
+    double t1 = MPI_Wtime();
+    attn_status s2 = attn_ring_backward(&p, MPI_COMM_WORLD, q, k, v, o, lse, o, dq, dk, dv);
+    double t2 = MPI_Wtime();
+    if (s1 != ATTN_STATUS_OK || s2 != ATTN_STATUS_OK)
+      return cli_fail(EXIT_RUNTIME, "%s", attn_ring_last_error());
+    double local[2] = {t1 - t0, t2 - t1}, worst[2];
+    MPI_Allreduce(local, worst, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (r >= 0) tf[r] = worst[0], tb[r] = worst[1];
+  }
+  for (int a = 1; a < reps; a++) /* insertion sort for the medians */
+    for (int b = a; b > 0 && tf[b] < tf[b - 1]; b--) {
+      double t = tf[b];
+      tf[b] = tf[b - 1], tf[b - 1] = t;
+    }
+  for (int a = 1; a < reps; a++)
+    for (int b = a; b > 0 && tb[b] < tb[b - 1]; b--) {
+      double t = tb[b];
+      tb[b] = tb[b - 1], tb[b - 1] = t;
+    }
+  if (rank == 0) {
+    const double pairs = causal ? (double)L * (double)(L + 1) / 2 : (double)L * (double)L;
+    const double flops = 4.0 * (double)D * pairs * (double)(B * H);
+    printf("ranks %d, threads per rank %d, B=%lld H=%lld L=%lld D=%lld%s, local rows %lld\n", ranks,
+           threads, B, H, L, D, causal ? " causal" : "", (long long)lloc);
+    printf("forward  %9.3f ms  %7.1f GFLOP/s total\n", tf[reps / 2] * 1e3,
+           flops / tf[reps / 2] * 1e-9);
+    printf("backward %9.3f ms  %7.1f GFLOP/s total (2.5x forward FLOPs)\n", tb[reps / 2] * 1e3,
+           2.5 * flops / tb[reps / 2] * 1e-9);
+    printf("bytes sent per rank per step: forward %.0f (K and V), backward %.0f (K, V, dK, dV); "
+           "steps %d\n",
+           8.0 * (double)n, 16.0 * (double)n, ranks);
+  }
+  free(q), free(k), free(v), free(o), free(lse), free(dq), free(dk), free(dv);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -229,6 +318,8 @@ int main(int argc, char **argv) {
     rc = run(argc - 2, argv + 2, 0);
   else if (argc >= 2 && strcmp(argv[1], "grad") == 0)
     rc = run(argc - 2, argv + 2, 1);
+  else if (argc >= 2 && strcmp(argv[1], "bench") == 0)
+    rc = bench(argc - 2, argv + 2);
   else if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0)) {
     if (rank == 0) usage(stdout);
     rc = 0;
