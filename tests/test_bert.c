@@ -1,0 +1,222 @@
+/*
+ * test_bert.c — the BERT encoder on attn against the real reference, through committed fixtures
+ * (models/bert/make_fixtures.py made them once with Hugging Face tokenizers and
+ * sentence-transformers on PyTorch; this test never needs them):
+ *   1. token ids equal the Hugging Face tokenizer's on 52 varied sentences (accents, CJK,
+ *      punctuation, control characters, emoji, very long words, the empty string);
+ *   2. sentence embeddings match sentence-transformers' (cosine ≥ 0.99999, max |diff| ≤ 1e-4) on
+ *      22 sentences, one at a time and as one padded batch;
+ *   3. the safetensors reader rejects truncated, malformed and mismatched files with a message
+ *      naming the problem.
+ * Usage: test_bert MODEL_DIR FIXTURES_DIR
+ */
+#include "bert.h"
+#include "harness.h"
+#include "picture.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *model_dir, *fixtures;
+
+/* Reads "hex<TAB>values" lines: the sentence decoded from hex, the rest as text. */
+static int read_line(FILE *f, char **sentence, char **rest) {
+  static char line[1 << 16];
+  if (!fgets(line, sizeof line, f)) return 0;
+  line[strcspn(line, "\n")] = '\0';
+  char *tab = strchr(line, '\t');
+  if (!tab) return 0;
+  *tab = '\0';
+  const size_t n = strlen(line) / 2;
+  *sentence = malloc(n + 1);
+  for (size_t i = 0; i < n; i++) {
+    unsigned v;
+    sscanf(line + 2 * i, "%2x", &v);
+    (*sentence)[i] = (char)v;
+  }
+  (*sentence)[n] = '\0';
+  *rest = tab + 1;
+  return 1;
+}
+
+static void test_tokenizer(const attn_bert *m) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/bert_tokens.txt", fixtures);
+  FILE *f = fopen(path, "r");
+  CHECKF(f != NULL, "cannot open %s", path);
+  if (!f) return;
+  char *s, *rest;
+  int lines = 0, equal = 0;
+  while (read_line(f, &s, &rest)) {
+    int want[4096], nw = 0, *ids, n;
+    for (char *tok = strtok(rest, " "); tok && nw < 4096; tok = strtok(NULL, " "))
+      want[nw++] = atoi(tok);
+    CHECK(attn_bert_tokenize(&m->vocab, s, 0, &ids, &n) == 0);
+    const int same = n == nw && memcmp(ids, want, sizeof(int) * (size_t)n) == 0;
+    if (!same) {
+      fprintf(stderr, "  tokens differ for \"%s\": got %d ids, want %d\n   got:", s, n, nw);
+      for (int i = 0; i < n && i < 40; i++)
+        fprintf(stderr, " %d", ids[i]);
+      fprintf(stderr, "\n  want:");
+      for (int i = 0; i < nw && i < 40; i++)
+        fprintf(stderr, " %d", want[i]);
+      fputc('\n', stderr);
+    }
+    equal += same, lines++;
+    free(ids), free(s);
+  }
+  fclose(f);
+  CHECKF(lines >= 50 && equal == lines, "token ids equal Hugging Face's on %d of %d sentences",
+         equal, lines);
+}
+
+static void test_embeddings(const attn_bert *m) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/bert_embeddings.txt", fixtures);
+  FILE *f = fopen(path, "r");
+  CHECKF(f != NULL, "cannot open %s", path);
+  if (!f) return;
+  enum { MAXN = 64, H = 384 };
+  char *texts[MAXN], *rest;
+  static float want[MAXN][H], one[H], batch[MAXN][H];
+  int n = 0;
+  while (n < MAXN && read_line(f, &texts[n], &rest)) {
+    char *p = rest;
+    for (int d = 0; d < H; d++)
+      want[n][d] = strtof(p, &p);
+    n++;
+  }
+  fclose(f);
+  char err[512];
+  CHECKF(attn_bert_embed(m, n, (const char *const *)texts, &batch[0][0], err, sizeof err) == 0,
+         "batched embed: %s", err);
+  double worst_cos = 1, worst_diff = 0;
+  for (int i = 0; i < n; i++) {
+    const char *t[1] = {texts[i]};
+    CHECKF(attn_bert_embed(m, 1, t, one, err, sizeof err) == 0, "embed: %s", err);
+    for (int pass = 0; pass < 2; pass++) {
+      const float *got = pass ? batch[i] : one;
+      double dot = 0, na = 0, nb = 0, diff = 0;
+      for (int d = 0; d < H; d++) {
+        dot += (double)got[d] * want[i][d];
+        na += (double)got[d] * got[d], nb += (double)want[i][d] * want[i][d];
+        if (fabs((double)got[d] - want[i][d]) > diff) diff = fabs((double)got[d] - want[i][d]);
+      }
+      const double cos = dot / sqrt(na * nb);
+      if (cos < worst_cos) worst_cos = cos;
+      if (diff > worst_diff) worst_diff = diff;
+      CHECKF(cos >= 0.99999 && diff <= 1e-4,
+             "embedding of \"%.40s\" (%s): cosine %.7f, max |diff| %.2g", texts[i],
+             pass ? "batched" : "alone", cos, diff);
+    }
+  }
+  printf("  %d sentences: worst cosine %.8f, worst max |diff| %.2g (alone and batched)\n", n,
+         worst_cos, worst_diff);
+  for (int i = 0; i < n; i++)
+    free(texts[i]);
+}
+
+/* Writes bytes to a file and expects attn_st_open to fail with `needle` in its message. */
+static void expect_bad_file(const char *why, const void *bytes, size_t n, const char *needle) {
+  char path[] = "/tmp/attn_st_XXXXXX";
+  int fd = mkstemp(path);
+  FILE *f = fdopen(fd, "wb");
+  fwrite(bytes, 1, n, f);
+  fclose(f);
+  attn_st_file st;
+  char err[512] = "";
+  const int rc = attn_st_open(&st, path, err, sizeof err);
+  CHECKF(rc == -1 && strstr(err, needle), "%s: rc %d, message \"%s\" lacks \"%s\"", why, rc, err,
+         needle);
+  if (rc == 0) attn_st_close(&st);
+  remove(path);
+}
+
+static void test_safetensors(void) {
+  unsigned char buf[256];
+  char hdr[96] = "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}";
+  while (strlen(hdr) % 8) /* the format pads the header with spaces to keep the data aligned */
+    strcat(hdr, " ");
+  const size_t hl = strlen(hdr);
+  memset(buf, 0, sizeof buf);
+  buf[0] = (unsigned char)hl;
+  memcpy(buf + 8, hdr, hl);
+  /* a valid file: found with its shape, refused with another */
+  char path[] = "/tmp/attn_st_XXXXXX";
+  int fd = mkstemp(path);
+  FILE *f = fdopen(fd, "wb");
+  fwrite(buf, 1, 8 + hl + 16, f);
+  fclose(f);
+  attn_st_file st;
+  char err[512];
+  CHECK(attn_st_open(&st, path, err, sizeof err) == 0);
+  const int64_t good[2] = {2, 2}, wrong[2] = {4, 1};
+  CHECK(attn_st_get(&st, "w", 2, good, err, sizeof err) != NULL);
+  CHECK(attn_st_get(&st, "w", 2, wrong, err, sizeof err) == NULL && strstr(err, "tensor w"));
+  CHECK(attn_st_get(&st, "missing", 2, good, err, sizeof err) == NULL && strstr(err, "missing"));
+  attn_st_close(&st);
+  remove(path);
+  expect_bad_file("truncated data", buf, 8 + hl + 8, "outside the file");
+  expect_bad_file("shorter than a header", buf, 5, "too short");
+  unsigned char big[16] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0};
+  expect_bad_file("header length past the end", big, sizeof big, "header length");
+  unsigned char junk[64] = {20, 0, 0, 0, 0, 0, 0, 0};
+  memcpy(junk + 8, "{\"w\": [1, 2, oops]}  ", 20);
+  expect_bad_file("malformed JSON", junk, 28, "malformed");
+  const char *mism = "{\"w\":{\"dtype\":\"F32\",\"shape\":[3,2],\"data_offsets\":[0,16]}}";
+  memset(buf, 0, sizeof buf);
+  buf[0] = (unsigned char)strlen(mism);
+  memcpy(buf + 8, mism, strlen(mism));
+  expect_bad_file("shape against byte range", buf, 8 + strlen(mism) + 16, "tensor w");
+}
+
+/* A PNG written by picture.c: signature, IHDR, the stored zlib stream's pixels, CRCs. */
+static uint32_t be32(const unsigned char *b) {
+  return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+static void test_png(void) {
+  pic p;
+  CHECK(pic_new(&p, 3, 2) == 0);
+  const uint8_t red[3] = {255, 0, 0};
+  pic_rect(&p, 1, 1, 1, 1, red);
+  char path[] = "/tmp/attn_png_XXXXXX";
+  close(mkstemp(path));
+  CHECK(pic_write_png(&p, path) == 0);
+  pic_free(&p);
+  unsigned char b[512];
+  FILE *f = fopen(path, "rb");
+  const size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+  if (f) fclose(f);
+  remove(path);
+  static const unsigned char sig[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+  CHECK(n > 33 && memcmp(b, sig, 8) == 0 && !memcmp(b + 12, "IHDR", 4));
+  CHECK(be32(b + 16) == 3 && be32(b + 20) == 2 && b[24] == 8 && b[25] == 2);
+  /* IDAT follows IHDR (8 + 25 bytes): zlib header, one stored block of 2 rows × (1 + 9) bytes */
+  const unsigned char *z = b + 33 + 8;
+  CHECK(!memcmp(b + 37, "IDAT", 4) && z[0] == 0x78 && z[2] == 1 && z[3] == 20 && z[4] == 0);
+  const unsigned char *px = z + 7; /* rows: a filter byte (0), then RGB; red at row 1, x 1 */
+  CHECK(px[0] == 0 && px[1] == 255 && px[10] == 0 && px[10 + 1 + 3] == 255 && px[10 + 1 + 4] == 0);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_bert MODEL_DIR FIXTURES_DIR\n");
+    return 2;
+  }
+  model_dir = argv[1], fixtures = argv[2];
+  test_safetensors();
+  test_png();
+  attn_bert m;
+  char err[512];
+  if (attn_bert_load(&m, model_dir, err, sizeof err) != 0) {
+    CHECKF(0, "loading the model: %s (make model installs it)", err);
+    return t_finish("test_bert");
+  }
+  m.threads = 2;
+  test_tokenizer(&m);
+  test_embeddings(&m);
+  attn_bert_free(&m);
+  return t_finish("test_bert");
+}
