@@ -21,32 +21,28 @@ static void *xcalloc(size_t n, size_t size) {
   return p;
 }
 
-/* Copies the rows of this rank's shard out of a packed global [B, H, L, n] array. */
-static float *shard(const float *global, int64_t B, int64_t H, int64_t L, int64_t n, int64_t lloc,
-                    int causal) {
-  float *out = xcalloc((size_t)(B * H * lloc * n), sizeof(float));
+/* Copies the rows of this rank's shard out of a packed global [B, H, L, n] array of elements of
+ * `elem` bytes. */
+static void *shard_of(const void *global, size_t elem, int64_t B, int64_t H, int64_t L, int64_t n,
+                      int64_t lloc, int causal) {
+  char *out = xcalloc((size_t)(B * H * lloc * n), elem);
+  const size_t row = elem * (size_t)n;
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++)
       for (int64_t i = 0; i < lloc; i++) {
         const int64_t g = attn_ring_shard_rows(lloc, rank, ranks, causal, i);
-        memcpy(out + ((b * H + h) * lloc + i) * n, global + ((b * H + h) * L + g) * n,
-               sizeof(float) * (size_t)n);
+        memcpy(out + (size_t)((b * H + h) * lloc + i) * row,
+               (const char *)global + (size_t)((b * H + h) * L + g) * row, row);
       }
   return out;
 }
-
-/* The same for doubles. */
+static float *shard(const float *global, int64_t B, int64_t H, int64_t L, int64_t n, int64_t lloc,
+                    int causal) {
+  return shard_of(global, sizeof(float), B, H, L, n, lloc, causal);
+}
 static double *shard_d(const double *global, int64_t B, int64_t H, int64_t L, int64_t n,
                        int64_t lloc, int causal) {
-  double *out = xcalloc((size_t)(B * H * lloc * n), sizeof(double));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t i = 0; i < lloc; i++) {
-        const int64_t g = attn_ring_shard_rows(lloc, rank, ranks, causal, i);
-        memcpy(out + ((b * H + h) * lloc + i) * n, global + ((b * H + h) * L + g) * n,
-               sizeof(double) * (size_t)n);
-      }
-  return out;
+  return shard_of(global, sizeof(double), B, H, L, n, lloc, causal);
 }
 
 static int compare(const char *label, const char *what, const float *got, const double *ref,
