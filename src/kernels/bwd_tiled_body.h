@@ -117,8 +117,9 @@ gemm_rows(int R, int i, int n, int k, const float *a, int64_t ars, int64_t acs, 
  * ldb, C row stride ldc; m even, n % NB == 0. Register blocks of 6 × 16 (12 vector accumulators,
  * 2 loads of B and 6 broadcasts of A per 12 multiply-adds), the last rows in a block of 4 or 2;
  * per element the sum runs over kk in increasing order. */
-static void gemm(int m, int n, int k, const float *a, int64_t ars, int64_t acs, const float *b,
-                 int64_t ldb, float *c, int64_t ldc, int accumulate) {
+static __attribute__((noinline)) void gemm(int m, int n, int k, const float *a, int64_t ars,
+                                           int64_t acs, const float *b, int64_t ldb, float *c,
+                                           int64_t ldc, int accumulate) {
   int i = 0;
   for (; i + 6 <= m; i += 6)
     gemm_rows(6, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
