@@ -1,7 +1,7 @@
 /*
  * bert.c — the BERT encoder on attn. Per layer, for a padded batch X [n·T, H]:
- *     Q, K, V = X·Wᵀ + b                    (sgemm; heads are column blocks: the [B, L, H, D]
- *                                            layout, read by attn through attn_strides_blhd)
+ *     [Q K V] = X·[Wq Wk Wv]ᵀ + b            (one sgemm; heads are column blocks, read by attn
+ *                                            with strides {T·3H, Dh, 3H, 1}, no copies)
  *     A = attn_forward(Q, K, V)              bidirectional, kv_len = each sequence's length
  *     X = LayerNorm(X + A·Woᵀ + bo)
  *     X = LayerNorm(X + GELU(X·W1ᵀ + b1)·W2ᵀ + b2)     (GELU with erf, as BERT)
@@ -74,11 +74,28 @@ int attn_bert_load(attn_bert *m, const char *dir, char *err, size_t es) {
       bad = get(m, w[i].dst, name, w[i].ndim, w[i].a, w[i].b, err, es);
     }
   }
+  for (int l = 0; l < m->layers && !bad; l++) { /* Q, K, V as one [3H, H] product */
+    attn_bert_layer *L = &m->layer[l];
+    L->wqkv = malloc(sizeof(float) * (size_t)(3 * H * H));
+    L->bqkv = malloc(sizeof(float) * (size_t)(3 * H));
+    if (!L->wqkv || !L->bqkv) {
+      snprintf(err, es, "out of memory");
+      bad = 1;
+      break;
+    }
+    const float *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv};
+    for (int t = 0; t < 3; t++) {
+      memcpy(L->wqkv + (size_t)(t * H * H), w[t], sizeof(float) * (size_t)(H * H));
+      memcpy(L->bqkv + t * H, b[t], sizeof(float) * (size_t)H);
+    }
+  }
   if (bad) attn_bert_free(m);
   return bad ? -1 : 0;
 }
 
 void attn_bert_free(attn_bert *m) {
+  for (int l = 0; l < 12; l++)
+    free(m->layer[l].wqkv), free(m->layer[l].bqkv);
   attn_st_close(&m->st);
   attn_bert_vocab_free(&m->vocab);
 }
@@ -131,8 +148,7 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
     snprintf(err, es, "out of memory");
     return -1;
   }
-  float *k = q + (size_t)rows * (size_t)H, *v = k + (size_t)rows * (size_t)H;
-  float *a = v + (size_t)rows * (size_t)H;
+  float *qkv = q, *a = q + (size_t)rows * (size_t)H * 3; /* qkv [rows, 3H], a [rows, H] */
   for (int i = 0; i < n; i++) { /* embeddings; padding rows repeat [PAD] and are never seen */
     kv_len[i] = len[i];
     for (int t = 0; t < T; t++) {
@@ -146,31 +162,32 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
   add_layernorm(x, NULL, m->emb_ln_g, m->emb_ln_b, rows, H);
   attn_params p;
   attn_params_init(&p, n, NH, NH, T, T, Dh, Dh);
-  attn_strides_blhd(p.q_stride, NH, T, Dh); /* Q, K, V, O are [n, T, heads, Dh] in memory */
-  attn_strides_blhd(p.k_stride, NH, T, Dh);
-  attn_strides_blhd(p.v_stride, NH, T, Dh);
+  /* Q, K, V are column blocks of qkv [n, T, 3H]; O is [n, T, heads, Dh] */
+  const int64_t qkv_stride[4] = {(int64_t)T * 3 * H, Dh, 3 * H, 1};
+  memcpy(p.q_stride, qkv_stride, sizeof qkv_stride);
+  memcpy(p.k_stride, qkv_stride, sizeof qkv_stride);
+  memcpy(p.v_stride, qkv_stride, sizeof qkv_stride);
   attn_strides_blhd(p.o_stride, NH, T, Dh);
   p.kv_len = kv_len; /* bidirectional over each sequence's own tokens */
   p.threads = m->threads;
   int rc = 0;
   for (int l = 0; l < m->layers && rc == 0; l++) {
     const attn_bert_layer *L = &m->layer[l];
-    linear(x, L->wq, L->bq, q, rows, H, H);
-    linear(x, L->wk, L->bk, k, rows, H, H);
-    linear(x, L->wv, L->bv, v, rows, H, H);
-    attn_status st = attn_forward(&p, q, k, v, a, NULL, l == probs_layer ? probs : NULL);
+    linear(x, L->wqkv, L->bqkv, qkv, rows, H, 3 * H);
+    attn_status st =
+        attn_forward(&p, qkv, qkv + H, qkv + 2 * H, a, NULL, l == probs_layer ? probs : NULL);
     if (st != ATTN_STATUS_OK) {
       snprintf(err, es, "layer %d: %s", l, attn_last_error());
       rc = -1;
       break;
     }
-    linear(a, L->wo, L->bo, q, rows, H, H);
-    add_layernorm(x, q, L->ln1_g, L->ln1_b, rows, H);
+    linear(a, L->wo, L->bo, qkv, rows, H, H);
+    add_layernorm(x, qkv, L->ln1_g, L->ln1_b, rows, H);
     linear(x, L->w1, L->b1, inter, rows, H, m->inter);
     for (size_t i = 0; i < (size_t)rows * (size_t)m->inter; i++)
       inter[i] = 0.5f * inter[i] * (1.0f + erff(inter[i] * 0.70710678f));
-    linear(inter, L->w2, L->b2, q, rows, m->inter, H);
-    add_layernorm(x, q, L->ln2_g, L->ln2_b, rows, H);
+    linear(inter, L->w2, L->b2, qkv, rows, m->inter, H);
+    add_layernorm(x, qkv, L->ln2_g, L->ln2_b, rows, H);
   }
   free(q), free(inter), free(kv_len);
   return rc;

@@ -60,6 +60,7 @@ int attn_bert_tokenize(const attn_bert_vocab *v, const char *text, int max_len, 
 typedef struct attn_bert_layer {
   const float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo, *ln1_g, *ln1_b;
   const float *w1, *b1, *w2, *b2, *ln2_g, *ln2_b;
+  float *wqkv, *bqkv; /* [3·hidden, hidden] and [3·hidden]: Q, K, V weights stacked, one product */
 } attn_bert_layer;
 
 typedef struct attn_bert {
