@@ -6,6 +6,8 @@
  *     X = LayerNorm(X + A·Woᵀ + bo)
  *     X = LayerNorm(X + GELU(X·W1ᵀ + b1)·W2ᵀ + b2)     (GELU with erf, as BERT)
  * after the embeddings LayerNorm(word + position + token type 0). Weights are Linear [out, in].
+ * Everything but attention is row-wise, so it runs as fixed bands of rows on `threads` workers
+ * (single-threaded OpenBLAS inside each); attention runs on attn's pool.
  */
 #include "bert.h"
 
@@ -13,9 +15,11 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int get(const attn_bert *m, const float **out, const char *name, int ndim, int64_t a,
                int64_t b, char *err, size_t es) {
@@ -128,6 +132,63 @@ static void add_layernorm(float *x, const float *r, const float *g, const float 
   }
 }
 
+/* The row-wise part of a layer — everything but attention: each worker takes a fixed band of
+ * rows (so results do not depend on timing) with single-threaded OpenBLAS, keeping the band's
+ * activations in its caches through the whole chain, and no BLAS threads spin against attn's. */
+typedef struct band_job {
+  const attn_bert *m;
+  const attn_bert_layer *L;
+  float *x, *qkv, *a, *inter;
+  int rows, workers, phase; /* phase 0: QKV product; 1: output, LayerNorm, FFN, LayerNorm */
+} band_job;
+
+typedef struct band_arg {
+  const band_job *job;
+  int w;
+} band_arg;
+
+static void *band(void *arg) {
+  const band_arg *ba = arg;
+  const band_job *j = ba->job;
+  const int H = j->m->hidden, F = j->m->inter;
+  const int r0 = (int)((int64_t)j->rows * ba->w / j->workers);
+  const int r1 = (int)((int64_t)j->rows * (ba->w + 1) / j->workers), nr = r1 - r0;
+  if (nr <= 0) return NULL;
+  float *x = j->x + (size_t)r0 * (size_t)H, *t = j->qkv + (size_t)r0 * (size_t)H * 3;
+  if (j->phase == 0) {
+    linear(x, j->L->wqkv, j->L->bqkv, t, nr, H, 3 * H);
+    return NULL;
+  }
+  float *inter = j->inter + (size_t)r0 * (size_t)F;
+  linear(j->a + (size_t)r0 * (size_t)H, j->L->wo, j->L->bo, t, nr, H, H);
+  add_layernorm(x, t, j->L->ln1_g, j->L->ln1_b, nr, H);
+  linear(x, j->L->w1, j->L->b1, inter, nr, H, F);
+  for (size_t i = 0; i < (size_t)nr * (size_t)F; i++) /* GELU with erf, as BERT */
+    inter[i] = 0.5f * inter[i] * (1.0f + erff(inter[i] * 0.70710678f));
+  linear(inter, j->L->w2, j->L->b2, t, nr, F, H);
+  add_layernorm(x, t, j->L->ln2_g, j->L->ln2_b, nr, H);
+  return NULL;
+}
+
+/* Runs band() for every worker: the caller is worker 0. */
+static void run_bands(band_job *job) {
+  pthread_t th[64];
+  band_arg args[64];
+  int started = 0;
+  for (int w = 0; w < job->workers; w++)
+    args[w] = (band_arg){job, w};
+  for (int w = 1; w < job->workers; w++)
+    if (pthread_create(&th[w], NULL, band, &args[w]) == 0)
+      started = w;
+    else
+      break;
+  for (int w = started + 1; w < job->workers; w++) /* no thread: do it here */
+    band(&args[w]);
+  band(&args[0]);
+  for (int w = 1; w <= started; w++)
+    pthread_join(th[w], NULL);
+}
+
 int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int *len, float *out,
                      int probs_layer, float *probs, char *err, size_t es) {
   const int H = m->hidden, NH = m->heads, Dh = H / NH;
@@ -171,9 +232,15 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
   p.kv_len = kv_len; /* bidirectional over each sequence's own tokens */
   p.threads = m->threads;
   int rc = 0;
+  int workers = m->threads > 0 ? m->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  workers = workers < 1 ? 1 : workers > 64 ? 64 : workers;
+  if (workers > rows / 16 + 1) workers = rows / 16 + 1; /* bands of at least ~16 rows */
+  openblas_set_num_threads(1);                          /* the bands are the parallelism */
+  band_job job = {m, NULL, x, qkv, a, inter, rows, workers, 0};
   for (int l = 0; l < m->layers && rc == 0; l++) {
     const attn_bert_layer *L = &m->layer[l];
-    linear(x, L->wqkv, L->bqkv, qkv, rows, H, 3 * H);
+    job.L = L, job.phase = 0;
+    run_bands(&job);
     attn_status st =
         attn_forward(&p, qkv, qkv + H, qkv + 2 * H, a, NULL, l == probs_layer ? probs : NULL);
     if (st != ATTN_STATUS_OK) {
@@ -181,13 +248,8 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
       rc = -1;
       break;
     }
-    linear(a, L->wo, L->bo, qkv, rows, H, H);
-    add_layernorm(x, qkv, L->ln1_g, L->ln1_b, rows, H);
-    linear(x, L->w1, L->b1, inter, rows, H, m->inter);
-    for (size_t i = 0; i < (size_t)rows * (size_t)m->inter; i++)
-      inter[i] = 0.5f * inter[i] * (1.0f + erff(inter[i] * 0.70710678f));
-    linear(inter, L->w2, L->b2, qkv, rows, m->inter, H);
-    add_layernorm(x, qkv, L->ln2_g, L->ln2_b, rows, H);
+    job.phase = 1;
+    run_bands(&job);
   }
   free(q), free(inter), free(kv_len);
   return rc;
