@@ -229,7 +229,9 @@ static void pack_kv(const ring *g, const float *k, const float *v, float *buf) {
       }
 }
 
-/* Runs the ring: step(s, src, block) for s = 0 … N−1 while the next block travels. */
+/* Runs the ring: step(s, src, block) for s = 0 … N−1 while the next block travels. Every rank
+ * calls step at every step, also after a local failure (g->st set): a step computes only while
+ * g->st is OK but keeps taking part in any exchange of its own, so no rank waits forever. */
 typedef void (*step_fn)(ring *g, int s, int src, const float *kvb, void *ctx);
 static attn_status run_ring(ring *g, const float *k, const float *v, step_fn step, void *ctx) {
   if (g->kv_floats > (size_t)INT32_MAX)
@@ -254,8 +256,7 @@ static attn_status run_ring(ring *g, const float *k, const float *v, step_fn ste
       MPI_Irecv(g->kv[(s + 1) % 2], (int)g->kv_floats, MPI_FLOAT, prev, 7, g->comm, &req[0]);
       MPI_Isend(g->kv[s % 2], (int)g->kv_floats, MPI_FLOAT, next, 7, g->comm, &req[1]);
     }
-    if (g->st == ATTN_STATUS_OK) /* after a local failure the rank keeps passing blocks on */
-      step(g, s, (g->rank - s + g->ranks) % g->ranks, g->kv[s % 2], ctx);
+    step(g, s, (g->rank - s + g->ranks) % g->ranks, g->kv[s % 2], ctx);
     if (more) MPI_Waitall(2, req, MPI_STATUSES_IGNORE);
   }
   free(g->kv[0]), free(g->kv[1]);
@@ -292,7 +293,7 @@ static void fwd_call(ring *g, const attn_params *cp, int64_t b, int64_t q_local,
 
 static void fwd_step(ring *g, int s, int src, const float *kvb, void *ctx) {
   (void)s;
-  step_calls(g, src, kvb, fwd_call, ctx);
+  if (g->st == ATTN_STATUS_OK) step_calls(g, src, kvb, fwd_call, ctx);
 }
 
 attn_status attn_ring_forward(const attn_params *p, MPI_Comm comm, const float *q, const float *k,
@@ -377,10 +378,19 @@ static void bwd_call(ring *g, const attn_params *cp, int64_t b, int64_t q_local,
     }
 }
 
+/* Computes the block's share, then passes its dK/dV accumulators on with it (a blocking exchange:
+ * they are complete only after the step); after N hops each rank holds its own block's. */
 static void bwd_step(ring *g, int s, int src, const float *kvb, void *ctx) {
   bwd_ctx *c = ctx;
   (void)s;
-  step_calls(g, src, kvb, bwd_call, c);
+  if (g->st == ATTN_STATUS_OK) step_calls(g, src, kvb, bwd_call, c);
+  if (g->ranks > 1) {
+    const int next = (g->rank + 1) % g->ranks, prev = (g->rank + g->ranks - 1) % g->ranks;
+    MPI_Sendrecv(c->dkv, (int)g->kv_floats, MPI_FLOAT, next, 9, c->dkv_next, (int)g->kv_floats,
+                 MPI_FLOAT, prev, 9, g->comm, MPI_STATUS_IGNORE);
+    float *t = c->dkv;
+    c->dkv = c->dkv_next, c->dkv_next = t;
+  }
 }
 
 attn_status attn_ring_backward(const attn_params *p, MPI_Comm comm, const float *q, const float *k,
@@ -389,9 +399,7 @@ attn_status attn_ring_backward(const attn_params *p, MPI_Comm comm, const float 
   ring g;
   attn_status st = setup(&g, p, comm);
   if (st != ATTN_STATUS_OK) return st;
-  if (!lse) st = ring_fail(ATTN_STATUS_INVALID_ARGUMENT, "attn_ring_backward: lse is NULL");
-  st = agree(p, comm, st);
-  if (st != ATTN_STATUS_OK) return st;
+  if (!lse) g.st = ring_fail(ATTN_STATUS_INVALID_ARGUMENT, "attn_ring_backward: lse is NULL");
   bwd_ctx c = {q, o, lse, dout, NULL, NULL, NULL, NULL, NULL};
   c.dq_acc = calloc((size_t)(g.B * g.Hq * g.Lloc * g.D) + 1, sizeof(float));
   c.dkv = calloc(g.kv_floats + 1, sizeof(float));
@@ -400,37 +408,8 @@ attn_status attn_ring_backward(const attn_params *p, MPI_Comm comm, const float 
   c.dkv_tmp = malloc(((size_t)(g.Hkv * g.Lloc * (g.D + g.Dv)) + 1) * sizeof(float));
   if (!c.dq_acc || !c.dkv || !c.dkv_next || !c.dq_tmp || !c.dkv_tmp)
     g.st = ring_fail(ATTN_STATUS_OUT_OF_MEMORY, "attn_ring: rank %d: out of memory", g.rank);
-  /* K/V travel as in the forward; after each step the block's dK/dV accumulators move on with it
-   * (a blocking exchange: they are complete only after the step), one extra hop home at the end */
-  const int next = (g.rank + 1) % g.ranks, prev = (g.rank + g.ranks - 1) % g.ranks;
-  if (g.kv_floats > (size_t)INT32_MAX)
-    g.st = ring_fail(ATTN_STATUS_UNSUPPORTED, "attn_ring: a K/V block exceeds one MPI message");
-  float *kvb[2] = {malloc(sizeof(float) * (g.kv_floats + 1)),
-                   malloc(sizeof(float) * (g.kv_floats + 1))};
-  if (!kvb[0] || !kvb[1])
-    g.st = ring_fail(ATTN_STATUS_OUT_OF_MEMORY, "attn_ring: rank %d: out of memory", g.rank);
-  g.st = agree(p, comm, g.st); /* every rank has its buffers, or none goes on */
-  if (g.st == ATTN_STATUS_OK) pack_kv(&g, k, v, kvb[0]);
-  const int ok_bufs = g.st == ATTN_STATUS_OK;
-  for (int s = 0; s < g.ranks && ok_bufs; s++) {
-    MPI_Request req[2];
-    const int more = s + 1 < g.ranks;
-    if (more) {
-      MPI_Irecv(kvb[(s + 1) % 2], (int)g.kv_floats, MPI_FLOAT, prev, 8, comm, &req[0]);
-      MPI_Isend(kvb[s % 2], (int)g.kv_floats, MPI_FLOAT, next, 8, comm, &req[1]);
-    }
-    if (g.st == ATTN_STATUS_OK) bwd_step(&g, s, (g.rank - s + g.ranks) % g.ranks, kvb[s % 2], &c);
-    if (more) MPI_Waitall(2, req, MPI_STATUSES_IGNORE);
-    if (g.ranks > 1) { /* dK/dV of this block go where the block goes */
-      MPI_Sendrecv(c.dkv, (int)g.kv_floats, MPI_FLOAT, next, 9, c.dkv_next, (int)g.kv_floats,
-                   MPI_FLOAT, prev, 9, comm, MPI_STATUS_IGNORE);
-      float *t = c.dkv;
-      c.dkv = c.dkv_next, c.dkv_next = t;
-    }
-  }
-  /* after N hops each rank holds its own block's dK/dV */
-  free(kvb[0]), free(kvb[1]);
-  st = agree(p, comm, g.st);
+  st = run_ring(&g, k, v, bwd_step, &c); /* the ranks agree on any failure before the ring */
+  st = agree(p, comm, st);
   if (st == ATTN_STATUS_OK) {
     const float *dkp = c.dkv, *dvp = c.dkv + g.B * g.Hkv * g.Lloc * g.D;
     for (int64_t b = 0; b < g.B; b++)
