@@ -142,7 +142,7 @@ static void sweep_decode(void) {
   int n = 0;
   for (int a = 0; a < 3; a++)
     for (int b = 0; b < 3; b++, n++) {
-      tspec s = tspec_shape(2, heads[n % 3][0], heads[n % 3][1], lq[a], lk[b], 64 + 16 * (n % 3),
+      tspec s = tspec_shape(2, heads[n % 3][0], heads[n % 3][1], lq[a], lk[b], 64 + 17 * (n % 3),
                             48 + 17 * (n % 2));
       s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
       s.kv_len = n % 2;

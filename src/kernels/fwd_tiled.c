@@ -242,12 +242,10 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       job->decode && uk->qk_direct && p->k_stride[3] == 1 && p->v_stride[3] == 1 && Dv > 0;
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
-    int v_finite;
+    int v_finite = 1;
     if (direct) {
-      uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows_p, cols, D, ts->s);
-      v_finite = attn__rows_finite(vbase + j0 * p->v_stride[2], p->v_stride[2], cols, Dv);
-      if (!v_finite)
-        attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+      uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows, cols, D, ts->s,
+                    vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
     } else {
       uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
       v_finite = attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
@@ -255,12 +253,20 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     }
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
     uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
-    if (v_finite && direct) {
-      uk->pv_direct(ts->s, vbase + j0 * p->v_stride[2], p->v_stride[2], ts->alpha, rows_p, cols, Dv,
-                    dvp, ts->acc);
+    if (direct) {
+      /* V is read in place; the kernel reports a non-finite value, and then acc (saved in vs,
+       * free in this mode) is restored and the tile takes the packed, masked path */
+      memcpy(ts->vs, ts->acc, sizeof(float) * (size_t)rows * (size_t)dvp);
+      v_finite = uk->pv_direct(ts->s, vbase + j0 * p->v_stride[2], p->v_stride[2], ts->alpha, rows,
+                               cols, Dv, dvp, ts->acc);
+      if (!v_finite) {
+        memcpy(ts->acc, ts->vs, sizeof(float) * (size_t)rows * (size_t)dvp);
+        attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+      }
     } else if (v_finite) {
       uk->pv(ts->s, ts->vs, ts->alpha, rows_p, cols, dvp, ts->acc);
-    } else {
+    }
+    if (!v_finite) {
       if (whole) memset(ts->vis, 1, (size_t)rows * (size_t)bc);
       memset(ts->vis + (size_t)rows * (size_t)bc, 0, (size_t)(rows_p - rows) * (size_t)bc);
       uk->pv_masked(ts->s, ts->vs, ts->alpha, ts->vis, rows_p, cols, dvp, ts->acc);

@@ -43,13 +43,15 @@ typedef struct attn__fwd_ukernel {
   void (*pv_masked)(const float *p, const float *vs, const float *alpha, const unsigned char *vis,
                     int rows_p, int cols, int64_t dvp, float *acc);
   /* Optional direct forms for decode blocks (NULL: always pack). They read K and V rows in place
-   * (row stride in elements, unit column stride), vectorised along D; qk_direct reads Qs [rows_p,
-   * D] row-major and writes S columns [0, cols). pv_direct must give bitwise the pv_masked result
-   * whenever V is finite (same per-element operations in the same order). */
-  void (*qk_direct)(const float *qs, const float *k, int64_t k_row_stride, int rows_p, int cols,
-                    int64_t D, float *s);
-  void (*pv_direct)(const float *p, const float *v, int64_t v_row_stride, const float *alpha,
-                    int rows_p, int cols, int64_t Dv, int64_t dvp, float *acc);
+   * (row stride in elements, unit column stride), vectorised along D, for rows [0, rows) only
+   * (no padding rows); qk_direct reads Qs [rows, D] row-major and writes S columns [0, cols).
+   * pv_direct returns 1 if every V value was finite, and must then give bitwise the pv_masked
+   * result (same per-element operations in the same order); on 0, acc is unspecified (the driver
+   * restores it and takes the packed, masked path). */
+  void (*qk_direct)(const float *qs, const float *k, int64_t k_row_stride, int rows, int cols,
+                    int64_t D, float *s, const float *v, int64_t v_row_stride, int64_t Dv);
+  int (*pv_direct)(const float *p, const float *v, int64_t v_row_stride, const float *alpha,
+                   int rows, int cols, int64_t Dv, int64_t dvp, float *acc);
 } attn__fwd_ukernel;
 
 /* The fused forward over any microkernel set. */

@@ -238,84 +238,130 @@ static inline __m256i lanes_below(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* Decode form of qk: S[r][c] = Qs[r]·K[c] with K rows read in place (row stride k_rs), four
- * query rows per pass so each K vector is loaded once; partial sums per lane, reduced in a fixed
- * order. */
-static void qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows_p, int cols,
-                           int64_t D, float *s) {
+/* Rows [r, r + R) of the decode qk below, R ≤ 4 a constant after inlining: two keys per pass (2R
+ * accumulators), K and Q vectors loaded once per step of 8 along D. */
+static inline __attribute__((always_inline)) void qk_direct_rows(int R, const float *q,
+                                                                 const float *k0, const float *k1,
+                                                                 int two, int64_t D, float *o) {
   const int64_t D8 = D & ~(int64_t)7;
   const __m256i tail = lanes_below(D - D8);
-  for (int c = 0; c < cols; c++) {
-    const float *kc = k + c * k_rs;
-    int r = 0;
-    for (; r + 4 <= rows_p; r += 4) {
-      const float *q0 = qs + (int64_t)r * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t d = 0; d < D8; d += 8) {
-        const __m256 kv = _mm256_loadu_ps(kc + d);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), kv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), kv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), kv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), kv, a3);
-      }
-      if (D8 < D) {
-        const __m256 kv = _mm256_maskload_ps(kc + D8, tail);
-        a0 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + D8, tail), kv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_maskload_ps(q1 + D8, tail), kv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_maskload_ps(q2 + D8, tail), kv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_maskload_ps(q3 + D8, tail), kv, a3);
-      }
-      s[r * BC + c] = hsum8(a0), s[(r + 1) * BC + c] = hsum8(a1);
-      s[(r + 2) * BC + c] = hsum8(a2), s[(r + 3) * BC + c] = hsum8(a3);
+  __m256 a[4][2];
+  for (int i = 0; i < R; i++)
+    a[i][0] = a[i][1] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D8; d += 8) {
+    const __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d);
+    for (int i = 0; i < R; i++) {
+      const __m256 y = _mm256_loadu_ps(q + i * D + d);
+      a[i][0] = _mm256_fmadd_ps(y, x0, a[i][0]), a[i][1] = _mm256_fmadd_ps(y, x1, a[i][1]);
     }
-    for (; r < rows_p; r++) {
-      const float *q0 = qs + (int64_t)r * D;
-      __m256 a0 = _mm256_setzero_ps();
-      for (int64_t d = 0; d < D8; d += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), _mm256_loadu_ps(kc + d), a0);
-      if (D8 < D)
-        a0 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + D8, tail), _mm256_maskload_ps(kc + D8, tail),
-                             a0);
-      s[r * BC + c] = hsum8(a0);
+  }
+  if (D8 < D) {
+    const __m256 x0 = _mm256_maskload_ps(k0 + D8, tail), x1 = _mm256_maskload_ps(k1 + D8, tail);
+    for (int i = 0; i < R; i++) {
+      const __m256 y = _mm256_maskload_ps(q + i * D + D8, tail);
+      a[i][0] = _mm256_fmadd_ps(y, x0, a[i][0]), a[i][1] = _mm256_fmadd_ps(y, x1, a[i][1]);
+    }
+  }
+  for (int i = 0; i < R; i++) {
+    o[i * BC] = hsum8(a[i][0]);
+    if (two) o[i * BC + 1] = hsum8(a[i][1]);
+  }
+}
+
+/* Decode form of qk: S[r][c] = Qs[r]·K[c] for rows [0, rows), K rows read in place (row stride
+ * k_rs), vectorised along D. Two keys and up to four query rows per pass (4 rows: 6 loads per 8
+ * multiply-adds). Per S element the lanes hold partial sums over d ≡ lane (mod 8), reduced by
+ * hsum8: the same operations in the same order whatever the grouping. */
+static void qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,
+                           int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv) {
+  for (int c = 0; c < cols; c += 2) {
+    const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
+    const float *k0 = k + c * k_rs, *k1 = two ? k0 + k_rs : k0;
+    for (int64_t d = 0; d < Dv; d += 16) { /* V rows c, c + 1 start streaming in for pv */
+      _mm_prefetch((const char *)(v + c * v_rs + d), _MM_HINT_T0);
+      _mm_prefetch((const char *)(v + (c + two) * v_rs + d), _MM_HINT_T0);
+    }
+    int r = 0;
+    for (; r + 4 <= rows; r += 4)
+      qk_direct_rows(4, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+    switch (rows - r) {
+    case 3:
+      qk_direct_rows(3, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      break;
+    case 2:
+      qk_direct_rows(2, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      break;
+    case 1:
+      qk_direct_rows(1, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      break;
+    default:
+      break;
     }
   }
 }
 
-/* Decode form of pv: acc [rows_p, dvp] = α·acc + P · V with V rows read in place (row stride
- * v_rs). Per output element: acc·α, then one fused multiply-add per key in key order — the
- * sequence pv_masked_avx2 performs, so the two agree bitwise whenever V is finite. */
-static void pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha,
-                           int rows_p, int cols, int64_t Dv, int64_t dvp, float *acc) {
-  (void)dvp;
-  for (int64_t d0 = 0; d0 < Dv; d0 += 8) {
-    const __m256i lanes = lanes_below(Dv - d0 < 8 ? Dv - d0 : 8);
-    int r = 0;
-    for (; r + 4 <= rows_p; r += 4) {
-      float *o0 = acc + (int64_t)r * dvp + d0, *o1 = o0 + dvp, *o2 = o1 + dvp, *o3 = o2 + dvp;
-      __m256 a0 = _mm256_mul_ps(_mm256_load_ps(o0), _mm256_broadcast_ss(alpha + r));
-      __m256 a1 = _mm256_mul_ps(_mm256_load_ps(o1), _mm256_broadcast_ss(alpha + r + 1));
-      __m256 a2 = _mm256_mul_ps(_mm256_load_ps(o2), _mm256_broadcast_ss(alpha + r + 2));
-      __m256 a3 = _mm256_mul_ps(_mm256_load_ps(o3), _mm256_broadcast_ss(alpha + r + 3));
-      const float *p0 = p + r * BC;
-      for (int c = 0; c < cols; c++) {
-        const __m256 vv = _mm256_maskload_ps(v + c * v_rs + d0, lanes);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + c), vv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + BC + c), vv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + 2 * BC + c), vv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + 3 * BC + c), vv, a3);
-      }
-      _mm256_store_ps(o0, a0), _mm256_store_ps(o1, a1);
-      _mm256_store_ps(o2, a2), _mm256_store_ps(o3, a3);
-    }
-    for (; r < rows_p; r++) {
-      float *o0 = acc + (int64_t)r * dvp + d0;
-      __m256 a0 = _mm256_mul_ps(_mm256_load_ps(o0), _mm256_broadcast_ss(alpha + r));
-      for (int c = 0; c < cols; c++)
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * BC + c),
-                             _mm256_maskload_ps(v + c * v_rs + d0, lanes), a0);
-      _mm256_store_ps(o0, a0);
+/* Rows [r, r + R) of the decode pv below for columns [d0, d0 + 16), R ≤ 4 a constant after
+ * inlining. Returns the running finiteness check: Σ V·0 over the V vectors read (two chains). */
+static inline __attribute__((always_inline)) __m256
+pv_direct_rows(int R, const float *p, const float *v, int64_t v_rs, const float *alpha, int cols,
+               int64_t n, int64_t dvp, float *o) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i m0 = lanes_below(n < 8 ? n : 8), m1 = lanes_below(n < 8 ? 0 : n < 16 ? n - 8 : 8);
+  const int full = n >= 16;
+  __m256 a[4][2], check0 = zero, check1 = zero;
+  for (int i = 0; i < R; i++) {
+    const __m256 al = _mm256_broadcast_ss(alpha + i);
+    a[i][0] = _mm256_mul_ps(_mm256_load_ps(o + i * dvp), al);
+    a[i][1] = _mm256_mul_ps(_mm256_load_ps(o + i * dvp + 8), al);
+  }
+  for (int c = 0; c < cols; c++) {
+    const float *vr = v + c * v_rs;
+    const __m256 v0 = full ? _mm256_loadu_ps(vr) : _mm256_maskload_ps(vr, m0);
+    const __m256 v1 = full ? _mm256_loadu_ps(vr + 8) : _mm256_maskload_ps(vr + 8, m1);
+    check0 = _mm256_fmadd_ps(v0, zero, check0);
+    check1 = _mm256_fmadd_ps(v1, zero, check1);
+    for (int i = 0; i < R; i++) {
+      const __m256 x = _mm256_broadcast_ss(p + i * BC + c);
+      a[i][0] = _mm256_fmadd_ps(x, v0, a[i][0]), a[i][1] = _mm256_fmadd_ps(x, v1, a[i][1]);
     }
   }
+  for (int i = 0; i < R; i++)
+    _mm256_store_ps(o + i * dvp, a[i][0]), _mm256_store_ps(o + i * dvp + 8, a[i][1]);
+  return _mm256_add_ps(check0, check1);
+}
+
+/* Decode form of pv: acc [rows, dvp] = α·acc + P · V for rows [0, rows), V rows read in place
+ * (row stride v_rs), 16 columns × up to four rows per pass. Per output element: acc·α, then one
+ * fused multiply-add per key in key order — the sequence pv_masked_avx2 performs, so the two
+ * agree bitwise whenever V is finite. Returns 1 if every V value read was finite; otherwise acc
+ * is unspecified and the caller redoes the tile with pv_masked. The check is Σ V·0, NaN exactly
+ * when some V is ±inf or NaN: one multiply-add per V vector, no second pass over V. */
+static int pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha,
+                          int rows, int cols, int64_t Dv, int64_t dvp, float *acc) {
+  __m256 check = _mm256_setzero_ps();
+  for (int64_t d0 = 0; d0 < Dv; d0 += 16) {
+    int r = 0;
+#define ATTN__PV(R)                                                                                \
+  check = _mm256_add_ps(check, pv_direct_rows(R, p + r * BC, v + d0, v_rs, alpha + r, cols,        \
+                                              Dv - d0, dvp, acc + (int64_t)r * dvp + d0))
+    for (; r + 4 <= rows; r += 4)
+      ATTN__PV(4);
+    switch (rows - r) {
+    case 3:
+      ATTN__PV(3);
+      break;
+    case 2:
+      ATTN__PV(2);
+      break;
+    case 1:
+      ATTN__PV(1);
+      break;
+    default:
+      break;
+    }
+#undef ATTN__PV
+  }
+  return _mm256_movemask_ps(_mm256_cmp_ps(check, check, _CMP_UNORD_Q)) == 0;
 }
 
 void attn__exp2_avx2(const float *t, float *y, int64_t n) {
