@@ -6,7 +6,8 @@
  *      punctuation, control characters, emoji, very long words, the empty string);
  *   2. sentence embeddings match sentence-transformers' (cosine ≥ 0.99999, max |diff| ≤ 1e-4) on
  *      22 sentences, one at a time and as one padded batch;
- *   3. the safetensors reader rejects truncated, malformed and mismatched files with a message
+ *   3. the GELU (erf from a rational approximation) against erf in double;
+ *   4. the safetensors reader rejects truncated, malformed and mismatched files with a message
  *      naming the problem.
  * Usage: test_bert MODEL_DIR FIXTURES_DIR
  */
@@ -200,12 +201,40 @@ static void test_png(void) {
   CHECK(px[0] == 0 && px[1] == 255 && px[10] == 0 && px[10 + 1 + 3] == 255 && px[10 + 1 + 4] == 0);
 }
 
+/* GELU on a dense grid of [−8, 8] and at the edges of the approximation's range: error ≤
+ * 5e-7·(1 + |x|) against x/2·(1 + erf(x/√2)) in double (erf's 4.2e-7 times x/2, plus the
+ * result's rounding); NaN stays NaN. */
+static void test_gelu(void) {
+  enum { N = 160001 };
+  float *x = malloc(sizeof(float) * (N + 6));
+  for (int i = 0; i < N; i++)
+    x[i] = -8.0f + 16.0f * (float)i / (N - 1);
+  const float edges[5] = {5.656854f, -5.656854f, 5.6568546f, -5.6568546f, 1e-30f};
+  memcpy(x + N, edges, sizeof edges);
+  x[N + 5] = NAN;
+  float *y = malloc(sizeof(float) * (N + 6));
+  memcpy(y, x, sizeof(float) * (N + 6));
+  attn_bert_gelu(y, N + 6);
+  double worst = 0; /* error / allowed */
+  int at = 0;
+  for (int i = 0; i < N + 5; i++) {
+    const double ref = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
+    const double e = fabs(y[i] - ref) / (5e-7 * (1.0 + fabs(x[i])));
+    if (!(e <= worst)) worst = e, at = i;
+  }
+  CHECKF(worst <= 1.0, "GELU: error %.3g x the allowed 5e-7*(1+|x|) at x = %.9g", worst,
+         (double)x[at]);
+  CHECKF(isnan(y[N + 5]), "GELU(NaN) = %g, want NaN", (double)y[N + 5]);
+  free(x), free(y);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_bert MODEL_DIR FIXTURES_DIR\n");
     return 2;
   }
   model_dir = argv[1], fixtures = argv[2];
+  test_gelu();
   test_safetensors();
   test_png();
   attn_bert m;

@@ -132,6 +132,51 @@ static void add_layernorm(float *x, const float *r, const float *g, const float 
   }
 }
 
+/* erf on 4 lanes as a rational function of x² on [−4, 4] (beyond, erf rounds to ±1 in float):
+ * x·P(x²)/Q(x²) with the coefficients XLA and Eigen use for their float erf. Largest absolute
+ * error 4.2e-7 against erf in double (200 001 points of [−6, 6]); NaN stays NaN. Written with
+ * vector extensions (SSE at the baseline ISA): libm's erff, a call per element, was 11 % of the
+ * encoder's time. */
+typedef float f4 __attribute__((vector_size(16)));
+typedef int32_t i4 __attribute__((vector_size(16)));
+
+static inline f4 splat4(float x) { return (f4){x, x, x, x}; }
+
+static inline f4 erf4(f4 x) {
+  const i4 lo = x<-4.0f, hi = x> 4.0f; /* NaN: neither, and passes through */
+  const f4 xc = (f4)((lo & (i4)splat4(-4.0f)) | (hi & (i4)splat4(4.0f)) | (~(lo | hi) & (i4)x));
+  const f4 x2 = xc * xc;
+  f4 p = splat4(-2.72614225801306e-10f);
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 - 2.10102402082508e-06f;
+  p = p * x2 - 5.69250639462346e-05f;
+  p = p * x2 - 7.34990630326855e-04f;
+  p = p * x2 - 2.95459980854025e-03f;
+  p = p * x2 - 1.60960333262415e-02f;
+  f4 q = splat4(-1.45660718464996e-05f);
+  q = q * x2 - 2.13374055278905e-04f;
+  q = q * x2 - 1.68282697438203e-03f;
+  q = q * x2 - 7.37332916720468e-03f;
+  q = q * x2 - 1.42647390514189e-02f;
+  return xc * p / q;
+}
+
+void attn_bert_gelu(float *x, size_t n) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    f4 v;
+    memcpy(&v, x + i, sizeof v);
+    v = 0.5f * v * (1.0f + erf4(v * 0.70710678f));
+    memcpy(x + i, &v, sizeof v);
+  }
+  if (i < n) { /* the last 1–3 values through the same lanes */
+    f4 v = splat4(0.0f);
+    memcpy(&v, x + i, sizeof(float) * (n - i));
+    v = 0.5f * v * (1.0f + erf4(v * 0.70710678f));
+    memcpy(x + i, &v, sizeof(float) * (n - i));
+  }
+}
+
 /* The row-wise part of a layer — everything but attention: each worker takes a fixed band of
  * rows (so results do not depend on timing) with single-threaded OpenBLAS, keeping the band's
  * activations in its caches through the whole chain, and no BLAS threads spin against attn's. */
@@ -163,8 +208,7 @@ static void *band(void *arg) {
   linear(j->a + (size_t)r0 * (size_t)H, j->L->wo, j->L->bo, t, nr, H, H);
   add_layernorm(x, t, j->L->ln1_g, j->L->ln1_b, nr, H);
   linear(x, j->L->w1, j->L->b1, inter, nr, H, F);
-  for (size_t i = 0; i < (size_t)nr * (size_t)F; i++) /* GELU with erf, as BERT */
-    inter[i] = 0.5f * inter[i] * (1.0f + erff(inter[i] * 0.70710678f));
+  attn_bert_gelu(inter, (size_t)nr * (size_t)F);
   linear(inter, j->L->w2, j->L->b2, t, nr, F, H);
   add_layernorm(x, t, j->L->ln2_g, j->L->ln2_b, nr, H);
   return NULL;
