@@ -236,6 +236,8 @@ int cmd_bench(int argc, char **argv) {
   const attn_kernel resolved = kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : kernel;
   const double peak = machine_fma_peak_gflops(threads);
   const double bandwidth = machine_read_bandwidth_gbs(threads);
+  double block, block_best;
+  machine_block_gflops(threads, &block, &block_best);
   if (csv) {
     printf(
         "pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,t_med_ms,t_min_ms,gflops,peak_pct,gbs,bw_pct,"
@@ -245,6 +247,10 @@ int cmd_bench(int argc, char **argv) {
     printf("kernel %s, %d threads | fp32 FMA peak measured now: %.1f GFLOP/s | read bandwidth: "
            "%.1f GB/s\n",
            attn_kernel_name(resolved), threads, peak, bandwidth);
+    if (block > 0)
+      printf("6x16 register block of the AVX2 products alone, operands in L1 (their ceiling): "
+             "median %.1f GFLOP/s = %.0f%% of peak, best %.0f%%\n",
+             block, 100 * block / peak, 100 * block_best / peak);
     printf("%s: FLOPs = %s per visible (query,key) pair; causal = bottom-right, visible "
            "pairs only; median of %d runs after 1 warm-up\n\n",
            backward ? "backward" : "forward", backward ? "2.5 x 2*(D+Dv)" : "2*(D+Dv)", reps);
