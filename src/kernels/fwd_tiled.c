@@ -4,7 +4,9 @@
  *
  * Work item = (batch b, query head h, block of br query rows). For each item, over key tiles of bc
  * keys that some row of the block can see:
- *   1. pack the K and V tile (any strides);
+ *   1. pack the K tile (any strides) and the V tile — unless V is read in place (contiguous
+ *      columns, Dv a multiple of the set's nr): then a pre-pass counts V rows holding NaN or inf
+ *      once per call, and only a tile that has one is packed (for the masked product);
  *   2. S = (scale·Q)·Kᵀ, Q packed pre-scaled               (uk->qk)
  *   3. S = softcap, ALiBi, bias; −inf where invisible      (score_tile; skipped for tiles every
  *                                                           row sees whole with no per-pair
@@ -49,6 +51,11 @@ typedef struct fwd_job {
   int decode;
   int64_t n_chunks;
   float *partials; /* [B, Hkv, n_chunks, rows, dv + 2]: acc, then m and l */
+  /* prefill with V read in place (contiguous columns, Dv a multiple of the set's nr): bad[j] =
+   * number of V rows before key j holding a non-finite value, [B, Hkv, Lk + 1], so a tile's
+   * check is one subtraction instead of a copy and a scan per query block */
+  int v_inplace;
+  int64_t *v_bad;
 } fwd_job;
 
 enum { DECODE_MAX_LQ = 16, DECODE_CHUNK = 512 };
@@ -240,6 +247,8 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
    * depends on shapes and strides only, and a non-finite V still uses qk_direct's scores */
   const int direct =
       job->decode && uk->qk_direct && p->k_stride[3] == 1 && p->v_stride[3] == 1 && Dv > 0;
+  const int64_t *v_bad =
+      job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1;
@@ -248,7 +257,14 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
                     vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
     } else {
       uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
-      v_finite = attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+      if (v_bad) {
+        v_finite = v_bad[j0 + cols] == v_bad[j0];
+        if (!v_finite) /* the masked path reads the packed copy */
+          attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+      } else {
+        v_finite =
+            attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+      }
       uk->qk(qk_q, ts->ks, rows_p, cols, D, ts->s);
     }
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
@@ -263,8 +279,11 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
         memcpy(ts->acc, ts->vs, sizeof(float) * (size_t)rows * (size_t)dvp);
         attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
       }
+    } else if (v_finite && v_bad) {
+      uk->pv(ts->s, vbase + j0 * p->v_stride[2], p->v_stride[2], ts->alpha, rows_p, cols, dvp,
+             ts->acc);
     } else if (v_finite) {
-      uk->pv(ts->s, ts->vs, ts->alpha, rows_p, cols, dvp, ts->acc);
+      uk->pv(ts->s, ts->vs, dvp, ts->alpha, rows_p, cols, dvp, ts->acc);
     }
     if (!v_finite) {
       if (whole) memset(ts->vis, 1, (size_t)rows * (size_t)bc);
@@ -291,6 +310,19 @@ static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const
   }
   if (job->lse)
     job->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = row_lse;
+}
+
+/* Pre-pass item (b, KV head) of in-place V: prefix counts of V rows holding a non-finite value. */
+static void count_bad_v_item(void *ctx, int64_t item, int worker) {
+  const fwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  (void)worker;
+  const int64_t hk = item % p->heads_kv, b = item / p->heads_kv;
+  const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  int64_t *bad = job->v_bad + item * (p->len_k + 1);
+  bad[0] = 0;
+  for (int64_t j = 0; j < p->len_k; j++)
+    bad[j + 1] = bad[j] + !attn__rows_finite(vbase + j * p->v_stride[2], 0, 1, p->dim_v);
 }
 
 /* Prefill item (b, h, query block). */
@@ -411,6 +443,8 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   job->decode = p->len_q <= DECODE_MAX_LQ && group * p->len_q <= job->uk->br &&
                 p->len_k >= 2 * DECODE_CHUNK && !job->probs;
   job->n_chunks = (p->len_k + DECODE_CHUNK - 1) / DECODE_CHUNK;
+  job->v_inplace = !job->decode && p->v_stride[3] == 1 && p->dim_v > 0 &&
+                   p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0;
   int ok = job->decode ? attn__mul_ok(p->batch, p->heads_kv, n_items) &&
                              attn__mul_ok(*n_items, job->n_chunks, n_items)
                        : attn__mul_ok(p->batch, p->heads_q, n_items) &&
@@ -434,31 +468,42 @@ static size_t partial_floats(const fwd_job *job, int64_t n_items) {
              : 0;
 }
 
+/* Counts of the in-place V pre-pass: B·Hkv·(Lk + 1) (sizes were checked by attn_params). */
+static size_t bad_v_counts(const fwd_job *job) {
+  const attn_params *p = job->pr->p;
+  return job->v_inplace ? (size_t)(p->batch * p->heads_kv) * (size_t)(p->len_k + 1) : 0;
+}
+
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
                             const float *k, const float *v, float *o, float *lse, float *probs) {
-  fwd_job job = {uk, pr, q, k, v, o, lse, probs, 0, 0, NULL, 0, 0, 0, NULL};
+  fwd_job job = {uk, pr, q, k, v, o, lse, probs, 0, 0, NULL, 0, 0, 0, NULL, 0, NULL};
   int workers = 1;
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st != ATTN_STATUS_OK) return st;
   /* all scratch is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
-  const size_t np = partial_floats(&job, n_items);
+  const size_t np = partial_floats(&job, n_items), nb = bad_v_counts(&job);
   job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
   if (np) job.partials = malloc(np * sizeof(float));
-  if (!job.scratch || (np && !job.partials)) {
+  if (nb) job.v_bad = malloc(nb * sizeof(int64_t));
+  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad)) {
     free(job.scratch);
     free(job.partials);
+    free(job.v_bad);
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: could not allocate %d x %zu bytes of tile scratch and %zu "
-                      "bytes of partial results",
-                      workers, job.scratch_bytes, np * sizeof(float));
+                      "bytes of partial results and V checks",
+                      workers, job.scratch_bytes, np * sizeof(float) + nb * sizeof(int64_t));
   }
   if (job.decode) {
     attn__parallel_for(workers, n_items, decode_item, &job);
     attn__parallel_for(workers, pr->p->batch * pr->p->heads_kv, merge_item, &job);
   } else {
+    if (job.v_bad)
+      attn__parallel_for(workers, pr->p->batch * pr->p->heads_kv, count_bad_v_item, &job);
     attn__parallel_for(workers, n_items, fwd_item, &job);
   }
+  free(job.v_bad);
   free(job.partials);
   free(job.scratch);
   return ATTN_STATUS_OK;
@@ -466,12 +511,13 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
 
 attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
                                 int with_probs, size_t *bytes) {
-  fwd_job job = {uk, pr, NULL, NULL, NULL, NULL, NULL, with_probs ? (float *)1 : NULL,
-                 0,  0,  NULL, 0,    0,    0,    NULL};
+  fwd_job job = {uk,   pr, NULL, NULL, NULL, NULL, NULL, with_probs ? (float *)1 : NULL, 0, 0,
+                 NULL, 0,  0,    0,    NULL, 0,    NULL};
   int workers = 1;
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st == ATTN_STATUS_OK)
-    *bytes = job.scratch_bytes * (size_t)workers + partial_floats(&job, n_items) * sizeof(float);
+    *bytes = job.scratch_bytes * (size_t)workers + partial_floats(&job, n_items) * sizeof(float) +
+             bad_v_counts(&job) * sizeof(int64_t);
   return st;
 }

@@ -6,7 +6,7 @@
  * Packed layouts (all scratch is 64-byte aligned; row strides below keep rows 32-byte aligned):
  *   Qs  [rows_p, D]     query rows pre-scaled by `scale`, rows_p = rows rounded up to mr, pad = 0
  *   Kp  as pack_k writes it (row-major [cols, D] or transposed [D, bc]); padding columns = 0
- *   Vs  [cols, dvp]     value rows, dvp = dv_pad(Dv) columns, pad = 0
+ *   Vs  [cols, dvp]     value rows, dvp = dv_pad(Dv) columns, pad = 0 (or V itself, see pv)
  *   S   [rows_p, bc]    scores, then probabilities, row stride bc
  *   acc [rows_p, dvp]   unnormalised output, row stride dvp
  */
@@ -34,9 +34,11 @@ typedef struct attn__fwd_ukernel {
    * exp(m_old − m_new) (1 for rows with nothing visible yet, whose P row becomes 0). A visible
    * NaN makes m NaN, so it reaches the row's O and LSE. */
   void (*softmax)(float *s, int rows, int cols, float *m, float *l, float *alpha);
-  /* acc [rows_p, dvp] = alpha[r]·acc + P [rows_p, bc] · Vs [cols, dvp]. */
-  void (*pv)(const float *p, const float *vs, const float *alpha, int rows_p, int cols, int64_t dvp,
-             float *acc);
+  /* acc [rows_p, dvp] = alpha[r]·acc + P [rows_p, bc] · V [cols, dvp], V rows ldv elements
+   * apart: the packed Vs (ldv = dvp) or, when Dv is a multiple of nr and its columns are
+   * contiguous, the caller's V read in place (ldv = its row stride; no alignment). */
+  void (*pv)(const float *p, const float *v, int64_t ldv, const float *alpha, int rows_p, int cols,
+             int64_t dvp, float *acc);
   /* The same, skipping pairs with vis = 0 (vis [rows_p, bc]); used when the V tile holds a
    * non-finite value, so NaN behind a mask never meets a 0. Must give bitwise the pv result
    * whenever V is finite (skipping an exact +0 contribution is exact: acc is never −0). */

@@ -180,9 +180,10 @@ static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float
   }
 }
 
-/* acc [rows_p, dvp] = α·acc + P [rows_p, BC] · Vs [cols, dvp]: 6 rows × 16 columns per block. */
-static void pv_avx2(const float *p, const float *vs, const float *alpha, int rows_p, int cols,
-                    int64_t dvp, float *acc) {
+/* acc [rows_p, dvp] = α·acc + P [rows_p, BC] · V [cols, dvp] (rows ldv apart): 6 rows × 16
+ * columns per block. */
+static void pv_avx2(const float *p, const float *vs, int64_t ldv, const float *alpha, int rows_p,
+                    int cols, int64_t dvp, float *acc) {
   for (int64_t d0 = 0; d0 < dvp; d0 += NR)
     for (int r0 = 0; r0 < rows_p; r0 += MR) {
       float *o = acc + (int64_t)r0 * dvp + d0;
@@ -196,8 +197,8 @@ static void pv_avx2(const float *p, const float *vs, const float *alpha, int row
       // clang-format on
 #undef ATTN__LOAD
           for (int c = 0; c < cols; c++) {
-        const float *vr = vs + (int64_t)c * dvp + d0;
-        const __m256 b0 = _mm256_load_ps(vr), b1 = _mm256_load_ps(vr + 8);
+        const float *vr = vs + (int64_t)c * ldv + d0;
+        const __m256 b0 = _mm256_loadu_ps(vr), b1 = _mm256_loadu_ps(vr + 8);
         __m256 x;
 #define ATTN__ROW(r)                                                                               \
   x = _mm256_broadcast_ss(pp + (r)*BC + c);                                                        \

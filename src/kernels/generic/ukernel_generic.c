@@ -38,10 +38,10 @@ static void softmax_generic(float *s, int rows, int cols, float *m, float *l, fl
     attn__softmax_row_scalar(s + r * BC, cols, &m[r], &l[r], &alpha[r]);
 }
 
-/* acc [rows, Dv] = α[r]·acc + P [rows, BC] · Vs [cols, Dv]; with vis, invisible pairs are skipped.
- */
-static void pv_any(const float *pm, const float *vs, const float *alpha, const unsigned char *vis,
-                   int rows, int cols, int64_t Dv, float *acc) {
+/* acc [rows, Dv] = α[r]·acc + P [rows, BC] · V [cols, Dv] (rows ldv apart); with vis, invisible
+ * pairs are skipped. */
+static void pv_any(const float *pm, const float *vs, int64_t ldv, const float *alpha,
+                   const unsigned char *vis, int rows, int cols, int64_t Dv, float *acc) {
   for (int r = 0; r < rows; r++) {
     float *a = acc + (int64_t)r * Dv;
     const float ar = alpha[r];
@@ -51,22 +51,22 @@ static void pv_any(const float *pm, const float *vs, const float *alpha, const u
     for (int c = 0; c < cols; c++) {
       if (vis && !vis[r * BC + c]) continue;
       const float pr = pm[r * BC + c];
-      const float *vr = vs + (int64_t)c * Dv;
+      const float *vr = vs + (int64_t)c * ldv;
       for (int64_t d = 0; d < Dv; d++)
         a[d] += pr * vr[d];
     }
   }
 }
 
-static void pv_generic(const float *pm, const float *vs, const float *alpha, int rows, int cols,
-                       int64_t Dv, float *acc) {
-  pv_any(pm, vs, alpha, NULL, rows, cols, Dv, acc);
+static void pv_generic(const float *pm, const float *vs, int64_t ldv, const float *alpha, int rows,
+                       int cols, int64_t Dv, float *acc) {
+  pv_any(pm, vs, ldv, alpha, NULL, rows, cols, Dv, acc);
 }
 
 static void pv_masked_generic(const float *pm, const float *vs, const float *alpha,
                               const unsigned char *vis, int rows, int cols, int64_t Dv,
                               float *acc) {
-  pv_any(pm, vs, alpha, vis, rows, cols, Dv, acc);
+  pv_any(pm, vs, Dv, alpha, vis, rows, cols, Dv, acc);
 }
 
 const attn__fwd_ukernel attn__ukernel_generic = {
