@@ -184,8 +184,8 @@ static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float
  * columns per block. */
 static void pv_avx2(const float *p, const float *vs, int64_t ldv, const float *alpha, int rows_p,
                     int cols, int64_t dvp, float *acc) {
-  for (int64_t d0 = 0; d0 < dvp; d0 += NR)
-    for (int r0 = 0; r0 < rows_p; r0 += MR) {
+  for (int r0 = 0; r0 < rows_p; r0 += MR)
+    for (int64_t d0 = 0; d0 < dvp; d0 += NR) {
       float *o = acc + (int64_t)r0 * dvp + d0;
       const float *pp = p + r0 * BC;
 #define ATTN__LOAD(r)                                                                              \
