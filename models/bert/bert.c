@@ -104,30 +104,43 @@ void attn_bert_free(attn_bert *m) {
   attn_bert_vocab_free(&m->vocab);
 }
 
-/* y [rows, out] = x [rows, in] · wᵀ + b, w [out, in] */
+/* y [rows, out] = x [rows, in] · wᵀ (+ b, unless b is NULL: the caller adds it in a later pass),
+ * w [out, in] */
 static void linear(const float *x, const float *w, const float *b, float *y, int rows, int in,
                    int out) {
-  for (int r = 0; r < rows; r++)
-    memcpy(y + (size_t)r * (size_t)out, b, sizeof(float) * (size_t)out);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w, in, 1.0f, y,
-              out);
+  if (b)
+    for (int r = 0; r < rows; r++)
+      memcpy(y + (size_t)r * (size_t)out, b, sizeof(float) * (size_t)out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w, in,
+              b ? 1.0f : 0.0f, y, out);
 }
 
-/* x = LayerNorm(x + r) per row (eps 1e-12, as BERT), statistics in double. */
-static void add_layernorm(float *x, const float *r, const float *g, const float *b, int rows,
-                          int h) {
+/* x = LayerNorm(x + r + rb) per row (eps 1e-12, as BERT; r and rb may be NULL), statistics in
+ * double over four interleaved partial sums. */
+static void add_layernorm(float *x, const float *r, const float *rb, const float *g, const float *b,
+                          int rows, int h) {
   for (int i = 0; i < rows; i++) {
     float *row = x + (size_t)i * (size_t)h;
-    double mean = 0, var = 0;
-    for (int d = 0; d < h; d++) {
-      if (r) row[d] += r[(size_t)i * (size_t)h + (size_t)d];
-      mean += row[d];
+    if (r) {
+      const float *ri = r + (size_t)i * (size_t)h;
+      for (int d = 0; d < h; d++)
+        row[d] += rb ? ri[d] + rb[d] : ri[d];
     }
-    mean /= h;
-    for (int d = 0; d < h; d++)
-      var += (row[d] - mean) * (row[d] - mean);
-    const double inv = 1.0 / sqrt(var / h + 1e-12);
-    for (int d = 0; d < h; d++)
+    double s[4] = {0, 0, 0, 0}, v[4] = {0, 0, 0, 0};
+    int d = 0;
+    for (; d + 4 <= h; d += 4)
+      for (int u = 0; u < 4; u++)
+        s[u] += row[d + u];
+    for (; d < h; d++)
+      s[0] += row[d];
+    const double mean = ((s[0] + s[1]) + (s[2] + s[3])) / h;
+    for (d = 0; d + 4 <= h; d += 4)
+      for (int u = 0; u < 4; u++)
+        v[u] += (row[d + u] - mean) * (row[d + u] - mean);
+    for (; d < h; d++)
+      v[0] += (row[d] - mean) * (row[d] - mean);
+    const double inv = 1.0 / sqrt(((v[0] + v[1]) + (v[2] + v[3])) / h + 1e-12);
+    for (d = 0; d < h; d++)
       row[d] = (float)((row[d] - mean) * inv) * g[d] + b[d];
   }
 }
@@ -161,19 +174,39 @@ static inline f4 erf4(f4 x) {
   return xc * p / q;
 }
 
+static inline f4 gelu4(f4 v) { return 0.5f * v * (1.0f + erf4(v * 0.70710678f)); }
+
 void attn_bert_gelu(float *x, size_t n) {
   size_t i = 0;
   for (; i + 4 <= n; i += 4) {
     f4 v;
     memcpy(&v, x + i, sizeof v);
-    v = 0.5f * v * (1.0f + erf4(v * 0.70710678f));
+    v = gelu4(v);
     memcpy(x + i, &v, sizeof v);
   }
   if (i < n) { /* the last 1–3 values through the same lanes */
     f4 v = splat4(0.0f);
     memcpy(&v, x + i, sizeof(float) * (n - i));
-    v = 0.5f * v * (1.0f + erf4(v * 0.70710678f));
+    v = gelu4(v);
     memcpy(x + i, &v, sizeof(float) * (n - i));
+  }
+}
+
+/* x [rows, n] = GELU(x + b) with b [n]: the bias of the first FFN product folded into its
+ * activation pass. */
+static void bias_gelu(float *x, const float *b, int rows, int n) {
+  for (int r = 0; r < rows; r++) {
+    float *row = x + (size_t)r * (size_t)n;
+    int d = 0;
+    for (; d + 4 <= n; d += 4) {
+      f4 v, bv;
+      memcpy(&v, row + d, sizeof v);
+      memcpy(&bv, b + d, sizeof bv);
+      v = gelu4(v + bv);
+      memcpy(row + d, &v, sizeof v);
+    }
+    for (; d < n; d++) /* a width that is not a multiple of 4: the rest one lane at a time */
+      row[d] = gelu4(splat4(row[d] + b[d]))[0];
   }
 }
 
@@ -205,12 +238,13 @@ static void *band(void *arg) {
     return NULL;
   }
   float *inter = j->inter + (size_t)r0 * (size_t)F;
-  linear(j->a + (size_t)r0 * (size_t)H, j->L->wo, j->L->bo, t, nr, H, H);
-  add_layernorm(x, t, j->L->ln1_g, j->L->ln1_b, nr, H);
-  linear(x, j->L->w1, j->L->b1, inter, nr, H, F);
-  attn_bert_gelu(inter, (size_t)nr * (size_t)F);
-  linear(inter, j->L->w2, j->L->b2, t, nr, F, H);
-  add_layernorm(x, t, j->L->ln2_g, j->L->ln2_b, nr, H);
+  /* the biases of these three products are added in the pass that follows each */
+  linear(j->a + (size_t)r0 * (size_t)H, j->L->wo, NULL, t, nr, H, H);
+  add_layernorm(x, t, j->L->bo, j->L->ln1_g, j->L->ln1_b, nr, H);
+  linear(x, j->L->w1, NULL, inter, nr, H, F);
+  bias_gelu(inter, j->L->b1, nr, F);
+  linear(inter, j->L->w2, NULL, t, nr, F, H);
+  add_layernorm(x, t, j->L->b2, j->L->ln2_g, j->L->ln2_b, nr, H);
   return NULL;
 }
 
@@ -264,7 +298,7 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
                  m->pos_emb[(size_t)t * (size_t)H + (size_t)d] + m->type_emb[d];
     }
   }
-  add_layernorm(x, NULL, m->emb_ln_g, m->emb_ln_b, rows, H);
+  add_layernorm(x, NULL, NULL, m->emb_ln_g, m->emb_ln_b, rows, H);
   attn_params p;
   attn_params_init(&p, n, NH, NH, T, T, Dh, Dh);
   /* Q, K, V are column blocks of qkv [n, T, 3H]; O is [n, T, heads, Dh] */
