@@ -49,6 +49,9 @@ static const shape quick_shapes[] = {
     {1, 8, 2, 1, 4096, 128, 1},
 };
 
+/* n floats, 64-byte aligned (free with free). */
+static float *tensor(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
+
 static int parse_shape(const char *s, shape *out) {
   long long v[7] = {0};
   char tail[16] = "";
@@ -267,11 +270,12 @@ int cmd_bench(int argc, char **argv) {
     }
     const size_t nq = (size_t)(s->B * s->Hq * s->Lq * s->D),
                  nk = (size_t)(s->B * s->Hkv * s->Lk * s->D);
-    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *o = malloc(nq * 4);
+    /* tensors 64-byte aligned, as PyTorch's and ggml's allocators give them */
+    float *q = tensor(nq), *k = tensor(nk), *v = tensor(nk), *o = tensor(nq);
     float *lse = NULL, *d_o = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
     if (backward) {
-      lse = malloc(nq / (size_t)s->D * 4), d_o = malloc(nq * 4), dq = malloc(nq * 4);
-      dk = malloc(nk * 4), dv = malloc(nk * 4);
+      lse = tensor(nq / (size_t)s->D), d_o = tensor(nq), dq = tensor(nq);
+      dk = tensor(nk), dv = tensor(nk);
     }
     if (!q || !k || !v || !o || (backward && (!lse || !d_o || !dq || !dk || !dv))) {
       fprintf(stderr, "attn bench: out of memory\n");
