@@ -82,8 +82,8 @@ def time_call(fn, reps):
 def attn_time(attn, shape, threads, reps, backward):
     B, Hq, Hkv, Lq, Lk, D, causal = shape
     spec = f"{B},{Hq},{Hkv},{Lq},{Lk},{D}" + (",causal" if causal else "")
-    out = subprocess.run([attn, "bench", "--csv", "--shape", spec, "--threads", str(threads),
-                          "--reps", str(reps)] + (["--backward"] if backward else []),
+    out = subprocess.run([attn, "bench", "--csv", "--no-machine", "--shape", spec, "--threads",
+                          str(threads), "--reps", str(reps)] + (["--backward"] if backward else []),
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"peers: attn bench failed: {out.stderr.strip()}")
@@ -96,6 +96,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds of attn and torch per shape; the ratio is the median "
+                         "of the rounds' ratios, so both see the same moments of a shared machine")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--attn", default=os.path.join(ROOT, "build", "attn"))
@@ -110,8 +113,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     print(f"peers: torch {torch.__version__} (cpu capability {torch.backends.cpu.get_cpu_capability()}),"
-          f" numpy {np.__version__}, {args.threads} threads, median of {args.reps} after a warm-up"
-          f"{'; BACKWARD pass' if args.backward else ''}")
+          f" numpy {np.__version__}, {args.threads} threads, median of {args.reps} after a warm-up,"
+          f" {args.rounds} alternating rounds of attn and torch (times: median over rounds; ratio:"
+          f" median of the rounds' ratios){'; BACKWARD pass' if args.backward else ''}")
     print(f"{'shape':44} {'attn ms':>9} {'torch ms':>9} {'numpy ms':>9} "
           f"{'attn/torch':>10} {'attn/numpy':>10}")
     rng = np.random.default_rng(0)
@@ -125,7 +129,6 @@ def main():
         q = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
         k = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
         v = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
-        t_attn, kernel = attn_time(args.attn, shape, args.threads, args.reps, args.backward)
         do = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
 
         tq, tk, tv = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
@@ -148,7 +151,12 @@ def main():
             def run_torch():
                 return torch.autograd.grad(out, (tq, tk, tv), tdo, retain_graph=True)
 
-        t_torch = time_call(run_torch, args.reps)
+        rounds = []
+        for _ in range(max(1, args.rounds)):
+            t_a, kernel = attn_time(args.attn, shape, args.threads, args.reps, args.backward)
+            rounds.append((t_a, time_call(run_torch, args.reps)))
+        t_attn, t_torch = median([a for a, _ in rounds]), median([t for _, t in rounds])
+        r_torch = median([t / a for a, t in rounds])
 
         group = Hq // Hkv
         kk, vv = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
@@ -177,7 +185,7 @@ def main():
 
         t_numpy = time_call(run_numpy, max(1, args.reps // 2))
         name = f"B={B} Hq={Hq} Hkv={Hkv} L={Lq}x{Lk} D={D}" + (" causal" if causal else "")
-        r_torch, r_numpy = t_torch / t_attn, t_numpy / t_attn
+        r_numpy = t_numpy / t_attn
         worst = r_torch if worst is None else min(worst, r_torch)
         print(f"{name:44} {t_attn * 1e3:9.2f} {t_torch * 1e3:9.2f} {t_numpy * 1e3:9.2f} "
               f"{r_torch:9.2f}x {r_numpy:9.2f}x", flush=True)

@@ -11,7 +11,10 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--csv] [--long] [--quick] [--backward]
+ *              [--csv] [--long] [--quick] [--backward] [--no-machine]
+ *
+ * --no-machine skips the peak, register-block and bandwidth measurements (their columns read 0):
+ * for callers that only want the times, such as bench/peers.py's alternating rounds.
  */
 #include "attn.h"
 #include "machine.h"
@@ -48,6 +51,9 @@ static const shape quick_shapes[] = {
     {1, 2, 2, 512, 512, 64, 1},
     {1, 8, 2, 1, 4096, 128, 1},
 };
+
+/* 100·x/of, or 0 when `of` was not measured (--no-machine). */
+static double pct(double x, double of) { return of > 0 ? 100 * x / of : 0.0; }
 
 /* n floats, 64-byte aligned (free with free). */
 static float *tensor(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
@@ -180,6 +186,7 @@ static void check_rows_backward(const shape *s, const attn_params *full, const f
 int cmd_bench(int argc, char **argv) {
   shape shapes[64];
   int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0, backward = 0;
+  int machine = 1;
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -191,6 +198,8 @@ int cmd_bench(int argc, char **argv) {
       quick = 1;
     else if (strcmp(a, "--backward") == 0)
       backward = 1;
+    else if (strcmp(a, "--no-machine") == 0)
+      machine = 0;
     else if (strcmp(a, "--shape") == 0 && val && n_shapes < 64) {
       if (parse_shape(val, &shapes[n_shapes++]) != 0) {
         fprintf(stderr, "attn bench: --shape '%s' must be B,Hq,Hkv,Lq,Lk,D[,causal]\n", val);
@@ -237,19 +246,25 @@ int cmd_bench(int argc, char **argv) {
   cpu_model(model, sizeof model);
   attn_cpu_features(features, sizeof features);
   const attn_kernel resolved = kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : kernel;
-  const double peak = machine_fma_peak_gflops(threads);
-  const double bandwidth = machine_read_bandwidth_gbs(threads);
-  double block, block_best;
-  machine_block_gflops(threads, &block, &block_best);
+  double peak = 0, bandwidth = 0, block = 0, block_best = 0;
+  if (machine) {
+    peak = machine_fma_peak_gflops(threads);
+    bandwidth = machine_read_bandwidth_gbs(threads);
+    machine_block_gflops(threads, &block, &block_best);
+  }
   if (csv) {
     printf(
         "pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,t_med_ms,t_min_ms,gflops,peak_pct,gbs,bw_pct,"
         "scratch_kib,max_err,check\n");
   } else {
     printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
-    printf("kernel %s, %d threads | fp32 FMA peak measured now: %.1f GFLOP/s | read bandwidth: "
-           "%.1f GB/s\n",
-           attn_kernel_name(resolved), threads, peak, bandwidth);
+    if (machine)
+      printf("kernel %s, %d threads | fp32 FMA peak measured now: %.1f GFLOP/s | read "
+             "bandwidth: %.1f GB/s\n",
+             attn_kernel_name(resolved), threads, peak, bandwidth);
+    else
+      printf("kernel %s, %d threads | peak and bandwidth not measured (--no-machine)\n",
+             attn_kernel_name(resolved), threads);
     if (block > 0)
       printf("6x16 register block of the AVX2 products alone, operands in L1 (their ceiling): "
              "median %.1f GFLOP/s = %.0f%% of peak, best %.0f%%\n",
@@ -333,18 +348,18 @@ int cmd_bench(int argc, char **argv) {
              ",%d,%d,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
              backward ? "backward," : "forward,", attn_kernel_name(resolved), s->B, s->Hq, s->Hkv,
              s->Lq, s->Lk, s->D, s->causal, threads, t_med * 1e3, t_min * 1e3, gflops,
-             100 * gflops / peak, gbs, decode ? 100 * gbs / bandwidth : 0.0, (double)scratch / 1024,
+             pct(gflops, peak), gbs, decode ? pct(gbs, bandwidth) : 0.0, (double)scratch / 1024,
              err, pass ? "PASS" : "FAIL");
     else {
       char gbs_str[32] = "-";
       if (decode) snprintf(gbs_str, sizeof gbs_str, "%.1f", gbs);
       printf("%-44s %9.3f %9.3f %8.1f %6.1f%% %8s %7.0f KiB %9.2g %s\n", name, t_med * 1e3,
-             t_min * 1e3, gflops, 100 * gflops / peak, gbs_str, (double)scratch / 1024, err,
+             t_min * 1e3, gflops, pct(gflops, peak), gbs_str, (double)scratch / 1024, err,
              pass ? "PASS" : "FAIL");
     }
-    if (!csv && decode)
+    if (!csv && decode && bandwidth > 0)
       printf("%-44s K/V read at %.1f GB/s = %.0f%% of the measured read bandwidth\n", "", gbs,
-             100 * gbs / bandwidth);
+             pct(gbs, bandwidth));
     fflush(stdout);
     free(q), free(k), free(v), free(o), free(lse), free(d_o), free(dq), free(dk), free(dv);
   }

@@ -34,7 +34,7 @@ static void usage(FILE *f) {
         "           [every option of attn run]\n"
         "  attn info\n"
         "  attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME]\n"
-        "             [--reps N] [--csv] [--long] [--quick] [--backward]\n"
+        "             [--reps N] [--csv] [--long] [--quick] [--backward] [--no-machine]\n"
         "\n"
         "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv] are little-endian float32 C-order .npy;\n"
         "O [B,Hq,Lq,Dv], LSE [B,Hq,Lq] and P [B,Hq,Lq,Lk] are written as float32 .npy.\n"
