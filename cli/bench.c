@@ -248,7 +248,14 @@ int cmd_bench(int argc, char **argv) {
   const attn_kernel resolved = kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : kernel;
   double peak = 0, bandwidth = 0, block = 0, block_best = 0;
   if (machine) {
+    /* the machine's peak is what its cores can do: a T-thread measurement during which another
+     * tenant held a core comes out low (seen: one core's worth for two threads) and would inflate
+     * every percentage, so the peak is at least the one-thread figure times the cores used */
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const double one = machine_fma_peak_gflops(1);
     peak = machine_fma_peak_gflops(threads);
+    const double cores = (double)(cpus > 0 && cpus < threads ? cpus : threads);
+    if (peak < one * cores) peak = one * cores;
     bandwidth = machine_read_bandwidth_gbs(threads);
     machine_block_gflops(threads, &block, &block_best);
   }
