@@ -49,7 +49,8 @@ typedef struct attn__fwd_ukernel {
    * (no padding rows); qk_direct reads Qs [rows, D] row-major and writes S columns [0, cols).
    * pv_direct returns 1 if every V value was finite, and must then give bitwise the pv_masked
    * result (same per-element operations in the same order); on 0, acc is unspecified (the driver
-   * restores it and takes the packed, masked path). */
+   * restores it from a copy kept in the V tile's scratch, so a set with direct forms needs
+   * br ≤ bc, and takes the packed, masked path). */
   void (*qk_direct)(const float *qs, const float *k, int64_t k_row_stride, int rows, int cols,
                     int64_t D, float *s, const float *v, int64_t v_row_stride, int64_t Dv);
   int (*pv_direct)(const float *p, const float *v, int64_t v_row_stride, const float *alpha,
