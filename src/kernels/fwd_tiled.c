@@ -245,8 +245,8 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
   /* decode blocks read K and V in place when the set can and rows are contiguous; the choice
    * depends on shapes and strides only, and a non-finite V still uses qk_direct's scores */
-  const int direct =
-      job->decode && uk->qk_direct && p->k_stride[3] == 1 && p->v_stride[3] == 1 && Dv > 0;
+  const int direct = job->decode && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
+                     p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
       job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
