@@ -5,6 +5,7 @@
 #include "tiled.h"
 
 #include <math.h>
+#include <string.h>
 
 void attn__row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64_t *lo,
                          int64_t *hi) {
@@ -21,6 +22,25 @@ void attn__score_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int6
                      int64_t hi, int64_t j0, int cols, float *srow, unsigned char *vrow,
                      float *grow) {
   const float cap = p->softcap;
+  if (!p->mask && !p->bias && cap == 0.0f && !p->alibi_slopes) {
+    /* visibility only (causal, window, key length): the visible keys are one run [a, e) of the
+     * tile and the scores stay as computed — the loop below's result, without its per-pair
+     * tests (they cost as much as the products on a causal diagonal tile) */
+    const int64_t a64 = lo - j0 < 0 ? 0 : lo - j0 > cols ? cols : lo - j0;
+    const int64_t e64 = hi - j0 < a64 ? a64 : hi - j0 > cols ? cols : hi - j0;
+    const int a = (int)a64, e = (int)e64;
+    memset(vrow, 0, (size_t)a);
+    memset(vrow + a, 1, (size_t)(e - a));
+    memset(vrow + e, 0, (size_t)(cols - e));
+    for (int c = 0; c < a; c++)
+      srow[c] = -INFINITY;
+    for (int c = e; c < cols; c++)
+      srow[c] = -INFINITY;
+    if (grow)
+      for (int c = 0; c < cols; c++)
+        if (c < a || c >= e) grow[c] = 0.0f;
+    return;
+  }
   const float slope = p->alibi_slopes ? p->alibi_slopes[h] : 0.0f;
   const uint8_t *mrow =
       p->mask ? p->mask + b * p->mask_stride[0] + h * p->mask_stride[1] + i * p->mask_stride[2]
