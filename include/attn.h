@@ -214,8 +214,8 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
  *   probs [B, Hq, Lq, Lk]: overwritten if non-NULL with the exact attention weights.
  * Extra memory: O(threads · tile) for the fused kernels, plus 8 bytes per key and KV head
  * (B·Hkv·(Lk + 1) counts of V rows holding NaN or inf, when V is read in place: contiguous
- * columns, Dv a multiple of the kernel's column block — 16 for avx2) and the decode partials; the
- * P output itself when requested.
+ * columns, Dv a multiple of the kernel's column block — 16 for avx2 — and more than one query
+ * block or head per V row) and the decode partials; the P output itself when requested.
  * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
  * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */

@@ -5,8 +5,9 @@
  * Work item = (batch b, query head h, block of br query rows). For each item, over key tiles of bc
  * keys that some row of the block can see:
  *   1. pack the K tile (any strides) and the V tile — unless V is read in place (contiguous
- *      columns, Dv a multiple of the set's nr): then a pre-pass counts V rows holding NaN or inf
- *      once per call, and only a tile that has one is packed (for the masked product);
+ *      columns, Dv a multiple of the set's nr, each V tile read by more than one query block or
+ *      head): then a pre-pass counts V rows holding NaN or inf once per call, and only a tile
+ *      that has one is packed (for the masked product);
  *   2. S = (scale·Q)·Kᵀ, Q packed pre-scaled               (uk->qk)
  *   3. S = softcap, ALiBi, bias; −inf where invisible      (score_tile; skipped for tiles every
  *                                                           row sees whole with no per-pair
@@ -443,8 +444,11 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   job->decode = p->len_q <= DECODE_MAX_LQ && group * p->len_q <= job->uk->br &&
                 p->len_k >= 2 * DECODE_CHUNK && !job->probs;
   job->n_chunks = (p->len_k + DECODE_CHUNK - 1) / DECODE_CHUNK;
+  /* V in place pays when each V tile would otherwise be copied more than once (several query
+   * blocks or heads read it); with one reader the pre-pass would be a second pass over V */
   job->v_inplace = !job->decode && p->v_stride[3] == 1 && p->dim_v > 0 &&
-                   p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0;
+                   p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0 &&
+                   job->n_qblocks * group >= 2;
   int ok = job->decode ? attn__mul_ok(p->batch, p->heads_kv, n_items) &&
                              attn__mul_ok(*n_items, job->n_chunks, n_items)
                        : attn__mul_ok(p->batch, p->heads_q, n_items) &&
