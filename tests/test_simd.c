@@ -1,7 +1,8 @@
 /*
  * test_simd.c — the SIMD building blocks on their own: the AVX2 exp2 against double-precision
- * exp2 over [−126, 0] (the documented bound, 1.7e-7 relative, from Cephes exp2f.c, checked with a
- * margin for the FMA evaluation), exact 1 at 0, exact 0 for −inf and below 2^−126.
+ * exp2 over [−125.5, 0] (the documented bound, 1.7e-7 relative, from Cephes exp2f.c, checked with
+ * a margin for the FMA evaluation), exact 1 at 0, exact +0 for −inf and below t = −125.5 (never a
+ * subnormal), NaN for NaN.
  */
 #include "harness.h"
 #include "internal.h"
@@ -21,7 +22,7 @@ static void test_exp2_avx2(void) {
   enum { N = 2000000 };
   float *t = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
   for (int i = 0; i < N; i++)
-    t[i] = -126.0f * (float)i / (float)(N - 1); /* dense, both ends */
+    t[i] = -125.5f * (float)i / (float)(N - 1); /* dense, both ends */
   attn__exp2_avx2(t, y, N);
   double worst = 0;
   int worst_i = 0;
@@ -29,15 +30,22 @@ static void test_exp2_avx2(void) {
     const double want = exp2((double)t[i]), rel = fabs((double)y[i] - want) / want;
     if (rel > worst) worst = rel, worst_i = i;
   }
-  printf("  exp2 avx2: max relative error %.3g at t = %.7g over [-126, 0]\n", worst,
+  printf("  exp2 avx2: max relative error %.3g at t = %.7g over [-125.5, 0]\n", worst,
          (double)t[worst_i]);
   CHECKF(worst <= EXP2_BOUND, "exp2 relative error %.3g exceeds %.3g", worst, EXP2_BOUND);
-  const float special[4] = {0.0f, -INFINITY, -126.5f, -1000.0f};
-  float out[4];
-  attn__exp2_avx2(special, out, 4);
+  const float special[8] = {0.0f, -INFINITY, -125.501f, -125.51f, -126.0f, -126.5f, -1000.0f, NAN};
+  float out[8];
+  attn__exp2_avx2(special, out, 8);
   CHECK(out[0] == 1.0f);
-  CHECK(out[1] == 0.0f && !signbit(out[1]));
-  CHECK(out[2] == 0.0f && out[3] == 0.0f);
+  for (int i = 1; i < 7; i++)
+    CHECKF(out[i] == 0.0f && !signbit(out[i]), "exp2(%g) = %g, want +0", (double)special[i],
+           (double)out[i]);
+  CHECK(isnan(out[7]));
+  const float edge = -125.5f; /* the smallest results: normal, within the bound */
+  float y_edge;
+  attn__exp2_avx2(&edge, &y_edge, 1);
+  CHECK(isnormal(y_edge) &&
+        fabs((double)y_edge - exp2((double)edge)) <= EXP2_BOUND * exp2((double)edge));
   free(t), free(y);
 }
 #endif

@@ -4,10 +4,12 @@
  *
  * Work item = (batch b, query head h, block of br query rows). For each item, over key tiles of bc
  * keys that some row of the block can see:
- *   1. pack the K tile (any strides) and the V tile — unless V is read in place (contiguous
- *      columns, Dv a multiple of the set's nr, each V tile read by more than one query block or
- *      head): then a pre-pass counts V rows holding NaN or inf once per call, and only a tile
- *      that has one is packed (for the masked product);
+ *   1. pack the K tile (any strides) and the V tile. When more than one query block or head
+ *      reads each tile, pre-passes do that once per call instead: K is packed whole (if the copy
+ *      fits K_PREPACK_MAX_BYTES; a tile starting at a multiple of nr is then a slice of it), and
+ *      V is read in place (contiguous columns, Dv a multiple of the set's nr) after a count of
+ *      the V rows holding NaN or inf, so only a tile that has one is packed (for the masked
+ *      product);
  *   2. S = (scale·Q)·Kᵀ, Q packed pre-scaled               (uk->qk)
  *   3. S = softcap, ALiBi, bias; −inf where invisible      (score_tile; skipped for tiles every
  *                                                           row sees whole with no per-pair
@@ -20,9 +22,10 @@
  * If P is requested, a second sweep recomputes S per tile and writes exp(S − m) / l.
  *
  * Extra memory: one scratch block per worker, O(br·D + bc·(D + Dv) + br·bc + br·Dv), never
- * O(Lq·Lk). Key tiles no row of the block can see (key length, causal, window) are never touched,
- * so causal attention does about half the work. Results do not depend on the thread count: each
- * item is computed by one worker with the same code, and items write disjoint outputs.
+ * O(Lq·Lk); with the pre-passes, 8 bytes per key and KV head and the packed K (≤ 64 MiB). Key tiles
+ * no row of the block can see (key length, causal, window) are never touched, so causal attention
+ * does about half the work. Results do not depend on the thread count: each item is computed by one
+ * worker with the same code, and items write disjoint outputs.
  *
  * Decode (Lq ≤ 16, all heads of a KV group fit one block, no P requested): work items become
  * (batch, KV head, chunk of DECODE_CHUNK keys), each block holding every query row of the KV
@@ -57,9 +60,16 @@ typedef struct fwd_job {
    * check is one subtraction instead of a copy and a scan per query block */
   int v_inplace;
   int64_t *v_bad;
+  /* prefill with K packed once per call (several query blocks or heads read each K tile, and
+   * the copy fits K_PREPACK_MAX_BYTES): [B, Hkv, round_up(Lk, nr) · D] in the set's pack_k
+   * layout, so the tile at key j0 (a multiple of nr) starts at j0 · D */
+  int k_prepack;
+  float *k_packed;
+  int64_t k_packed_len; /* floats per (b, KV head) */
 } fwd_job;
 
 enum { DECODE_MAX_LQ = 16, DECODE_CHUNK = 512 };
+#define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
 
 /* One worker's scratch, carved from fwd_job.scratch. */
 typedef struct tile_scratch {
@@ -250,6 +260,8 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
                      p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
       job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
+  const float *k_packed =
+      job->k_packed ? job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len : NULL;
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1;
@@ -257,7 +269,11 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows, cols, D, ts->s,
                     vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
     } else {
-      uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
+      const float *kt = ts->ks; /* the packed K tile: the call's copy when tiles align with it */
+      if (k_packed && j0 % uk->nr == 0)
+        kt = k_packed + j0 * D;
+      else
+        uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
       if (v_bad) {
         v_finite = v_bad[j0 + cols] == v_bad[j0];
         if (!v_finite) /* the masked path reads the packed copy */
@@ -266,7 +282,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
         v_finite =
             attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
       }
-      uk->qk(qk_q, ts->ks, rows_p, cols, D, ts->s);
+      uk->qk(qk_q, kt, rows_p, cols, D, ts->s);
     }
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
     uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
@@ -324,6 +340,19 @@ static void count_bad_v_item(void *ctx, int64_t item, int worker) {
   bad[0] = 0;
   for (int64_t j = 0; j < p->len_k; j++)
     bad[j + 1] = bad[j] + !attn__rows_finite(vbase + j * p->v_stride[2], 0, 1, p->dim_v);
+}
+
+/* Pre-pass item (b, KV head, tile of bc keys) of pre-packed K. */
+static void pack_k_item(void *ctx, int64_t item, int worker) {
+  const fwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const int64_t bc = job->uk->bc, n_tiles = (p->len_k + bc - 1) / bc;
+  (void)worker;
+  const int64_t j0 = item % n_tiles * bc, bhk = item / n_tiles;
+  const int64_t hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
+  const int cols = (int)(p->len_k - j0 < bc ? p->len_k - j0 : bc);
+  job->uk->pack_k(job->k + b * p->k_stride[0] + hk * p->k_stride[1], p->k_stride[2], p->k_stride[3],
+                  j0, cols, p->dim, job->k_packed + bhk * job->k_packed_len + j0 * p->dim);
 }
 
 /* Prefill item (b, h, query block). */
@@ -449,6 +478,14 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   job->v_inplace = !job->decode && p->v_stride[3] == 1 && p->dim_v > 0 &&
                    p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0 &&
                    job->n_qblocks * group >= 2;
+  /* so does K packed once: each query block would pack every K tile it reads again */
+  int64_t kp_bytes = 0;
+  job->k_packed_len = attn__round_up(p->len_k, job->uk->nr) * p->dim;
+  const int kp_fits = attn__mul_ok(p->batch * p->heads_kv, job->k_packed_len, &kp_bytes) &&
+                      attn__mul_ok(kp_bytes, (int64_t)sizeof(float), &kp_bytes) &&
+                      kp_bytes <= K_PREPACK_MAX_BYTES;
+  job->k_prepack = !job->decode && kp_fits && p->dim > 0 && p->len_k > 0 && p->len_q > 0 &&
+                   job->n_qblocks * group >= 2;
   int ok = job->decode ? attn__mul_ok(p->batch, p->heads_kv, n_items) &&
                              attn__mul_ok(*n_items, job->n_chunks, n_items)
                        : attn__mul_ok(p->batch, p->heads_q, n_items) &&
@@ -472,6 +509,12 @@ static size_t partial_floats(const fwd_job *job, int64_t n_items) {
              : 0;
 }
 
+/* Floats of pre-packed K: B·Hkv·round_up(Lk, nr)·D (checked against K_PREPACK_MAX_BYTES). */
+static size_t k_packed_floats(const fwd_job *job) {
+  const attn_params *p = job->pr->p;
+  return job->k_prepack ? (size_t)(p->batch * p->heads_kv) * (size_t)job->k_packed_len : 0;
+}
+
 /* Counts of the in-place V pre-pass: B·Hkv·(Lk + 1) (sizes were checked by attn_params). */
 static size_t bad_v_counts(const fwd_job *job) {
   const attn_params *p = job->pr->p;
@@ -480,33 +523,40 @@ static size_t bad_v_counts(const fwd_job *job) {
 
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
                             const float *k, const float *v, float *o, float *lse, float *probs) {
-  fwd_job job = {uk, pr, q, k, v, o, lse, probs, 0, 0, NULL, 0, 0, 0, NULL, 0, NULL};
+  fwd_job job = {.uk = uk, .pr = pr, .q = q, .k = k, .v = v, .o = o, .lse = lse, .probs = probs};
   int workers = 1;
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st != ATTN_STATUS_OK) return st;
   /* all scratch is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
-  const size_t np = partial_floats(&job, n_items), nb = bad_v_counts(&job);
+  const size_t np = partial_floats(&job, n_items), nb = bad_v_counts(&job),
+               nk = k_packed_floats(&job);
   job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
   if (np) job.partials = malloc(np * sizeof(float));
   if (nb) job.v_bad = malloc(nb * sizeof(int64_t));
-  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad)) {
+  if (nk) job.k_packed = aligned_alloc(64, attn__round_up((int64_t)(nk * sizeof(float)), 64));
+  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad) || (nk && !job.k_packed)) {
     free(job.scratch);
     free(job.partials);
     free(job.v_bad);
+    free(job.k_packed);
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: could not allocate %d x %zu bytes of tile scratch and %zu "
-                      "bytes of partial results and V checks",
-                      workers, job.scratch_bytes, np * sizeof(float) + nb * sizeof(int64_t));
+                      "bytes of partial results, V checks and packed K",
+                      workers, job.scratch_bytes, (np + nk) * sizeof(float) + nb * sizeof(int64_t));
   }
   if (job.decode) {
     attn__parallel_for(workers, n_items, decode_item, &job);
     attn__parallel_for(workers, pr->p->batch * pr->p->heads_kv, merge_item, &job);
   } else {
-    if (job.v_bad)
-      attn__parallel_for(workers, pr->p->batch * pr->p->heads_kv, count_bad_v_item, &job);
+    const attn_params *p = pr->p;
+    if (job.v_bad) attn__parallel_for(workers, p->batch * p->heads_kv, count_bad_v_item, &job);
+    if (job.k_packed)
+      attn__parallel_for(workers, p->batch * p->heads_kv * ((p->len_k + uk->bc - 1) / uk->bc),
+                         pack_k_item, &job);
     attn__parallel_for(workers, n_items, fwd_item, &job);
   }
+  free(job.k_packed);
   free(job.v_bad);
   free(job.partials);
   free(job.scratch);
@@ -515,13 +565,12 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
 
 attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
                                 int with_probs, size_t *bytes) {
-  fwd_job job = {uk,   pr, NULL, NULL, NULL, NULL, NULL, with_probs ? (float *)1 : NULL, 0, 0,
-                 NULL, 0,  0,    0,    NULL, 0,    NULL};
+  fwd_job job = {.uk = uk, .pr = pr, .probs = with_probs ? (float *)1 : NULL};
   int workers = 1;
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st == ATTN_STATUS_OK)
     *bytes = job.scratch_bytes * (size_t)workers + partial_floats(&job, n_items) * sizeof(float) +
-             bad_v_counts(&job) * sizeof(int64_t);
+             bad_v_counts(&job) * sizeof(int64_t) + k_packed_floats(&job) * sizeof(float);
   return st;
 }

@@ -21,7 +21,11 @@ typedef struct attn__fwd_ukernel {
   int mr; /* rows the qk/pv kernels process at once (Q and S rows are padded to it) */
   int nr; /* columns the kernels process at once (S columns are padded to it with −inf) */
   int64_t (*dv_pad)(int64_t dv);
-  /* Packs K rows [j0, j0 + cols) of a strided [L, D] matrix for qk; columns up to nr are zero. */
+  /* Packs K rows [j0, j0 + cols) of a strided [L, D] matrix for qk; columns up to nr are zero.
+   * The layout must be such that packing all of K in calls at j0 = 0, bc, 2·bc, … into
+   * dst + j0·D leaves, for any j0 that is a multiple of nr, the tile at j0 as dst + j0·D: the
+   * driver packs K once per call that way and qk reads slices of it (columns past a tile's cols
+   * then hold the next keys; qk computes them and the driver overwrites them with −inf). */
   void (*pack_k)(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                  int64_t D, float *dst);
   /* Optional (NULL: qk reads Qs as is): rearranges Qs [rows_p, D] into the layout qk reads, once

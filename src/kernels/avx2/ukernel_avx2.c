@@ -10,8 +10,8 @@
  *   pv       acc = α·acc + P·V: 6×16 register block over 16-column panels of V (Dv padded to 16),
  *            α applied when the accumulators are loaded.
  * Tiles: 96 query rows × 128 keys (S tile 48 KiB, K/V panels ≤ 64 KiB at D = 128: L2-resident).
- * Accuracy: exp2 relative error ≤ 1.7e-7 on [−126, 0] (Cephes exp2f.c; tested in test_simd);
- * results below 2^−126 are flushed to 0 (weights under 1e-38 of the row maximum).
+ * Accuracy: exp2 relative error ≤ 1.7e-7 on [−125.5, 0] (Cephes exp2f.c; tested in test_simd);
+ * results below 2^−125.5 are flushed to 0 (weights under 2e-38 of the row maximum).
  * Deliberately not done here: AVX-512 (this development machine has none to test it on).
  */
 #include "../tiled.h"
@@ -86,9 +86,15 @@ static void pack_q_panels(const float *qs, int rows_p, int64_t D, float *qp) {
  * read as contiguous streams (the 16-key panel, 4–8 KiB, stays in L1 across the row groups). */
 static void qk_avx2(const float *qp, const float *kp, int rows_p, int cols, int64_t D, float *s) {
   const int cols_p = (int)attn__round_up(cols, NR);
+  const int64_t panel_lines = NR * D / 16, blocks = rows_p / MR; /* 64-byte lines of a K panel */
   for (int c0 = 0; c0 < cols_p; c0 += NR)
     for (int r0 = 0; r0 < rows_p; r0 += MR) {
       const float *a = qp + (int64_t)r0 * D, *b = kp + (int64_t)c0 * D;
+      /* the next panel (and past the last, the next tile of a K packed whole) comes into L1
+       * while this one is read: each row block fetches its share of its lines */
+      const char *next = (const char *)(kp + (int64_t)(c0 + NR) * D);
+      for (int64_t ln = r0 / MR; ln < panel_lines; ln += blocks)
+        _mm_prefetch(next + 64 * ln, _MM_HINT_T0);
       __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
       __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
       for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
@@ -113,24 +119,29 @@ static void qk_avx2(const float *qp, const float *kp, int rows_p, int cols, int6
     }
 }
 
-/* 2^t for t ≤ 0 (or −inf); 0 where t < −126. Range reduction t = n + f, |f| ≤ ½, then
- * 2^f = 1 + f·P(f) with the degree-5 minimax P of Cephes exp2f.c (peak relative error 1.7e-7),
- * and 2^n inserted into the exponent field. */
+/* 2^t for t ≤ 0 (or −inf); 0 where t < −125.5 (so never a subnormal); NaN for NaN. Range
+ * reduction t = n + f, |f| ≤ ½, with n rounded to nearest by adding 1.5·2^23 + 127 (the sum's low
+ * bits are then n + 127, the biased exponent of 2^n); 2^f = 1 + f·P(f) with the degree-5 minimax
+ * P of Cephes exp2f.c (peak relative error 1.7e-7). The result is (2·2^f)·2^(n−1): the exponent
+ * n + 126 comes from a saturating 16-bit subtraction, which is 0 — a zero result — for n ≤ −126 (t
+ * < −125.5) with no compare, and doubling the coefficients is exact. The clamp keeps t as its
+ * second operand, so a NaN passes through to the result. */
 static inline __m256 exp2_ps(__m256 t) {
-  const __m256 tc = _mm256_max_ps(t, _mm256_set1_ps(-127.0f));
-  const __m256 n = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(tc, n);
-  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256 magic = _mm256_set1_ps(0x1.8p23f + 127.0f);
+  const __m256 tc = _mm256_max_ps(_mm256_set1_ps(-127.0f), t);
+  const __m256 y = _mm256_add_ps(tc, magic);
+  const __m256 f = _mm256_sub_ps(tc, _mm256_sub_ps(y, magic));
+  __m256 p = _mm256_set1_ps(2 * 1.535336188319500e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2 * 1.339887440266574e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2 * 9.618437357674640e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2 * 5.550332471162809e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2 * 2.402264791363012e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2 * 6.931472028550421e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.0f));
+  /* y's low 16 bits hold n + 127 (its high half is 0x4B40 and shifts out) */
   const __m256i e =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(_mm256_cmp_ps(t, _mm256_set1_ps(-126.0f), _CMP_LT_OQ), r);
+      _mm256_slli_epi32(_mm256_subs_epu16(_mm256_castps_si256(y), _mm256_set1_epi32(1)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 /* Horizontal sum and max in a fixed order: ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)). */
@@ -148,34 +159,46 @@ static inline float hmax8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+/* Per row: the maximum in one pass (loads and vmax only: a NaN score is skipped there), then
+ * P = exp2((S − m)·log2 e) and the row sum, 16 scores per step in two chains. A visible NaN
+ * reaches the sum (exp2_ps passes it through; with m finite nothing else can make the sum NaN),
+ * and the row then takes the state the scalar rule gives it: m, l, α and P all NaN. */
 static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float *alpha) {
   const int cols_p = (int)attn__round_up(cols, NR); /* padding columns hold −inf */
   const __m256 log2e = _mm256_set1_ps(0x1.715476p+0f);
   for (int r = 0; r < rows; r++) {
     float *row = s + r * BC;
-    __m256 mx = _mm256_set1_ps(-INFINITY), unordered = _mm256_setzero_ps();
-    for (int c = 0; c < cols_p; c += 8) {
-      const __m256 x = _mm256_load_ps(row + c);
-      mx = _mm256_max_ps(mx, x);
-      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    __m256 mx0 = _mm256_set1_ps(-INFINITY), mx1 = mx0;
+    for (int c = 0; c < cols_p; c += NR) { /* x first: a NaN x leaves mx as it was */
+      mx0 = _mm256_max_ps(_mm256_load_ps(row + c), mx0);
+      mx1 = _mm256_max_ps(_mm256_load_ps(row + c + 8), mx1);
     }
-    const float mt = _mm256_movemask_ps(unordered) ? NAN : hmax8(mx);
+    const float mt = hmax8(_mm256_max_ps(mx0, mx1));
     const float m_old = m[r];
-    const float m_new = (isnan(m_old) || isnan(mt)) ? NAN : (mt > m_old ? mt : m_old);
-    if (!isfinite(m_new)) { /* nothing visible yet, a visible NaN, or +inf: the scalar rules */
+    const float m_new = isnan(m_old) ? NAN : (mt > m_old ? mt : m_old);
+    if (!isfinite(m_new)) { /* nothing visible yet, a NaN so far, or +inf: the scalar rules */
       attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
       continue;
     }
     const __m256 vm = _mm256_set1_ps(m_new);
-    __m256 sum = _mm256_setzero_ps();
-    for (int c = 0; c < cols_p; c += 8) {
-      const __m256 e = exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c), vm), log2e));
-      _mm256_store_ps(row + c, e);
-      sum = _mm256_add_ps(sum, e);
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
+    for (int c = 0; c < cols_p; c += NR) {
+      const __m256 e0 = exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c), vm), log2e));
+      const __m256 e1 =
+          exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c + 8), vm), log2e));
+      _mm256_store_ps(row + c, e0), _mm256_store_ps(row + c + 8, e1);
+      sum0 = _mm256_add_ps(sum0, e0), sum1 = _mm256_add_ps(sum1, e1);
+    }
+    const float sum = hsum8(_mm256_add_ps(sum0, sum1));
+    if (isnan(sum)) { /* a visible NaN score */
+      for (int c = 0; c < cols_p; c++)
+        row[c] = NAN;
+      m[r] = l[r] = alpha[r] = NAN;
+      continue;
     }
     const float a = expf(m_old - m_new);
     alpha[r] = a;
-    l[r] = l[r] * a + hsum8(sum);
+    l[r] = l[r] * a + sum;
     m[r] = m_new;
   }
 }
