@@ -30,8 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if !defined(ATTN_BWD_FN) || !defined(ATTN_BWD_SCRATCH_FN)
-#error "define ATTN_BWD_FN and ATTN_BWD_SCRATCH_FN before including bwd_tiled_body.h"
+#if !defined(ATTN_BWD_FN) || !defined(ATTN_BWD_SCRATCH_FN) || !defined(ATTN_BWD_EXP_FN)
+#error                                                                                             \
+    "define ATTN_BWD_FN, ATTN_BWD_SCRATCH_FN and ATTN_BWD_EXP_FN before including bwd_tiled_body.h"
 #endif
 
 enum { BR = 64, BC = 64, VL = 8, NB = 16 /* gemm column block: 2 vectors */, MB = 4 };
@@ -64,28 +65,45 @@ static inline v8f select8(v8i m, v8f a, v8f b) { /* m ? a : b, m lanes all ones 
   return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
 }
 
-/* exp(x) on 8 lanes: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial), the
- * same scheme as the AVX2 forward's; relative error below 2e-7 on [−87.3, 88]. x < −87.3 (and −inf)
- * gives 0, NaN stays NaN. */
+/* exp(x) on 8 lanes: Cephes expf — n = round(x·log2 e) by adding 1.5·2^23 + 127 (the sum's low
+ * bits are then n + 127), r = x − n·ln 2 in two parts, e^r = 1 + r + r²·P(r) with P of degree 5
+ * — evaluated as 2·e^r (every coefficient doubled, exactly) times 2^(n−1), whose exponent n + 126
+ * is clamped at 0: a zero result for n ≤ −126 (x·log2 e < −125.5, x < −86.989; never a
+ * subnormal) with no compare on the result. Relative error below 2e-7 on [−86.98, 88] (tested in
+ * test_simd); x > 88 is taken as 88; NaN gives NaN (the clamps keep it, NaN·2^k is NaN). */
 static inline v8f exp8(v8f x) {
-  const v8f lo = splat(-87.3365f), hi = splat(88.0f);
-  const v8i is_nan = x != x, under = x < lo;
-  v8f xc = select8(x < lo, lo, x);
-  xc = select8(xc > hi, hi, xc);
-  xc = select8(is_nan, splat(0.0f), xc);
-  const v8f magic = splat(12582912.0f); /* 1.5 · 2^23: adding it rounds to an integer */
-  const v8f n = (xc * splat(1.44269504088896341f) + magic) - magic;
-  const v8f r = (xc - n * splat(0.693359375f)) - n * splat(-2.12194440e-4f);
-  v8f y = splat(1.9875691500e-4f);
-  y = y * r + splat(1.3981999507e-3f);
-  y = y * r + splat(8.3334519073e-3f);
-  y = y * r + splat(4.1665795894e-2f);
-  y = y * r + splat(1.6666665459e-1f);
-  y = y * r + splat(5.0000001201e-1f);
-  y = (y * (r * r) + r) + splat(1.0f);
-  const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
-  const v8f out = y * (v8f)e;
-  return select8(is_nan, x, select8(under, splat(0.0f), out));
+  v8f xc = select8(x < splat(-87.5f), splat(-87.5f), x);
+  xc = select8(xc > splat(88.0f), splat(88.0f), xc);
+  const v8f magic = splat(0x1.8p23f + 127.0f);
+  const v8f y = madd(magic, xc, splat(1.44269504088896341f));
+  const v8f n = y - magic;
+  v8f r = madd(xc, n, splat(-0.693359375f));
+  r = madd(r, n, splat(2.12194440e-4f));
+  v8f q = splat(2 * 1.9875691500e-4f);
+  q = madd(splat(2 * 1.3981999507e-3f), q, r);
+  q = madd(splat(2 * 8.3334519073e-3f), q, r);
+  q = madd(splat(2 * 4.1665795894e-2f), q, r);
+  q = madd(splat(2 * 1.6666665459e-1f), q, r);
+  q = madd(splat(2 * 5.0000001201e-1f), q, r);
+  const v8f twice = madd(madd(splat(2.0f), splat(2.0f), r), q, r * r); /* 2 + 2r + r²·2P */
+  v8i k = ((v8i)y & 0xffff) - 1;
+  k &= k >= 0;
+  return twice * (v8f)(k << 23);
+}
+
+/* exp8 over an array, for tests (test_simd): y[i] = exp(x[i]). */
+void ATTN_BWD_EXP_FN(const float *x, float *y, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL)
+    st8(y + i, exp8(ld8(x + i)));
+  if (i < n) {
+    float in[VL] = {0}, out[VL];
+    for (int j = 0; i + j < n; j++)
+      in[j] = x[i + j];
+    st8(out, exp8(ld8(in)));
+    for (int j = 0; i + j < n; j++)
+      y[i + j] = out[j];
+  }
 }
 
 /* Rows [i, i + R) of C [m, n] = (accumulate ? C : 0) + A·B (see gemm); R ≤ 6 is a constant after
@@ -299,6 +317,11 @@ static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_
     const unsigned char *vrow = w->vis + r * BC;
     float *dsrow = w->ds + r * BC;
     const float delta = w->delta[r];
+    if (whole) { /* every pair visible, no softcap: the same two operations, 8 lanes at a time */
+      for (int c = 0; c < cols_p; c += VL)
+        st8(dsrow + c, ld8(prow + c) * (ld8(dsrow + c) - splat(delta)));
+      continue;
+    }
     for (int c = 0; c < cols_p; c++) {
       float ds = prow[c] * (dsrow[c] - delta);
       if (!whole && !vrow[c])
