@@ -257,7 +257,8 @@ int cmd_bench(int argc, char **argv) {
     const double cores = (double)(cpus > 0 && cpus < threads ? cpus : threads);
     if (peak < one * cores) peak = one * cores;
     bandwidth = machine_read_bandwidth_gbs(threads);
-    machine_block_gflops(threads, &block, &block_best);
+    if (resolved == ATTN_KERNEL_AVX2) /* the AVX2 products' block; no ceiling line for others */
+      machine_block_gflops(threads, &block, &block_best);
   }
   if (csv) {
     printf(

@@ -53,6 +53,32 @@ __attribute__((target("avx2,fma"))) static void *peak_avx2(void *argp) {
   return NULL;
 }
 
+/* The same with 16-lane registers, for CPUs with AVX-512: their FMA peak. */
+__attribute__((target("avx512f"))) static void *peak_avx512(void *argp) {
+  peak_arg *arg = argp;
+  const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+  __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2),
+         a3 = _mm512_set1_ps(3), a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5),
+         a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7), a8 = _mm512_set1_ps(8),
+         a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
+  for (long it = 0; it < PEAK_ITERS; it++) {
+    a0 = _mm512_fmadd_ps(a0, x, y), a1 = _mm512_fmadd_ps(a1, x, y);
+    a2 = _mm512_fmadd_ps(a2, x, y), a3 = _mm512_fmadd_ps(a3, x, y);
+    a4 = _mm512_fmadd_ps(a4, x, y), a5 = _mm512_fmadd_ps(a5, x, y);
+    a6 = _mm512_fmadd_ps(a6, x, y), a7 = _mm512_fmadd_ps(a7, x, y);
+    a8 = _mm512_fmadd_ps(a8, x, y), a9 = _mm512_fmadd_ps(a9, x, y);
+    a10 = _mm512_fmadd_ps(a10, x, y), a11 = _mm512_fmadd_ps(a11, x, y);
+  }
+  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                           _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+  s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+  float out[16];
+  _mm512_storeu_ps(out, s);
+  arg->sink = out[0];
+  arg->flops = (double)PEAK_ITERS * 12 * 16 * 2;
+  return NULL;
+}
+
 enum { BLOCK_DEPTH = 256, BLOCK_REPS = 20000 };
 
 /* The inner loop of attn's AVX2 products alone: a 6 × 16 register block (12 accumulators; per
@@ -135,6 +161,7 @@ double machine_fma_peak_gflops(int threads) {
 #ifdef HAVE_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) fn = peak_avx2;
+  if (__builtin_cpu_supports("avx512f")) fn = peak_avx512;
 #endif
   double best = 0;
   for (int rep = 0; rep < 3; rep++) { /* best of three: the peak is an upper bound */

@@ -7,7 +7,8 @@
 #ifndef ATTN_MACHINE_H
 #define ATTN_MACHINE_H
 
-/* fp32 GFLOP/s of `threads` threads running independent FMAs (AVX2 when the CPU has it). */
+/* fp32 GFLOP/s of `threads` threads running independent FMAs on the widest vectors the CPU has
+ * (AVX-512, else AVX2): the machine's peak, whichever kernel is measured against it. */
 double machine_fma_peak_gflops(int threads);
 
 /* fp32 GFLOP/s of `threads` threads running the 6 × 16 register block of attn's AVX2 products

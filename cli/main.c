@@ -28,7 +28,7 @@ static void usage(FILE *f) {
         "  attn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse LSE.npy] [--probs P.npy]\n"
         "           [--scale S] [--causal] [--align top-left|bottom-right] [--window LEFT,RIGHT]\n"
         "           [--kv-len N0,N1,...] [--mask M.npy] [--bias B.npy] [--softcap C]\n"
-        "           [--alibi SLOPES.npy] [--threads N] [--kernel auto|ref|generic|avx2]\n"
+        "           [--alibi SLOPES.npy] [--threads N] [--kernel auto|ref|generic|avx2|avx512]\n"
         "  attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy\n"
         "           --dv DV.npy [--dbias DB.npy] [--out O.npy] [--lse LSE.npy] [--probs P.npy]\n"
         "           [every option of attn run]\n"

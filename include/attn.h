@@ -132,13 +132,15 @@ typedef enum attn_align {
  * different kernels may differ in the last bits. */
 typedef enum attn_kernel {
   ATTN_KERNEL_AUTO = 0, /* the fastest kernel this CPU supports, or the one the environment
-                           variable ATTN_ISA names (ref, generic, avx2): an ATTN_ISA the CPU
+                           variable ATTN_ISA names (ref, generic, avx2, avx512): an ATTN_ISA the CPU
                            cannot run fails with ATTN_STATUS_UNSUPPORTED_ISA, an unknown one with
                            ATTN_STATUS_INVALID_ARGUMENT — never a silent fallback */
   ATTN_KERNEL_REF = 1,  /* textbook formula, fp64 accumulation, materialised scores: the oracle */
   ATTN_KERNEL_GENERIC =
       2,                /* fused tiled online-softmax kernel in portable C, O(tile) extra memory */
   ATTN_KERNEL_AVX2 = 3, /* the fused kernel with AVX2 + FMA microkernels (x86-64) */
+  ATTN_KERNEL_AVX512 = 4, /* the fused kernel with AVX-512 (F, BW) microkernels for the forward
+                             (x86-64; the backward and decode blocks run the AVX2 code) */
   ATTN_KERNEL_COUNT_
 } attn_kernel;
 
@@ -315,7 +317,7 @@ ATTN_API const char *attn_last_error(void);
 /* "0.1.0" */
 ATTN_API const char *attn_version(void);
 
-/* Kernel names: "auto", "ref", "generic", "avx2". attn_kernel_from_name returns
+/* Kernel names: "auto", "ref", "generic", "avx2", "avx512". attn_kernel_from_name returns
  * ATTN_KERNEL_COUNT_ for an unknown name. */
 ATTN_API const char *attn_kernel_name(attn_kernel kernel);
 ATTN_API attn_kernel attn_kernel_from_name(const char *name);

@@ -27,6 +27,7 @@ static void detect(void) {
   attn_cpu_features(buf, sizeof buf);
   /* whole-word matches in the feature list built below */
   detected.avx2_fma = strstr(buf, "avx2") != NULL && strstr(buf, "fma") != NULL;
+  detected.avx512 = strstr(buf, "avx512f") != NULL && strstr(buf, "avx512bw") != NULL;
 }
 
 const attn__cpu *attn__cpu_get(void) {

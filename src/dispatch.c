@@ -13,6 +13,7 @@
 static int always(void) { return 1; }
 #if defined(__x86_64__) || defined(__i386__)
 static int has_avx2_fma(void) { return attn__cpu_get()->avx2_fma; }
+static int has_avx512(void) { return attn__cpu_get()->avx512 && attn__cpu_get()->avx2_fma; }
 #endif
 
 typedef struct kernel_entry {
@@ -27,10 +28,12 @@ typedef struct kernel_entry {
 
 static const kernel_entry kernels[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {ATTN_KERNEL_AVX2, 1, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2,
+    {ATTN_KERNEL_AVX512, 1, has_avx512, attn__fwd_f32__avx512, attn__scratch_f32__avx512,
+     attn__bwd_f32__avx2, attn__bwd_scratch_f32__avx2},
+    {ATTN_KERNEL_AVX2, 2, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2,
      attn__bwd_f32__avx2, attn__bwd_scratch_f32__avx2},
 #endif
-    {ATTN_KERNEL_GENERIC, 2, always, attn__fwd_f32__generic, attn__scratch_f32__generic,
+    {ATTN_KERNEL_GENERIC, 3, always, attn__fwd_f32__generic, attn__scratch_f32__generic,
      attn__bwd_f32__generic, attn__bwd_scratch_f32__generic},
     {ATTN_KERNEL_REF, 0, always, attn__fwd_f32__ref, attn__scratch_f32__ref, attn__bwd_f32__ref,
      attn__bwd_scratch_f32__ref},
@@ -44,7 +47,7 @@ static const kernel_entry *find(attn_kernel id) {
 }
 
 const char *attn_kernel_name(attn_kernel kernel) {
-  static const char *const names[ATTN_KERNEL_COUNT_] = {"auto", "ref", "generic", "avx2"};
+  static const char *const names[ATTN_KERNEL_COUNT_] = {"auto", "ref", "generic", "avx2", "avx512"};
   return (unsigned)kernel < ATTN_KERNEL_COUNT_ ? names[kernel] : "unknown";
 }
 
@@ -98,8 +101,8 @@ attn_status attn__resolve_kernel(const char *fn, attn_kernel requested, attn_ker
     }
     if (env_isa.kernel == ATTN_KERNEL_COUNT_)
       return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                        "%s: ATTN_ISA=%s is not a kernel name (ref, generic, avx2, auto)", fn,
-                        env_isa.value);
+                        "%s: ATTN_ISA=%s is not a kernel name (ref, generic, avx2, avx512, auto)",
+                        fn, env_isa.value);
     k = env_isa.kernel;
   }
   if (!attn_kernel_supported(k)) {

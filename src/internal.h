@@ -82,6 +82,8 @@ attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, cons
                                    const float *v, float *o, float *lse, float *probs);
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
                                 const float *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__avx512(const attn__problem *pr, const float *q, const float *k,
+                                  const float *v, float *o, float *lse, float *probs);
 
 typedef attn_status (*attn__bwd_fn)(const attn__problem *pr, const attn__bwd_tensors *t);
 attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors *t);
@@ -100,6 +102,7 @@ attn_status attn__resolve_kernel(const char *fn, attn_kernel requested, attn_ker
 /* CPU features, detected once (cpu.c). */
 typedef struct attn__cpu {
   int avx2_fma; /* AVX2 and FMA with OS-saved YMM state */
+  int avx512;   /* AVX-512 F and BW with OS-saved ZMM state */
 } attn__cpu;
 const attn__cpu *attn__cpu_get(void);
 
@@ -108,6 +111,7 @@ typedef attn_status (*attn__scratch_fn)(const attn__problem *pr, int with_probs,
 attn_status attn__scratch_f32__ref(const attn__problem *pr, int with_probs, size_t *bytes);
 attn_status attn__scratch_f32__generic(const attn__problem *pr, int with_probs, size_t *bytes);
 attn_status attn__scratch_f32__avx2(const attn__problem *pr, int with_probs, size_t *bytes);
+attn_status attn__scratch_f32__avx512(const attn__problem *pr, int with_probs, size_t *bytes);
 
 attn_status attn__bwd_scratch_f32__ref(const attn__problem *pr, int with_dbias, size_t *bytes);
 attn_status attn__bwd_scratch_f32__generic(const attn__problem *pr, int with_dbias, size_t *bytes);

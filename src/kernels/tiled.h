@@ -97,6 +97,18 @@ void attn__softmax_row_scalar(float *row, int cols, float *m, float *l, float *a
 extern const attn__fwd_ukernel attn__ukernel_generic;
 #if defined(__x86_64__) || defined(__i386__)
 extern const attn__fwd_ukernel attn__ukernel_avx2;
+extern const attn__fwd_ukernel attn__ukernel_avx512;
+/* Parts of the AVX2 set that the AVX-512 set shares (ukernel_avx2.c; AVX2 + FMA only): K packing
+ * in panels of w keys (w a multiple of 8), the masked P·V and the decode direct forms, all with S
+ * rows 128 floats apart (bc = 128). */
+void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
+                              int cols, int64_t D, float *dst, int w);
+void attn__pv_masked_avx2(const float *p, const float *vs, const float *alpha,
+                          const unsigned char *vis, int rows_p, int cols, int64_t dvp, float *acc);
+void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,
+                          int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv);
+int attn__pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha, int rows,
+                         int cols, int64_t Dv, int64_t dvp, float *acc);
 #endif
 
 static inline int64_t attn__round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

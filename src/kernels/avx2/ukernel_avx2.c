@@ -47,20 +47,20 @@ static inline void transpose8(const float *src, int64_t ld_src, float *dst, int6
   _mm256_store_ps(dst + 7 * ld_dst, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
-/* Kp, panel-major: panel c/16 is a contiguous [D, 16] block, Kp[(c/16)·16·D + d·16 + c%16] =
- * K[j0 + c][d]; columns [cols, round_up(cols, 16)) zero. Contiguous rows go through 8×8 register
- * transposes; the rest element by element. */
-static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
-                          int cols, int64_t D, float *dst) {
-  const int cols_p = (int)attn__round_up(cols, NR);
-#define ATTN__KP(c, d) dst[(int64_t)((c) / NR) * NR * D + (d)*NR + (c) % NR]
+/* Kp, panel-major with panels of w keys (a multiple of 8): panel c/w is a contiguous [D, w] block,
+ * Kp[(c/w)·w·D + d·w + c%w] = K[j0 + c][d]; columns [cols, round_up(cols, w)) zero. Contiguous
+ * rows go through 8×8 register transposes; the rest element by element. */
+void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
+                              int cols, int64_t D, float *dst, int w) {
+  const int cols_p = (int)attn__round_up(cols, w);
+#define ATTN__KP(c, d) dst[(int64_t)((c) / w) * w * D + (d)*w + (c) % w]
   int c = 0;
   int64_t d8 = 0;
   if (col_stride == 1) {
     d8 = D & ~(int64_t)7;
     for (; c + 8 <= cols; c += 8)
       for (int64_t d = 0; d < d8; d += 8)
-        transpose8(src + (j0 + c) * row_stride + d, row_stride, &ATTN__KP(c, d), NR);
+        transpose8(src + (j0 + c) * row_stride + d, row_stride, &ATTN__KP(c, d), w);
   }
   for (int cc = 0; cc < cols; cc++) { /* whatever the blocks did not cover */
     const float *row = src + (j0 + cc) * row_stride;
@@ -71,6 +71,11 @@ static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stri
     for (int64_t d = 0; d < D; d++)
       ATTN__KP(cc, d) = 0.0f;
 #undef ATTN__KP
+}
+
+static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
+                          int cols, int64_t D, float *dst) {
+  attn__pack_k_panels_avx2(src, row_stride, col_stride, j0, cols, D, dst, NR);
 }
 
 /* Qp, micro-panel-major: rows r0..r0+5 form a contiguous [D, 6] block, so the six broadcasts of
@@ -245,9 +250,8 @@ static void pv_avx2(const float *p, const float *vs, int64_t ldv, const float *a
  * operations in the same order as in pv_avx2 (acc·α, then one fused multiply-add per visible key
  * in key order; fmaf is the same correctly rounded operation as a vfmadd lane), so it gives the
  * same bits whenever the skipped contributions would have been exact zeros. */
-static void pv_masked_avx2(const float *p, const float *vs, const float *alpha,
-                           const unsigned char *vis, int rows_p, int cols, int64_t dvp,
-                           float *acc) {
+void attn__pv_masked_avx2(const float *p, const float *vs, const float *alpha,
+                          const unsigned char *vis, int rows_p, int cols, int64_t dvp, float *acc) {
   for (int r = 0; r < rows_p; r++)
     for (int64_t d = 0; d < dvp; d++) {
       float a = acc[(int64_t)r * dvp + d] * alpha[r];
@@ -296,8 +300,8 @@ static inline __attribute__((always_inline)) void qk_direct_rows(int R, const fl
  * k_rs), vectorised along D. Two keys and up to four query rows per pass (4 rows: 6 loads per 8
  * multiply-adds). Per S element the lanes hold partial sums over d ≡ lane (mod 8), reduced by
  * hsum8: the same operations in the same order whatever the grouping. */
-static void qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,
-                           int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv) {
+void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,
+                          int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv) {
   /* K rows are prefetched 4 keys ahead: the hardware prefetcher alone left decode at 0.75–0.88×
    * of this speed (Lq = 1, Lk = 32768, Hkv = 8, D = 64 and 128; 8 or 16 keys ahead did worse) */
   enum { AHEAD = 4 };
@@ -367,8 +371,8 @@ pv_direct_rows(int R, const float *p, const float *v, int64_t v_rs, const float 
  * agree bitwise whenever V is finite. Returns 1 if every V value read was finite; otherwise acc
  * is unspecified and the caller redoes the tile with pv_masked. The check is Σ V·0, NaN exactly
  * when some V is ±inf or NaN: one multiply-add per V vector, no second pass over V. */
-static int pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha,
-                          int rows, int cols, int64_t Dv, int64_t dvp, float *acc) {
+int attn__pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha, int rows,
+                         int cols, int64_t Dv, int64_t dvp, float *acc) {
   __m256 check = _mm256_setzero_ps();
   for (int64_t d0 = 0; d0 < Dv; d0 += 16) {
     int r = 0;
@@ -420,9 +424,9 @@ const attn__fwd_ukernel attn__ukernel_avx2 = {
     qk_avx2,
     softmax_avx2,
     pv_avx2,
-    pv_masked_avx2,
-    qk_direct_avx2,
-    pv_direct_avx2,
+    attn__pv_masked_avx2,
+    attn__qk_direct_avx2,
+    attn__pv_direct_avx2,
 };
 
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
