@@ -130,7 +130,7 @@ static void sweep_numbers(void) {
   for (int64_t i = 0; i < tbuf_count(&c.bias); i++)
     bb[i] = -1e5f - (float)(i % 7);
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
-    t_check_case(&c, (attn_kernel)k, 1, 1);
+    if (attn_kernel_supported((attn_kernel)k)) t_check_case(&c, (attn_kernel)k, 1, 1);
   tcase_free(&c);
 }
 
