@@ -15,6 +15,8 @@
 
 #include "../internal.h"
 
+#include <math.h>
+
 typedef struct attn__fwd_ukernel {
   int br; /* query rows per block: a multiple of mr */
   int bc; /* keys per tile: a multiple of nr */
@@ -93,6 +95,32 @@ void attn__score_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int6
 /* Portable scalar online-softmax update of one row (used by every set for rows whose running max
  * is not finite, and by the generic set for all rows). */
 void attn__softmax_row_scalar(float *row, int cols, float *m, float *l, float *alpha);
+
+/* The scalar ends of a vector set's row update. A SIMD row maximum that skips NaN scores gives mt;
+ * the new running maximum is *m_new, and the vector path applies if it is finite (else the row
+ * takes attn__softmax_row_scalar, which sees NaN). */
+static inline int attn__softmax_vector_max(float mt, float m_old, float *m_new) {
+  *m_new = isnan(m_old) ? NAN : (mt > m_old ? mt : m_old);
+  return isfinite(*m_new) != 0;
+}
+
+/* After the vector pass wrote P = exp(S − m_new) over the row's cols_p columns and summed it: a
+ * NaN sum means a visible NaN score (with m_new finite nothing else makes it NaN), and the row
+ * takes the state the scalar rule gives it — P, m, l and α all NaN; else α = exp(m_old − m_new),
+ * l = α·l + sum, m = m_new. */
+static inline void attn__softmax_vector_done(float *row, int cols_p, float sum, float m_old,
+                                             float m_new, float *m, float *l, float *alpha) {
+  if (isnan(sum)) {
+    for (int c = 0; c < cols_p; c++)
+      row[c] = NAN;
+    *m = *l = *alpha = NAN;
+    return;
+  }
+  const float a = expf(m_old - m_new);
+  *alpha = a;
+  *l = *l * a + sum;
+  *m = m_new;
+}
 
 extern const attn__fwd_ukernel attn__ukernel_generic;
 #if defined(__x86_64__) || defined(__i386__)

@@ -178,10 +178,9 @@ static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float
       mx0 = _mm256_max_ps(_mm256_load_ps(row + c), mx0);
       mx1 = _mm256_max_ps(_mm256_load_ps(row + c + 8), mx1);
     }
-    const float mt = hmax8(_mm256_max_ps(mx0, mx1));
     const float m_old = m[r];
-    const float m_new = isnan(m_old) ? NAN : (mt > m_old ? mt : m_old);
-    if (!isfinite(m_new)) { /* nothing visible yet, a NaN so far, or +inf: the scalar rules */
+    float m_new;
+    if (!attn__softmax_vector_max(hmax8(_mm256_max_ps(mx0, mx1)), m_old, &m_new)) {
       attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
       continue;
     }
@@ -194,17 +193,8 @@ static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float
       _mm256_store_ps(row + c, e0), _mm256_store_ps(row + c + 8, e1);
       sum0 = _mm256_add_ps(sum0, e0), sum1 = _mm256_add_ps(sum1, e1);
     }
-    const float sum = hsum8(_mm256_add_ps(sum0, sum1));
-    if (isnan(sum)) { /* a visible NaN score */
-      for (int c = 0; c < cols_p; c++)
-        row[c] = NAN;
-      m[r] = l[r] = alpha[r] = NAN;
-      continue;
-    }
-    const float a = expf(m_old - m_new);
-    alpha[r] = a;
-    l[r] = l[r] * a + sum;
-    m[r] = m_new;
+    attn__softmax_vector_done(row, cols_p, hsum8(_mm256_add_ps(sum0, sum1)), m_old, m_new, &m[r],
+                              &l[r], &alpha[r]);
   }
 }
 

@@ -93,10 +93,9 @@ static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, flo
       mx0 = _mm512_max_ps(_mm512_load_ps(row + c), mx0);
       mx1 = _mm512_max_ps(_mm512_load_ps(row + c + 16), mx1);
     }
-    const float mt = _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1));
     const float m_old = m[r];
-    const float m_new = isnan(m_old) ? NAN : (mt > m_old ? mt : m_old);
-    if (!isfinite(m_new)) { /* nothing visible yet, a NaN so far, or +inf: the scalar rules */
+    float m_new;
+    if (!attn__softmax_vector_max(_mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)), m_old, &m_new)) {
       attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
       continue;
     }
@@ -110,17 +109,8 @@ static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, flo
       _mm512_store_ps(row + c, e0), _mm512_store_ps(row + c + 16, e1);
       sum0 = _mm512_add_ps(sum0, e0), sum1 = _mm512_add_ps(sum1, e1);
     }
-    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
-    if (isnan(sum)) { /* a visible NaN score: the state the scalar rule gives the row */
-      for (int c = 0; c < cols_p; c++)
-        row[c] = NAN;
-      m[r] = l[r] = alpha[r] = NAN;
-      continue;
-    }
-    const float a = expf(m_old - m_new);
-    alpha[r] = a;
-    l[r] = l[r] * a + sum;
-    m[r] = m_new;
+    attn__softmax_vector_done(row, cols_p, _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1)), m_old,
+                              m_new, &m[r], &l[r], &alpha[r]);
   }
 }
 
