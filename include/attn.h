@@ -139,8 +139,8 @@ typedef enum attn_kernel {
   ATTN_KERNEL_GENERIC =
       2,                /* fused tiled online-softmax kernel in portable C, O(tile) extra memory */
   ATTN_KERNEL_AVX2 = 3, /* the fused kernel with AVX2 + FMA microkernels (x86-64) */
-  ATTN_KERNEL_AVX512 = 4, /* the fused kernel with AVX-512 (F, BW) microkernels for the forward
-                             (x86-64; the backward and decode blocks run the AVX2 code) */
+  ATTN_KERNEL_AVX512 = 4, /* the fused kernel with AVX-512 (F, BW) microkernels and the backward
+                             on 16-lane vectors (x86-64; decode blocks run the AVX2 code) */
   ATTN_KERNEL_COUNT_
 } attn_kernel;
 

@@ -29,7 +29,7 @@ typedef struct kernel_entry {
 static const kernel_entry kernels[] = {
 #if defined(__x86_64__) || defined(__i386__)
     {ATTN_KERNEL_AVX512, 1, has_avx512, attn__fwd_f32__avx512, attn__scratch_f32__avx512,
-     attn__bwd_f32__avx2, attn__bwd_scratch_f32__avx2},
+     attn__bwd_f32__avx512, attn__bwd_scratch_f32__avx512},
     {ATTN_KERNEL_AVX2, 2, has_avx2_fma, attn__fwd_f32__avx2, attn__scratch_f32__avx2,
      attn__bwd_f32__avx2, attn__bwd_scratch_f32__avx2},
 #endif

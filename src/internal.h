@@ -89,6 +89,7 @@ typedef attn_status (*attn__bwd_fn)(const attn__problem *pr, const attn__bwd_ten
 attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors *t);
 attn_status attn__bwd_f32__generic(const attn__problem *pr, const attn__bwd_tensors *t);
 attn_status attn__bwd_f32__avx2(const attn__problem *pr, const attn__bwd_tensors *t);
+attn_status attn__bwd_f32__avx512(const attn__problem *pr, const attn__bwd_tensors *t);
 
 /* The ref kernels' visibility rule for pair (i, j) of batch b, head h (fwd_ref.c): 1 if visible,
  * with the pair's bias (0 without one) in *bias. */
@@ -116,6 +117,7 @@ attn_status attn__scratch_f32__avx512(const attn__problem *pr, int with_probs, s
 attn_status attn__bwd_scratch_f32__ref(const attn__problem *pr, int with_dbias, size_t *bytes);
 attn_status attn__bwd_scratch_f32__generic(const attn__problem *pr, int with_dbias, size_t *bytes);
 attn_status attn__bwd_scratch_f32__avx2(const attn__problem *pr, int with_dbias, size_t *bytes);
+attn_status attn__bwd_scratch_f32__avx512(const attn__problem *pr, int with_dbias, size_t *bytes);
 
 /* The entry points of a resolved (non-AUTO, supported) kernel. */
 attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);

@@ -52,6 +52,7 @@ static void test_exp2(const char *name, void (*fn)(const float *, float *, int64
 void attn__bwd_exp__generic(const float *x, float *y, int64_t n);
 #if defined(__x86_64__) || defined(__i386__)
 void attn__bwd_exp__avx2(const float *x, float *y, int64_t n);
+void attn__bwd_exp__avx512(const float *x, float *y, int64_t n);
 #endif
 static void test_bwd_exp(const char *name, void (*fn)(const float *, float *, int64_t)) {
   enum { N = 1000003 }; /* odd: the scalar tail runs too */
@@ -86,10 +87,12 @@ int main(void) {
     test_exp2("avx2", attn__exp2_avx2);
   else
     printf("  exp2 avx2: SKIP (no AVX2/FMA)\n");
-  if (attn__cpu_get()->avx512)
+  if (attn__cpu_get()->avx512) {
     test_exp2("avx512", attn__exp2_avx512);
-  else
-    printf("  exp2 avx512: SKIP (no AVX-512 F/BW)\n");
+    test_bwd_exp("avx512", attn__bwd_exp__avx512);
+  } else {
+    printf("  exp2 avx512, exp avx512: SKIP (no AVX-512 F/BW)\n");
+  }
   if (attn__cpu_get()->avx2_fma)
     test_bwd_exp("avx2", attn__bwd_exp__avx2);
   else

@@ -1,8 +1,9 @@
 /*
  * bwd_tiled_body.h — the fused FlashAttention-2 backward (Dao, arXiv:2307.08691, Algorithm 2),
- * written once in C with GCC/Clang vector extensions (8-lane float vectors) and compiled once per
- * instruction set: generic/bwd_generic.c (baseline ISA) and avx2/bwd_avx2.c (-mavx2 -mfma), each of
- * which defines ATTN_BWD_FN and ATTN_BWD_SCRATCH_FN and includes this file.
+ * written once in C with GCC/Clang vector extensions and compiled once per instruction set:
+ * generic/bwd_generic.c (baseline ISA, 8 lanes), avx2/bwd_avx2.c (-mavx2 -mfma, 8 lanes) and
+ * avx512/bwd_avx512.c (-mavx512f, 16 lanes), each of which defines ATTN_BWD_FN,
+ * ATTN_BWD_SCRATCH_FN and ATTN_BWD_EXP_FN (and ATTN_BWD_VL, ATTN_BWD_FMA) and includes this file.
  *
  * Passes (each a parallel loop over items that write disjoint memory, so no atomics):
  *   1. Δ = rowsum(dO∘O)                          items (b, h, query block)
@@ -35,72 +36,85 @@
     "define ATTN_BWD_FN, ATTN_BWD_SCRATCH_FN and ATTN_BWD_EXP_FN before including bwd_tiled_body.h"
 #endif
 
-enum { BR = 64, BC = 64, VL = 8, NB = 16 /* gemm column block: 2 vectors */, MB = 4 };
+/* Lanes per vector: 8 (baseline and AVX2 builds) or 16 (the AVX-512 build sets ATTN_BWD_VL). */
+#ifndef ATTN_BWD_VL
+#define ATTN_BWD_VL 8
+#endif
+enum { BR = 64, BC = 64, VL = ATTN_BWD_VL, NB = 2 * VL /* gemm column block: 2 vectors */, MB = 4 };
 enum { MIN_MAIN_ITEMS = 8 };
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(ATTN_BWD_VL * 4)));
+typedef int32_t vi __attribute__((vector_size(ATTN_BWD_VL * 4)));
 
-static inline v8f ld8(const float *p) {
-  v8f v;
+static inline vf ldv(const float *p) {
+  vf v;
   memcpy(&v, p, sizeof v);
   return v;
 }
-static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+static inline void stv(float *p, vf v) { memcpy(p, &v, sizeof v); }
+#if ATTN_BWD_VL == 16
+#include <immintrin.h>
+static inline vf splat(float x) { return (vf)_mm512_set1_ps(x); }
+#else
+static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+#endif
 
 /* acc + a·b: one fused multiply-add where the build has FMA (ATTN_BWD_FMA), else a multiply and an
  * add; the vector and scalar forms round alike, so gemm and gemm_masked agree bitwise. */
 #if defined(ATTN_BWD_FMA)
 #include <immintrin.h>
-static inline v8f madd(v8f acc, v8f a, v8f b) {
-  return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+static inline vf madd(vf acc, vf a, vf b) {
+#if ATTN_BWD_VL == 16
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#else
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+#endif
 }
 static inline float madd1(float acc, float a, float b) { return fmaf(a, b, acc); }
 #else
-static inline v8f madd(v8f acc, v8f a, v8f b) { return acc + a * b; }
+static inline vf madd(vf acc, vf a, vf b) { return acc + a * b; }
 static inline float madd1(float acc, float a, float b) { return acc + a * b; }
 #endif
-static inline v8f select8(v8i m, v8f a, v8f b) { /* m ? a : b, m lanes all ones or zero */
-  return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+static inline vf selectv(vi m, vf a, vf b) { /* m ? a : b, m lanes all ones or zero */
+  return (vf)(((vi)a & m) | ((vi)b & ~m));
 }
 
-/* exp(x) on 8 lanes: Cephes expf — n = round(x·log2 e) by adding 1.5·2^23 + 127 (the sum's low
+/* exp(x) on VL lanes: Cephes expf — n = round(x·log2 e) by adding 1.5·2^23 + 127 (the sum's low
  * bits are then n + 127), r = x − n·ln 2 in two parts, e^r = 1 + r + r²·P(r) with P of degree 5
  * — evaluated as 2·e^r (every coefficient doubled, exactly) times 2^(n−1), whose exponent n + 126
  * is clamped at 0: a zero result for n ≤ −126 (x·log2 e < −125.5, x < −86.989; never a
  * subnormal) with no compare on the result. Relative error below 2e-7 on [−86.98, 88] (tested in
  * test_simd); x > 88 is taken as 88; NaN gives NaN (the clamps keep it, NaN·2^k is NaN). */
-static inline v8f exp8(v8f x) {
-  v8f xc = select8(x < splat(-87.5f), splat(-87.5f), x);
-  xc = select8(xc > splat(88.0f), splat(88.0f), xc);
-  const v8f magic = splat(0x1.8p23f + 127.0f);
-  const v8f y = madd(magic, xc, splat(1.44269504088896341f));
-  const v8f n = y - magic;
-  v8f r = madd(xc, n, splat(-0.693359375f));
+static inline vf expv(vf x) {
+  vf xc = selectv(x < splat(-87.5f), splat(-87.5f), x);
+  xc = selectv(xc > splat(88.0f), splat(88.0f), xc);
+  const vf magic = splat(0x1.8p23f + 127.0f);
+  const vf y = madd(magic, xc, splat(1.44269504088896341f));
+  const vf n = y - magic;
+  vf r = madd(xc, n, splat(-0.693359375f));
   r = madd(r, n, splat(2.12194440e-4f));
-  v8f q = splat(2 * 1.9875691500e-4f);
+  vf q = splat(2 * 1.9875691500e-4f);
   q = madd(splat(2 * 1.3981999507e-3f), q, r);
   q = madd(splat(2 * 8.3334519073e-3f), q, r);
   q = madd(splat(2 * 4.1665795894e-2f), q, r);
   q = madd(splat(2 * 1.6666665459e-1f), q, r);
   q = madd(splat(2 * 5.0000001201e-1f), q, r);
-  const v8f twice = madd(madd(splat(2.0f), splat(2.0f), r), q, r * r); /* 2 + 2r + r²·2P */
-  v8i k = ((v8i)y & 0xffff) - 1;
+  const vf twice = madd(madd(splat(2.0f), splat(2.0f), r), q, r * r); /* 2 + 2r + r²·2P */
+  vi k = ((vi)y & 0xffff) - 1;
   k &= k >= 0;
-  return twice * (v8f)(k << 23);
+  return twice * (vf)(k << 23);
 }
 
-/* exp8 over an array, for tests (test_simd): y[i] = exp(x[i]). */
+/* expv over an array, for tests (test_simd): y[i] = exp(x[i]). */
 void ATTN_BWD_EXP_FN(const float *x, float *y, int64_t n) {
   int64_t i = 0;
   for (; i + VL <= n; i += VL)
-    st8(y + i, exp8(ld8(x + i)));
+    stv(y + i, expv(ldv(x + i)));
   if (i < n) {
     float in[VL] = {0}, out[VL];
     for (int j = 0; i + j < n; j++)
       in[j] = x[i + j];
-    st8(out, exp8(ld8(in)));
+    stv(out, expv(ldv(in)));
     for (int j = 0; i + j < n; j++)
       y[i + j] = out[j];
   }
@@ -112,27 +126,27 @@ static inline __attribute__((always_inline)) void
 gemm_rows(int R, int i, int n, int k, const float *a, int64_t ars, int64_t acs, const float *b,
           int64_t ldb, float *c, int64_t ldc, int accumulate) {
   for (int j = 0; j < n; j += NB) {
-    v8f acc[6][2];
+    vf acc[6][2];
     for (int r = 0; r < R; r++)
       for (int h = 0; h < 2; h++)
-        acc[r][h] = accumulate ? ld8(c + (i + r) * ldc + j + h * VL) : splat(0.0f);
+        acc[r][h] = accumulate ? ldv(c + (i + r) * ldc + j + h * VL) : splat(0.0f);
     const float *ai = a + i * ars;
     for (int kk = 0; kk < k; kk++) {
-      const v8f b0 = ld8(b + kk * ldb + j), b1 = ld8(b + kk * ldb + j + VL);
+      const vf b0 = ldv(b + kk * ldb + j), b1 = ldv(b + kk * ldb + j + VL);
       for (int r = 0; r < R; r++) {
-        const v8f av = splat(ai[r * ars + kk * acs]);
+        const vf av = splat(ai[r * ars + kk * acs]);
         acc[r][0] = madd(acc[r][0], av, b0);
         acc[r][1] = madd(acc[r][1], av, b1);
       }
     }
     for (int r = 0; r < R; r++)
       for (int h = 0; h < 2; h++)
-        st8(c + (i + r) * ldc + j + h * VL, acc[r][h]);
+        stv(c + (i + r) * ldc + j + h * VL, acc[r][h]);
   }
 }
 
 /* C [m, n] = (accumulate ? C : 0) + A·B with A(i, kk) = a[i·ars + kk·acs], B [k, n] row stride
- * ldb, C row stride ldc; m even, n % NB == 0. Register blocks of 6 × 16 (12 vector accumulators,
+ * ldb, C row stride ldc; m even, n % NB == 0. Register blocks of 6 × NB (12 vector accumulators,
  * 2 loads of B and 6 broadcasts of A per 12 multiply-adds), the last rows in a block of 4 or 2;
  * per element the sum runs over kk in increasing order. */
 static __attribute__((noinline)) void gemm(int m, int n, int k, const float *a, int64_t ars,
@@ -305,9 +319,9 @@ static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_
       memset(srow, 0, sizeof(float) * BC);
       continue;
     }
-    const v8f l = splat(w->lse[r]);
+    const vf l = splat(w->lse[r]);
     for (int c = 0; c < cols_p; c += VL)
-      st8(srow + c, exp8(ld8(srow + c) - l));
+      stv(srow + c, expv(ldv(srow + c) - l));
     for (int c = cols; c < cols_p; c++)
       srow[c] = 0.0f;
   }
@@ -317,9 +331,9 @@ static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_
     const unsigned char *vrow = w->vis + r * BC;
     float *dsrow = w->ds + r * BC;
     const float delta = w->delta[r];
-    if (whole) { /* every pair visible, no softcap: the same two operations, 8 lanes at a time */
+    if (whole) { /* every pair visible, no softcap: the same two operations, a vector at a time */
       for (int c = 0; c < cols_p; c += VL)
-        st8(dsrow + c, ld8(prow + c) * (ld8(dsrow + c) - splat(delta)));
+        stv(dsrow + c, ldv(prow + c) * (ldv(dsrow + c) - splat(delta)));
       continue;
     }
     for (int c = 0; c < cols_p; c++) {
