@@ -40,7 +40,12 @@
 #ifndef ATTN_BWD_VL
 #define ATTN_BWD_VL 8
 #endif
+/* Rows of a gemm register block: 6 (12 accumulators of the 16 registers), 12 with AVX-512's 32. */
+#ifndef ATTN_BWD_MR
+#define ATTN_BWD_MR (ATTN_BWD_VL == 16 ? 12 : 6)
+#endif
 enum { BR = 64, BC = 64, VL = ATTN_BWD_VL, NB = 2 * VL /* gemm column block: 2 vectors */, MB = 4 };
+enum { MR = ATTN_BWD_MR };
 enum { MIN_MAIN_ITEMS = 8 };
 
 typedef float vf __attribute__((vector_size(ATTN_BWD_VL * 4)));
@@ -120,13 +125,13 @@ void ATTN_BWD_EXP_FN(const float *x, float *y, int64_t n) {
   }
 }
 
-/* Rows [i, i + R) of C [m, n] = (accumulate ? C : 0) + A·B (see gemm); R ≤ 6 is a constant after
+/* Rows [i, i + R) of C [m, n] = (accumulate ? C : 0) + A·B (see gemm); R ≤ MR is a constant after
  * inlining, so the R × 16 block of accumulators stays in registers. */
 static inline __attribute__((always_inline)) void
 gemm_rows(int R, int i, int n, int k, const float *a, int64_t ars, int64_t acs, const float *b,
           int64_t ldb, float *c, int64_t ldc, int accumulate) {
   for (int j = 0; j < n; j += NB) {
-    vf acc[6][2];
+    vf acc[MR][2];
     for (int r = 0; r < R; r++)
       for (int h = 0; h < 2; h++)
         acc[r][h] = accumulate ? ldv(c + (i + r) * ldc + j + h * VL) : splat(0.0f);
@@ -146,17 +151,37 @@ gemm_rows(int R, int i, int n, int k, const float *a, int64_t ars, int64_t acs, 
 }
 
 /* C [m, n] = (accumulate ? C : 0) + A·B with A(i, kk) = a[i·ars + kk·acs], B [k, n] row stride
- * ldb, C row stride ldc; m even, n % NB == 0. Register blocks of 6 × NB (12 vector accumulators,
- * 2 loads of B and 6 broadcasts of A per 12 multiply-adds), the last rows in a block of 4 or 2;
+ * ldb, C row stride ldc; m even, n % NB == 0. Register blocks of MR × NB (2·MR vector
+ * accumulators, 2 loads of B and MR broadcasts of A per 2·MR multiply-adds; MR = 6, or 12 with
+ * AVX-512), the last rows in one smaller even block;
  * per element the sum runs over kk in increasing order. */
 static __attribute__((noinline)) void gemm(int m, int n, int k, const float *a, int64_t ars,
                                            int64_t acs, const float *b, int64_t ldb, float *c,
                                            int64_t ldc, int accumulate) {
   int i = 0;
-  for (; i + 6 <= m; i += 6)
+  for (; i + MR <= m; i += MR)
+    gemm_rows(MR, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+  switch (m - i) { /* m is even: the last rows in one smaller block */
+#if ATTN_BWD_MR > 10
+  case 10:
+    gemm_rows(10, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+    break;
+  case 8:
+    gemm_rows(8, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+    break;
+  case 6:
     gemm_rows(6, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
-  if (m - i == 4) gemm_rows(4, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
-  if (m - i == 2) gemm_rows(2, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+    break;
+#endif
+  case 4:
+    gemm_rows(4, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+    break;
+  case 2:
+    gemm_rows(2, i, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+    break;
+  default:
+    break;
+  }
 }
 
 /* The same, skipping the terms whose pair is invisible (vis(i, kk) = vis[i·vrs + kk·vcs] == 0):
