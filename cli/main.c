@@ -147,7 +147,14 @@ static int cmd_info(void) {
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
     printf(" %s%s", attn_kernel_name((attn_kernel)k),
            attn_kernel_supported((attn_kernel)k) ? "" : " (not supported on this CPU)");
-  printf("\nchosen (auto): %s\n", attn_kernel_name(attn_kernel_auto()));
+  /* ATTN_ISA naming a kernel that is unknown or cannot run makes every AUTO call fail: say so */
+  const char *isa = getenv("ATTN_ISA");
+  const attn_kernel named = isa && *isa ? attn_kernel_from_name(isa) : ATTN_KERNEL_AUTO;
+  if (named == ATTN_KERNEL_COUNT_ || !attn_kernel_supported(named))
+    printf("\nchosen (auto): none: ATTN_ISA=%s %s, so calls with kernel auto fail\n", isa,
+           named == ATTN_KERNEL_COUNT_ ? "is not a kernel name" : "cannot run on this CPU");
+  else
+    printf("\nchosen (auto): %s\n", attn_kernel_name(attn_kernel_auto()));
   return 0;
 }
 

@@ -425,6 +425,16 @@ static void test_info(void) {
   CHECKF(strstr(text, "attn " ATTN_VERSION_STRING) && strstr(text, "generic") &&
              strstr(text, "chosen (auto)") && strstr(text, "cpu features"),
          "attn info printed: %s", text);
+  /* an ATTN_ISA that makes every auto call fail is reported, not hidden behind detection */
+  CHECK(setenv("ATTN_ISA", "avx9000", 1) == 0);
+  CHECK(run_attn("info") == 0);
+  unsetenv("ATTN_ISA");
+  f = fopen(path("out.txt"), "r");
+  n = fread(text, 1, sizeof text - 1, f);
+  text[n] = '\0';
+  fclose(f);
+  CHECKF(strstr(text, "chosen (auto): none: ATTN_ISA=avx9000 is not a kernel name"),
+         "attn info with ATTN_ISA=avx9000 printed: %s", text);
   CHECK(run_attn("--help") == 0);
 }
 
