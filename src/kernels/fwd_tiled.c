@@ -204,6 +204,19 @@ void attn__softmax_row_scalar(float *srow, int cols, float *m, float *l, float *
   *m = m_new;
 }
 
+/* The packed K tile of keys [j0, j0 + cols) of KV head (b, hk) for uk->qk: a slice of the call's
+ * packed copy when there is one and the tile starts at a multiple of nr, else packed into ts->ks.
+ */
+static const float *k_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64_t hk,
+                           int64_t j0, int cols) {
+  const attn_params *p = job->pr->p;
+  if (job->k_packed && j0 % job->uk->nr == 0)
+    return job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + j0 * p->dim;
+  job->uk->pack_k(job->k + b * p->k_stride[0] + hk * p->k_stride[1], p->k_stride[2], p->k_stride[3],
+                  j0, cols, p->dim, ts->ks);
+  return ts->ks;
+}
+
 /* Runs the fused loop for `rows` query rows of batch item b (row r is query row_i[r] of head
  * row_h[r], all reading KV head hk) over the keys in [j_lo, j_hi) that each row can see. Leaves
  * the running max, sum and unnormalised output in ts->m, ts->l, ts->acc; returns the union of the
@@ -260,8 +273,6 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
                      p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
       job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
-  const float *k_packed =
-      job->k_packed ? job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len : NULL;
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1;
@@ -269,11 +280,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows, cols, D, ts->s,
                     vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
     } else {
-      const float *kt = ts->ks; /* the packed K tile: the call's copy when tiles align with it */
-      if (k_packed && j0 % uk->nr == 0)
-        kt = k_packed + j0 * D;
-      else
-        uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts->ks);
+      const float *kt = k_tile(job, ts, b, hk, j0, cols);
       if (v_bad) {
         v_finite = v_bad[j0 + cols] == v_bad[j0];
         if (!v_finite) /* the masked path reads the packed copy */
@@ -380,7 +387,6 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   /* P sweep: zeros outside [blo, bhi), exp(S − m) / l inside (more accurate than exp(S − LSE)
    * when |LSE| is large: S − m is computed exactly near the maximum) */
   const int64_t shift = attn__pos_shift(p, b);
-  const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
   for (int r = 0; r < rows; r++) {
     float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +
                   (i0 + r) * p->probs_stride[2];
@@ -389,8 +395,7 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   }
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
-    uk->pack_k(kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, ts.ks);
-    uk->qk(uk->pack_q ? ts.qp : ts.qs, ts.ks, rows_p, cols, D, ts.s);
+    uk->qk(uk->pack_q ? ts.qp : ts.qs, k_tile(job, &ts, b, hk, j0, cols), rows_p, cols, D, ts.s);
     score_tile(uk, pr, b, shift, &ts, rows, j0, cols);
     for (int r = 0; r < rows; r++) {
       float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +
