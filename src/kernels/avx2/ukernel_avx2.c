@@ -12,7 +12,8 @@
  * Tiles: 96 query rows × 128 keys (S tile 48 KiB, K/V panels ≤ 64 KiB at D = 128: L2-resident).
  * Accuracy: exp2 relative error ≤ 1.7e-7 on [−125.5, 0] (Cephes exp2f.c; tested in test_simd);
  * results below 2^−125.5 are flushed to 0 (weights under 2e-38 of the row maximum).
- * Deliberately not done here: AVX-512 (this development machine has none to test it on).
+ * The AVX-512 set (avx512/ukernel_avx512.c) shares this file's K packing, masked P·V and decode
+ * direct forms (exported below as attn__*_avx2).
  */
 #include "../tiled.h"
 
@@ -91,15 +92,9 @@ static void pack_q_panels(const float *qs, int rows_p, int64_t D, float *qp) {
  * read as contiguous streams (the 16-key panel, 4–8 KiB, stays in L1 across the row groups). */
 static void qk_avx2(const float *qp, const float *kp, int rows_p, int cols, int64_t D, float *s) {
   const int cols_p = (int)attn__round_up(cols, NR);
-  const int64_t panel_lines = NR * D / 16, blocks = rows_p / MR; /* 64-byte lines of a K panel */
   for (int c0 = 0; c0 < cols_p; c0 += NR)
     for (int r0 = 0; r0 < rows_p; r0 += MR) {
       const float *a = qp + (int64_t)r0 * D, *b = kp + (int64_t)c0 * D;
-      /* the next panel (and past the last, the next tile of a K packed whole) comes into L1
-       * while this one is read: each row block fetches its share of its lines */
-      const char *next = (const char *)(kp + (int64_t)(c0 + NR) * D);
-      for (int64_t ln = r0 / MR; ln < panel_lines; ln += blocks)
-        _mm_prefetch(next + 64 * ln, _MM_HINT_T0);
       __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
       __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
       for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
