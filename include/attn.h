@@ -219,7 +219,9 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
  * columns, Dv a multiple of the kernel's column block — 16 for avx2 — and more than one query
  * block or head per V row), a packed copy of K when several query blocks or heads read each K
  * row and the copy takes at most 64 MiB (B·Hkv·Lk·D floats, Lk rounded up to the kernel's column
- * block), and the decode partials; the P output itself when requested.
+ * block), and the split-key partials (decode, and prefill with fewer than 8 batch·head·query
+ * block items against ≥ 1024 keys: (Dv + 2) floats per query row and key chunk); the P output
+ * itself when requested.
  * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
  * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */
@@ -227,9 +229,9 @@ ATTN_API attn_status attn_forward(const attn_params *p, const float *q, const fl
                                   const float *v, float *o, float *lse, float *probs);
 
 /* The extra memory (bytes) attn_forward allocates for this call (with_probs: whether P will be
- * requested): tile scratch, V-row counts, packed K and decode partials for the fused kernels, one
- * row of scores for ref; the outputs are the caller's. Validates p like attn_forward (pointers are
- * not needed: pass the shapes, strides and options). Returns ATTN_STATUS_OK and sets *bytes. */
+ * requested): tile scratch, V-row counts, packed K and split-key partials for the fused kernels,
+ * one row of scores for ref; the outputs are the caller's. Validates p like attn_forward (pointers
+ * are not needed: pass the shapes, strides and options). Returns ATTN_STATUS_OK and sets *bytes. */
 ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs,
                                                 size_t *bytes);
 

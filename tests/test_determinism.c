@@ -75,24 +75,31 @@ int main(void) {
     tresult_free(&first);
     tcase_free(&c);
 
-    /* decode: Lq = 3 against 2600 keys (split-key path), every thread count bitwise equal */
+    /* the split-key path, every thread count bitwise equal: decode (Lq = 3 against 2600 keys),
+     * then prefill with few query blocks (two heads of one KV group, 130 queries: 3 row blocks) */
     tspec d = tspec_shape(2, 8, 2, 3, 2600, 64, 64);
     d.causal = 1, d.align = ATTN_ALIGN_BOTTOM_RIGHT, d.kv_len = 1, d.bias = BIAS_FULL;
-    tcase dc;
-    tcase_make(&dc, &d);
-    touts o1, on;
-    touts_make(&o1, &dc, 1, 0);
-    CHECK(t_run(&dc, kern, 1, &o1) == ATTN_STATUS_OK);
-    for (size_t t = 0; t < sizeof counts / sizeof counts[0]; t++) {
-      touts_make(&on, &dc, 1, 0);
-      CHECK(t_run(&dc, kern, counts[t], &on) == ATTN_STATUS_OK);
-      CHECKF(memcmp(o1.o.alloc, on.o.alloc, 2 * T_GUARD_BYTES + o1.o.extent_bytes) == 0 &&
-                 memcmp(o1.lse.alloc, on.lse.alloc, 2 * T_GUARD_BYTES + o1.lse.extent_bytes) == 0,
-             "decode: %d threads differ from 1 thread (%s)", counts[t], attn_kernel_name(kern));
-      touts_free(&on);
+    tspec f = tspec_shape(1, 2, 1, 130, 2600, 64, 64);
+    f.window_left = 900, f.window_right = 3, f.bias = BIAS_FULL, f.align = ATTN_ALIGN_BOTTOM_RIGHT;
+    const tspec *splits[] = {&d, &f};
+    for (int si = 0; si < 2; si++) {
+      tcase dc;
+      tcase_make(&dc, splits[si]);
+      touts o1, on;
+      touts_make(&o1, &dc, 1, 0);
+      CHECK(t_run(&dc, kern, 1, &o1) == ATTN_STATUS_OK);
+      for (size_t t = 0; t < sizeof counts / sizeof counts[0]; t++) {
+        touts_make(&on, &dc, 1, 0);
+        CHECK(t_run(&dc, kern, counts[t], &on) == ATTN_STATUS_OK);
+        CHECKF(memcmp(o1.o.alloc, on.o.alloc, 2 * T_GUARD_BYTES + o1.o.extent_bytes) == 0 &&
+                   memcmp(o1.lse.alloc, on.lse.alloc, 2 * T_GUARD_BYTES + o1.lse.extent_bytes) == 0,
+               "%s: %d threads differ from 1 thread (%s)", si ? "few query blocks" : "decode",
+               counts[t], attn_kernel_name(kern));
+        touts_free(&on);
+      }
+      touts_free(&o1);
+      tcase_free(&dc);
     }
-    touts_free(&o1);
-    tcase_free(&dc);
   }
   return t_finish("test_determinism");
 }

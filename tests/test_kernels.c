@@ -154,6 +154,29 @@ static void sweep_decode(void) {
     }
 }
 
+/* Prefill with fewer than 8 items of query blocks (one or two heads, up to a few hundred queries)
+ * against ≥ 1024 keys: the keys split into chunks merged through their log-sum-exp, the KV group's
+ * rows in one or several row blocks, every feature on the packed path. */
+static void sweep_few_items(void) {
+  static const int64_t lq[] = {17, 97, 200}, lk[] = {1024, 2053, 8195};
+  static const int64_t heads[][2] = {{1, 1}, {2, 1}, {2, 2}};
+  int n = 0;
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 3; b++, n++) {
+      /* 8195 keys: chunks of 1024; the 200-query cases stop at 4099 to keep the oracle quick */
+      const int64_t Lk = lq[a] > 100 && lk[b] > 4099 ? 4099 : lk[b];
+      tspec s = tspec_shape(1, heads[n % 3][0], heads[n % 3][1], lq[a], Lk, 64 + 17 * (n % 2),
+                            48 + 16 * (n % 3));
+      s.causal = 1, s.align = n % 2 ? ATTN_ALIGN_BOTTOM_RIGHT : ATTN_ALIGN_TOP_LEFT;
+      s.kv_len = n % 2;
+      s.layout = n % N_LAYOUTS;
+      check_all_kernels(&s, 0);
+      s.causal = 0, s.window_left = 300 + 200 * (n % 3), s.window_right = 7 * (n % 2);
+      s.mask = 1 + n % 4, s.bias = 1 + n % 3, s.alibi = n % 2, s.softcap = n % 3 ? 0.0f : 6.0f;
+      check_all_kernels(&s, 0);
+    }
+}
+
 int main(int argc, char **argv) {
   seed_base = argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
   printf("test_kernels: seed %llu\n", (unsigned long long)seed_base);
@@ -164,6 +187,7 @@ int main(int argc, char **argv) {
   sweep_features();
   sweep_numbers();
   sweep_decode();
+  sweep_few_items();
   printf("  %d cases\n", n_cases);
   return t_finish("test_kernels");
 }

@@ -126,7 +126,7 @@ static void test_masked_values(attn_kernel kern) {
     const char *name;
     tspec spec;
     poison_fn fn;
-  } cases[6];
+  } cases[8];
   tspec s = tspec_shape(3, 4, 2, 67, 200, 24, 20);
   s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
   cases[0].name = "beyond kv_len", cases[0].spec = s, cases[0].fn = poison_beyond_kv_len;
@@ -148,8 +148,17 @@ static void test_masked_values(attn_kernel kern) {
   s = tspec_shape(2, 8, 2, 3, 1500, 24, 20);
   s.mask = MASK_KEYPAD;
   cases[5].name = "padded keys (decode)", cases[5].spec = s, cases[5].fn = poison_padded_keys;
+  /* prefill with few query blocks: the split-key path on packed tiles, one row block per KV
+   * group (V copied per tile), then several (V read in place, K packed once) */
+  s = tspec_shape(1, 2, 1, 40, 1500, 16, 16);
+  s.mask = MASK_KEYPAD;
+  cases[6].name = "padded keys (few items)", cases[6].spec = s, cases[6].fn = poison_padded_keys;
+  s = tspec_shape(2, 1, 1, 200, 1500, 16, 16);
+  s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.causal = 1;
+  cases[7].name = "beyond kv_len (few items)", cases[7].spec = s,
+  cases[7].fn = poison_beyond_kv_len;
   const float poisons[] = {NAN, INFINITY, -INFINITY};
-  for (int ci = 0; ci < 6; ci++)
+  for (int ci = 0; ci < 8; ci++)
     for (int pi = 0; pi < 3; pi++) {
       tcase clean, dirty;
       tcase_make(&clean, &cases[ci].spec);

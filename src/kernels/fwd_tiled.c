@@ -27,11 +27,14 @@
  * does about half the work. Results do not depend on the thread count: each item is computed by one
  * worker with the same code, and items write disjoint outputs.
  *
- * Decode (Lq ≤ 16, all heads of a KV group fit one block, no P requested): work items become
- * (batch, KV head, chunk of DECODE_CHUNK keys), each block holding every query row of the KV
- * group, so K and V are read once per group and the key range is shared by all threads; the
- * partial (m, l, acc) of the chunks are merged exactly through their log-sum-exp, in chunk order
- * ("flash-decoding"). The chunk is a constant, so results never depend on the thread count.
+ * Key split (no P requested, Lk ≥ 2·DECODE_CHUNK): for decode (Lq ≤ 16, every query row of a
+ * KV group in one block), and for prefill whose query blocks alone make fewer than
+ * SPLIT_MIN_ITEMS items (one head, a few hundred queries against long keys: one item would leave
+ * the other threads idle), work items become (batch, KV head, block of the KV group's query rows,
+ * chunk of keys), so K and V are read once per block and the key range is shared by all threads;
+ * the partial (m, l, acc) of the chunks are merged exactly through their log-sum-exp, in chunk
+ * order ("flash-decoding"). Chunks and blocks depend on shapes only, so results never depend on
+ * the thread count. Decode blocks read K and V in place through the set's direct forms.
  *
  * Masked values: a V tile holding any non-finite value goes through uk->pv_masked, which skips
  * invisible pairs instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never
@@ -51,10 +54,13 @@ typedef struct fwd_job {
   int64_t n_qblocks, dvp;
   unsigned char *scratch; /* n_workers × scratch_bytes */
   size_t scratch_bytes;
-  /* decode mode: rows per (b, KV head) block = group · Lq; partial results per chunk */
-  int decode;
-  int64_t n_chunks;
-  float *partials; /* [B, Hkv, n_chunks, rows, dv + 2]: acc, then m and l */
+  /* key split: items (b, KV head, row block, key chunk); direct = decode proper, where the
+   * set's direct forms read K and V in place. Row r of block rb is row R = rb·block_rows + r of
+   * the KV group's group·Lq rows: query head hk·group + R / Lq, query R % Lq */
+  int split, direct;
+  int64_t chunk, n_chunks;       /* keys per chunk, chunks per row block */
+  int64_t block_rows, n_rblocks; /* KV group rows per block (≤ br), blocks per KV group */
+  float *partials; /* [B, Hkv, n_rblocks, n_chunks, block_rows, dv + 2]: acc, then m and l */
   /* prefill with V read in place (contiguous columns, Dv a multiple of the set's nr): bad[j] =
    * number of V rows before key j holding a non-finite value, [B, Hkv, Lk + 1], so a tile's
    * check is one subtraction instead of a copy and a scan per query block */
@@ -68,7 +74,10 @@ typedef struct fwd_job {
   int64_t k_packed_len; /* floats per (b, KV head) */
 } fwd_job;
 
-enum { DECODE_MAX_LQ = 16, DECODE_CHUNK = 512 };
+/* Decode: up to DECODE_MAX_LQ queries, keys in chunks of DECODE_CHUNK. Prefill with fewer than
+ * SPLIT_MIN_ITEMS items splits the keys into about SPLIT_CHUNKS chunks (multiples of
+ * DECODE_CHUNK): enough items to balance the threads, few partials to merge. */
+enum { DECODE_MAX_LQ = 16, DECODE_CHUNK = 512, SPLIT_MIN_ITEMS = 8, SPLIT_CHUNKS = 16 };
 #define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
 
 /* One worker's scratch, carved from fwd_job.scratch. */
@@ -269,7 +278,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
   /* decode blocks read K and V in place when the set can and rows are contiguous; the choice
    * depends on shapes and strides only, and a non-finite V still uses qk_direct's scores */
-  const int direct = job->decode && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
+  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
                      p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
       job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
@@ -408,23 +417,32 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   }
 }
 
-/* Decode item (b, KV head, key chunk): every query row of the KV group over the chunk's keys;
+/* Rows in row block rb of a KV group (the last one may be short). */
+static int block_rows_at(const fwd_job *job, int64_t rb) {
+  const int64_t left = job->pr->group * job->pr->p->len_q - rb * job->block_rows;
+  return (int)(left < job->block_rows ? left : job->block_rows);
+}
+
+/* Key-split item (b, KV head, row block, key chunk): the block's query rows over the chunk's keys;
  * the partial (acc, m, l) of each row goes to job->partials. */
-static void decode_item(void *ctx, int64_t item, int worker) {
+static void split_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn_params *p = job->pr->p;
   const int64_t Lq = p->len_q, Dv = p->dim_v, group = job->pr->group;
-  const int64_t chunk = item % job->n_chunks, bhk = item / job->n_chunks;
+  const int64_t chunk = item % job->n_chunks, rb = item / job->n_chunks % job->n_rblocks;
+  const int64_t bhk = item / job->n_chunks / job->n_rblocks;
   const int64_t hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
-  const int rows = (int)(group * Lq);
+  const int rows = block_rows_at(job, rb);
   tile_scratch ts = carve(job, worker);
-  for (int r = 0; r < rows; r++)
-    ts.row_h[r] = hk * group + r / Lq, ts.row_i[r] = r % Lq;
-  const int64_t j_lo = chunk * DECODE_CHUNK;
-  const int64_t j_hi = j_lo + DECODE_CHUNK < p->len_k ? j_lo + DECODE_CHUNK : p->len_k;
+  for (int r = 0; r < rows; r++) {
+    const int64_t R = rb * job->block_rows + r;
+    ts.row_h[r] = hk * group + R / Lq, ts.row_i[r] = R % Lq;
+  }
+  const int64_t j_lo = chunk * job->chunk;
+  const int64_t j_hi = j_lo + job->chunk < p->len_k ? j_lo + job->chunk : p->len_k;
   int64_t blo, bhi;
   run_rows(job, &ts, b, hk, rows, j_lo, j_hi, &blo, &bhi);
-  float *out = job->partials + item * rows * (Dv + 2);
+  float *out = job->partials + item * job->block_rows * (Dv + 2);
   for (int r = 0; r < rows; r++, out += Dv + 2) {
     memcpy(out, ts.acc + (int64_t)r * job->dvp, sizeof(float) * (size_t)Dv);
     out[Dv] = ts.m[r];
@@ -432,16 +450,18 @@ static void decode_item(void *ctx, int64_t item, int worker) {
   }
 }
 
-/* Merge item (b, KV head): for each row, m = max_c m_c, l = Σ_c l_c·exp(m_c − m),
+/* Merge item (b, KV head, row block): for each row, m = max_c m_c, l = Σ_c l_c·exp(m_c − m),
  * acc = Σ_c acc_c·exp(m_c − m), in chunk order; a NaN m_c makes m NaN. */
 static void merge_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn_params *p = job->pr->p;
   const int64_t Lq = p->len_q, Dv = p->dim_v, group = job->pr->group;
-  const int64_t hk = item % p->heads_kv, b = item / p->heads_kv;
-  const int64_t rows = group * Lq, stride = rows * (Dv + 2);
+  const int64_t rb = item % job->n_rblocks, bhk = item / job->n_rblocks;
+  const int64_t hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
+  const int64_t rows = block_rows_at(job, rb), stride = job->block_rows * (Dv + 2);
   tile_scratch ts = carve(job, worker); /* acc row 0 as the merge buffer */
   for (int64_t r = 0; r < rows; r++) {
+    const int64_t R = rb * job->block_rows + r;
     const float *part = job->partials + item * job->n_chunks * stride + r * (Dv + 2);
     float m = -INFINITY;
     for (int64_t c = 0; c < job->n_chunks; c++) {
@@ -463,7 +483,7 @@ static void merge_item(void *ctx, int64_t item, int worker) {
         for (int64_t d = 0; d < Dv; d++)
           ts.acc[d] += pc[d] * w;
       }
-    write_row(job, b, hk * group + r / Lq, r % Lq, ts.acc, m, l);
+    write_row(job, b, hk * group + R / Lq, R % Lq, ts.acc, m, l);
   }
 }
 
@@ -473,28 +493,42 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   const attn_params *p = job->pr->p;
   size_t offs[N_PARTS];
   const int64_t group = job->pr->group;
-  job->n_qblocks = (p->len_q + job->uk->br - 1) / job->uk->br;
+  const int64_t br = job->uk->br, group_rows = group * p->len_q; /* ≤ Hq·Lq: sizes were checked */
+  job->n_qblocks = (p->len_q + br - 1) / br;
   job->dvp = job->uk->dv_pad(p->dim_v);
-  job->decode = p->len_q <= DECODE_MAX_LQ && group * p->len_q <= job->uk->br &&
-                p->len_k >= 2 * DECODE_CHUNK && !job->probs;
-  job->n_chunks = (p->len_k + DECODE_CHUNK - 1) / DECODE_CHUNK;
+  int64_t prefill_items = 0;
+  const int few = attn__mul_ok(p->batch * p->heads_q, job->n_qblocks, &prefill_items) &&
+                  prefill_items < SPLIT_MIN_ITEMS;
+  job->direct = p->len_q <= DECODE_MAX_LQ && group_rows <= br;
+  job->split = (job->direct || few) && p->len_k >= 2 * DECODE_CHUNK && !job->probs;
+  job->direct = job->direct && job->split;
+  if (job->split) {
+    const int64_t per_chunk = (p->len_k + SPLIT_CHUNKS - 1) / SPLIT_CHUNKS;
+    job->chunk = job->direct ? DECODE_CHUNK : attn__round_up(per_chunk, DECODE_CHUNK);
+    job->n_chunks = (p->len_k + job->chunk - 1) / job->chunk;
+    job->n_rblocks = (group_rows + br - 1) / br; /* blocks of even size: no short last one */
+    job->block_rows =
+        attn__round_up((group_rows + job->n_rblocks - 1) / job->n_rblocks, job->uk->mr);
+    if (job->block_rows > group_rows) job->block_rows = group_rows;
+  }
+  /* readers of each K and V tile: query blocks times heads of a group, or row blocks */
+  const int64_t readers = job->split ? job->n_rblocks : job->n_qblocks * group;
   /* V in place pays when each V tile would otherwise be copied more than once (several query
    * blocks or heads read it); with one reader the pre-pass would be a second pass over V */
-  job->v_inplace = !job->decode && p->v_stride[3] == 1 && p->dim_v > 0 &&
-                   p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0 &&
-                   job->n_qblocks * group >= 2;
+  job->v_inplace = !job->direct && p->v_stride[3] == 1 && p->dim_v > 0 &&
+                   p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0 && readers >= 2;
   /* so does K packed once: each query block would pack every K tile it reads again */
   int64_t kp_bytes = 0;
   job->k_packed_len = attn__round_up(p->len_k, job->uk->nr) * p->dim;
   const int kp_fits = attn__mul_ok(p->batch * p->heads_kv, job->k_packed_len, &kp_bytes) &&
                       attn__mul_ok(kp_bytes, (int64_t)sizeof(float), &kp_bytes) &&
                       kp_bytes <= K_PREPACK_MAX_BYTES;
-  job->k_prepack = !job->decode && kp_fits && p->dim > 0 && p->len_k > 0 && p->len_q > 0 &&
-                   job->n_qblocks * group >= 2;
-  int ok = job->decode ? attn__mul_ok(p->batch, p->heads_kv, n_items) &&
-                             attn__mul_ok(*n_items, job->n_chunks, n_items)
-                       : attn__mul_ok(p->batch, p->heads_q, n_items) &&
-                             attn__mul_ok(*n_items, job->n_qblocks, n_items);
+  job->k_prepack =
+      !job->direct && kp_fits && p->dim > 0 && p->len_k > 0 && p->len_q > 0 && readers >= 2;
+  int ok = job->split ? attn__mul_ok(p->batch, p->heads_kv, n_items) &&
+                            attn__mul_ok(*n_items, job->n_rblocks * job->n_chunks, n_items)
+                      : attn__mul_ok(p->batch, p->heads_q, n_items) &&
+                            attn__mul_ok(*n_items, job->n_qblocks, n_items);
   if (!ok || !scratch_layout(job->uk, p->dim, job->dvp, offs, &job->scratch_bytes))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
@@ -506,12 +540,10 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   return ATTN_STATUS_OK;
 }
 
-/* Floats of decode partials: n_items × group·Lq rows × (Dv + 2). */
+/* Floats of key-split partials: n_items × block_rows × (Dv + 2). */
 static size_t partial_floats(const fwd_job *job, int64_t n_items) {
   const attn_params *p = job->pr->p;
-  return job->decode
-             ? (size_t)n_items * (size_t)(job->pr->group * p->len_q) * (size_t)(p->dim_v + 2)
-             : 0;
+  return job->split ? (size_t)n_items * (size_t)job->block_rows * (size_t)(p->dim_v + 2) : 0;
 }
 
 /* Floats of pre-packed K: B·Hkv·round_up(Lk, nr)·D (checked against K_PREPACK_MAX_BYTES). */
@@ -550,15 +582,15 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
                       "bytes of partial results, V checks and packed K",
                       workers, job.scratch_bytes, (np + nk) * sizeof(float) + nb * sizeof(int64_t));
   }
-  if (job.decode) {
-    attn__parallel_for(workers, n_items, decode_item, &job);
-    attn__parallel_for(workers, pr->p->batch * pr->p->heads_kv, merge_item, &job);
+  const attn_params *p = pr->p;
+  if (job.v_bad) attn__parallel_for(workers, p->batch * p->heads_kv, count_bad_v_item, &job);
+  if (job.k_packed)
+    attn__parallel_for(workers, p->batch * p->heads_kv * ((p->len_k + uk->bc - 1) / uk->bc),
+                       pack_k_item, &job);
+  if (job.split) {
+    attn__parallel_for(workers, n_items, split_item, &job);
+    attn__parallel_for(workers, p->batch * p->heads_kv * job.n_rblocks, merge_item, &job);
   } else {
-    const attn_params *p = pr->p;
-    if (job.v_bad) attn__parallel_for(workers, p->batch * p->heads_kv, count_bad_v_item, &job);
-    if (job.k_packed)
-      attn__parallel_for(workers, p->batch * p->heads_kv * ((p->len_k + uk->bc - 1) / uk->bc),
-                         pack_k_item, &job);
     attn__parallel_for(workers, n_items, fwd_item, &job);
   }
   free(job.k_packed);
