@@ -18,6 +18,9 @@
  *      l = α·l + rowsum P   (Milakov & Gimelshein arXiv:1805.02867; Dao arXiv:2307.08691)
  * (uk->softmax)
  *   5. acc = α·acc + P·V                                   (uk->pv)
+ * On a ragged tile (rows that see different keys of it: the causal diagonal, window edges) steps
+ * 2, 4 and 5 run per group of GROUP_ROWS rows over the nr-aligned columns the group can see, so
+ * the triangle of a causal diagonal tile that no row sees is not computed (2–3 % of a causal call).
  * then O = acc / l and LSE = m + log l, with the empty-row rule (l = 0 → O = +0, LSE = −inf).
  * If P is requested, a second sweep recomputes S per tile and writes exp(S − m) / l.
  *
@@ -226,6 +229,29 @@ static const float *k_tile(const fwd_job *job, const tile_scratch *ts, int64_t b
   return ts->ks;
 }
 
+/* Rows per group on ragged tiles (see group_cols), rounded up to the set's mr. */
+enum { GROUP_ROWS = 6 };
+
+/* On a ragged tile (rows that see different keys of it: the causal diagonal, window edges) the
+ * products of each group of rows [r0, r0 + g) run over the columns [*c_lo, *c_hi) the group can
+ * see, nr-aligned (c_lo rounded down, c_hi up, at most round_up(cols, nr)), instead of the whole
+ * tile; the columns outside hold −inf from score_tile. Returns 0 if the group sees nothing. */
+static int group_cols(const attn__fwd_ukernel *uk, const tile_scratch *ts, int r0, int g,
+                      int64_t j0, int cols, int *c_lo, int *c_hi) {
+  int64_t lo = j0 + cols, hi = j0;
+  for (int r = r0; r < r0 + g; r++)
+    if (ts->lo[r] < ts->hi[r] && ts->lo[r] < j0 + cols && ts->hi[r] > j0) {
+      if (ts->lo[r] < lo) lo = ts->lo[r];
+      if (ts->hi[r] > hi) hi = ts->hi[r];
+    }
+  if (hi <= lo) return 0;
+  if (lo < j0) lo = j0;
+  if (hi > j0 + cols) hi = j0 + cols;
+  *c_lo = (int)((lo - j0) / uk->nr * uk->nr);
+  *c_hi = (int)attn__round_up(hi - j0, uk->nr);
+  return 1;
+}
+
 /* Runs the fused loop for `rows` query rows of batch item b (row r is query row_i[r] of head
  * row_h[r], all reading KV head hk) over the keys in [j_lo, j_hi) that each row can see. Leaves
  * the running max, sum and unnormalised output in ts->m, ts->l, ts->acc; returns the union of the
@@ -282,9 +308,10 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
                      p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
       job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
+  const int group = (int)attn__round_up(GROUP_ROWS, uk->mr);
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
-    int v_finite = 1;
+    int v_finite = 1, ragged = 0;
     if (direct) {
       uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows, cols, D, ts->s,
                     vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
@@ -298,10 +325,28 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
         v_finite =
             attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
       }
-      uk->qk(qk_q, kt, rows_p, cols, D, ts->s);
+      for (int r = 0; r < rows && !ragged; r++)
+        ragged = ts->lo[r] > j0 || ts->hi[r] < j0 + cols;
+      if (!ragged) uk->qk(qk_q, kt, rows_p, cols, D, ts->s);
+      for (int r0 = 0; r0 < rows && ragged; r0 += group) {
+        const int g = rows - r0 < group ? rows - r0 : group;
+        int c_lo, c_hi;
+        if (group_cols(uk, ts, r0, g, j0, cols, &c_lo, &c_hi))
+          uk->qk(qk_q + (int64_t)r0 * D, kt + (int64_t)c_lo * D, (int)attn__round_up(g, uk->mr),
+                 c_hi - c_lo, D, ts->s + r0 * bc + c_lo);
+      }
     }
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
-    uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
+    if (!ragged) uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
+    for (int r0 = 0; r0 < rows && ragged; r0 += group) {
+      const int g = rows - r0 < group ? rows - r0 : group;
+      int c_lo, c_hi;
+      if (group_cols(uk, ts, r0, g, j0, cols, &c_lo, &c_hi))
+        uk->softmax(ts->s + r0 * bc + c_lo, g, c_hi - c_lo, ts->m + r0, ts->l + r0, ts->alpha + r0);
+      else /* nothing to see: the rows keep their state (P stays −inf, invisible) */
+        for (int r = r0; r < r0 + g; r++)
+          ts->alpha[r] = 1.0f;
+    }
     if (direct) {
       /* V is read in place; the kernel reports a non-finite value, and then acc (saved in vs,
        * free in this mode) is restored and the tile takes the packed, masked path */
@@ -312,11 +357,18 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
         memcpy(ts->acc, ts->vs, sizeof(float) * (size_t)rows * (size_t)dvp);
         attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
       }
-    } else if (v_finite && v_bad) {
-      uk->pv(ts->s, vbase + j0 * p->v_stride[2], p->v_stride[2], ts->alpha, rows_p, cols, dvp,
-             ts->acc);
-    } else if (v_finite) {
-      uk->pv(ts->s, ts->vs, dvp, ts->alpha, rows_p, cols, dvp, ts->acc);
+    } else if (v_finite) { /* V in place, or its packed copy */
+      const float *vt = v_bad ? vbase + j0 * p->v_stride[2] : ts->vs;
+      const int64_t ldv = v_bad ? p->v_stride[2] : dvp;
+      if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
+      for (int r0 = 0; r0 < rows && ragged; r0 += group) {
+        const int g = rows - r0 < group ? rows - r0 : group;
+        int c_lo, c_hi;
+        if (group_cols(uk, ts, r0, g, j0, cols, &c_lo, &c_hi))
+          uk->pv(ts->s + r0 * bc + c_lo, vt + c_lo * ldv, ldv, ts->alpha + r0,
+                 (int)attn__round_up(g, uk->mr), (c_hi < cols ? c_hi : cols) - c_lo, dvp,
+                 ts->acc + (int64_t)r0 * dvp);
+      }
     }
     if (!v_finite) {
       if (whole) memset(ts->vis, 1, (size_t)rows * (size_t)bc);

@@ -27,11 +27,13 @@ typedef struct attn__fwd_ukernel {
    * The layout must be such that packing all of K in calls at j0 = 0, bc, 2·bc, … into
    * dst + j0·D leaves, for any j0 that is a multiple of nr, the tile at j0 as dst + j0·D: the
    * driver packs K once per call that way and qk reads slices of it (columns past a tile's cols
-   * then hold the next keys; qk computes them and the driver overwrites them with −inf). */
+   * then hold the next keys; qk computes them and the driver overwrites them with −inf). Within
+   * one packed tile, likewise, the columns from c on (c a multiple of nr) are at dst + c·D: on a
+   * ragged tile the driver runs qk on such column ranges for groups of rows. */
   void (*pack_k)(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                  int64_t D, float *dst);
   /* Optional (NULL: qk reads Qs as is): rearranges Qs [rows_p, D] into the layout qk reads, once
-   * per query block. */
+   * per query block; rows from r on (r a multiple of mr) must start at qp + r·D. */
   void (*pack_q)(const float *qs, int rows_p, int64_t D, float *qp);
   /* S [rows_p, bc] = Qs (or its pack_q layout) · Kpᵀ for the first round_up(cols, nr) columns. */
   void (*qk)(const float *qs, const float *kp, int rows_p, int cols, int64_t D, float *s);
