@@ -9,7 +9,7 @@
  *      fits K_PREPACK_MAX_BYTES; a tile starting at a multiple of nr is then a slice of it), and
  *      V is read in place (contiguous columns, Dv a multiple of the set's nr) after a count of
  *      the V rows holding NaN or inf, so only a tile that has one is packed (for the masked
- *      product);
+ *      product). With a single reader, V is read in place too, each tile scanned where it is;
  *   2. S = (scale·Q)·Kᵀ, Q packed pre-scaled               (uk->qk)
  *   3. S = softcap, ALiBi, bias; −inf where invisible      (score_tile; skipped for tiles every
  *                                                           row sees whole with no per-pair
@@ -69,6 +69,7 @@ typedef struct fwd_job {
    * check is one subtraction instead of a copy and a scan per query block */
   int v_inplace;
   int64_t *v_bad;
+  int v_rows_ok; /* V's layout allows reading it in place (then a single reader scans each tile) */
   /* prefill with K packed once per call (several query blocks or heads read each K tile, and
    * the copy fits K_PREPACK_MAX_BYTES): [B, Hkv, round_up(Lk, nr) · D] in the set's pack_k
    * layout, so the tile at key j0 (a multiple of nr) starts at j0 · D */
@@ -284,8 +285,12 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     const float *qrow =
         job->q + b * p->q_stride[0] + ts->row_h[r] * p->q_stride[1] + ts->row_i[r] * p->q_stride[2];
     float *dst = ts->qs + (int64_t)r * D;
-    for (int64_t d = 0; d < D; d++)
-      dst[d] = qrow[d * p->q_stride[3]] * pr->scale;
+    if (p->q_stride[3] == 1) /* the common layout, in vector loads */
+      for (int64_t d = 0; d < D; d++)
+        dst[d] = qrow[d] * pr->scale;
+    else
+      for (int64_t d = 0; d < D; d++)
+        dst[d] = qrow[d * p->q_stride[3]] * pr->scale;
   }
   memset(ts->qs + (int64_t)rows * D, 0, sizeof(float) * (size_t)((rows_p - rows) * D));
   const float *qk_q = ts->qs;
@@ -317,8 +322,9 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
                     vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
     } else {
       const float *kt = k_tile(job, ts, b, hk, j0, cols);
-      if (v_bad) {
-        v_finite = v_bad[j0 + cols] == v_bad[j0];
+      if (job->v_rows_ok) { /* V in place: its finiteness from the counts, or a scan of the tile */
+        v_finite = v_bad ? v_bad[j0 + cols] == v_bad[j0]
+                         : attn__rows_finite(vbase + j0 * p->v_stride[2], p->v_stride[2], cols, Dv);
         if (!v_finite) /* the masked path reads the packed copy */
           attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
       } else {
@@ -358,8 +364,8 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
         attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
       }
     } else if (v_finite) { /* V in place, or its packed copy */
-      const float *vt = v_bad ? vbase + j0 * p->v_stride[2] : ts->vs;
-      const int64_t ldv = v_bad ? p->v_stride[2] : dvp;
+      const float *vt = job->v_rows_ok ? vbase + j0 * p->v_stride[2] : ts->vs;
+      const int64_t ldv = job->v_rows_ok ? p->v_stride[2] : dvp;
       if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
       for (int r0 = 0; r0 < rows && ragged; r0 += group) {
         const int g = rows - r0 < group ? rows - r0 : group;
@@ -389,8 +395,12 @@ static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const
       orow[d * p->o_stride[3]] = 0.0f;
     row_lse = -INFINITY;
   } else {
-    for (int64_t d = 0; d < p->dim_v; d++)
-      orow[d * p->o_stride[3]] = acc[d] / l;
+    if (p->o_stride[3] == 1) /* the common layout: the divisions in vectors */
+      for (int64_t d = 0; d < p->dim_v; d++)
+        orow[d] = acc[d] / l;
+    else
+      for (int64_t d = 0; d < p->dim_v; d++)
+        orow[d * p->o_stride[3]] = acc[d] / l;
     row_lse = m + logf(l);
   }
   if (job->lse)
@@ -567,8 +577,9 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   const int64_t readers = job->split ? job->n_rblocks : job->n_qblocks * group;
   /* V in place pays when each V tile would otherwise be copied more than once (several query
    * blocks or heads read it); with one reader the pre-pass would be a second pass over V */
-  job->v_inplace = !job->direct && p->v_stride[3] == 1 && p->dim_v > 0 &&
-                   p->dim_v % job->uk->nr == 0 && p->len_k > 0 && p->len_q > 0 && readers >= 2;
+  job->v_rows_ok =
+      !job->direct && p->v_stride[3] == 1 && p->dim_v > 0 && p->dim_v % job->uk->nr == 0;
+  job->v_inplace = job->v_rows_ok && p->len_k > 0 && p->len_q > 0 && readers >= 2;
   /* so does K packed once: each query block would pack every K tile it reads again */
   int64_t kp_bytes = 0;
   job->k_packed_len = attn__round_up(p->len_k, job->uk->nr) * p->dim;
