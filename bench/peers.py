@@ -34,6 +34,7 @@ SHAPES = [
     (1, 2, 2, 4096, 4096, 128, True),
     (4, 8, 8, 512, 512, 64, False),
     (1, 32, 8, 1, 32768, 128, True),
+    (1, 1, 1, 64, 32768, 128, True),
 ]
 # the training shapes of `attn bench --backward`
 SHAPES_BACKWARD = [
