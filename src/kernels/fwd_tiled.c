@@ -37,7 +37,9 @@
  * chunk of keys), so K and V are read once per block and the key range is shared by all threads;
  * the partial (m, l, acc) of the chunks are merged exactly through their log-sum-exp, in chunk
  * order ("flash-decoding"). Chunks and blocks depend on shapes only, so results never depend on
- * the thread count. Decode blocks read K and V in place through the set's direct forms.
+ * the thread count. Decode blocks read K and V in place through the set's direct forms. Few items
+ * that cannot split the keys (fewer than 2·DECODE_CHUNK keys, or P requested) get smaller query
+ * blocks instead (at least SPLIT_MIN_ROWS·mr rows), again by a rule on shapes only.
  *
  * Masked values: a V tile holding any non-finite value goes through uk->pv_masked, which skips
  * invisible pairs instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never
@@ -54,8 +56,8 @@ typedef struct fwd_job {
   const attn__problem *pr;
   const float *q, *k, *v;
   float *o, *lse, *probs;
-  int64_t n_qblocks, dvp;
-  unsigned char *scratch; /* n_workers × scratch_bytes */
+  int64_t n_qblocks, qb_rows, dvp; /* prefill: query blocks of qb_rows (≤ br) rows */
+  unsigned char *scratch;          /* n_workers × scratch_bytes */
   size_t scratch_bytes;
   /* key split: items (b, KV head, row block, key chunk); direct = decode proper, where the
    * set's direct forms read K and V in place. Row r of block rb is row R = rb·block_rows + r of
@@ -81,7 +83,13 @@ typedef struct fwd_job {
 /* Decode: up to DECODE_MAX_LQ queries, keys in chunks of DECODE_CHUNK. Prefill with fewer than
  * SPLIT_MIN_ITEMS items splits the keys into about SPLIT_CHUNKS chunks (multiples of
  * DECODE_CHUNK): enough items to balance the threads, few partials to merge. */
-enum { DECODE_MAX_LQ = 16, DECODE_CHUNK = 512, SPLIT_MIN_ITEMS = 8, SPLIT_CHUNKS = 16 };
+enum {
+  DECODE_MAX_LQ = 16,
+  DECODE_CHUNK = 512,
+  SPLIT_MIN_ITEMS = 8,
+  SPLIT_CHUNKS = 16,
+  SPLIT_MIN_ROWS = 4
+};
 #define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
 
 /* One worker's scratch, carved from fwd_job.scratch. */
@@ -443,8 +451,8 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   const int bc = uk->bc;
   const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
   const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / pr->group;
-  const int64_t i0 = qb * uk->br;
-  const int rows = (int)(Lq - i0 < uk->br ? Lq - i0 : uk->br);
+  const int64_t i0 = qb * job->qb_rows;
+  const int rows = (int)(Lq - i0 < job->qb_rows ? Lq - i0 : job->qb_rows);
   const int rows_p = (int)attn__round_up(rows, uk->mr);
   tile_scratch ts = carve(job, worker);
   for (int r = 0; r < rows; r++)
@@ -572,6 +580,16 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
     job->block_rows =
         attn__round_up((group_rows + job->n_rblocks - 1) / job->n_rblocks, job->uk->mr);
     if (job->block_rows > group_rows) job->block_rows = group_rows;
+  }
+  job->qb_rows = br;
+  if (few && !job->split && p->batch * p->heads_q > 0) {
+    /* too few items and no key split (short keys, or P requested): smaller query blocks, at
+     * least SPLIT_MIN_ROWS·mr rows, so that the threads share the work */
+    const int64_t want = (SPLIT_MIN_ITEMS + p->batch * p->heads_q - 1) / (p->batch * p->heads_q);
+    int64_t rows = attn__round_up((p->len_q + want - 1) / want, job->uk->mr);
+    if (rows < SPLIT_MIN_ROWS * job->uk->mr) rows = SPLIT_MIN_ROWS * job->uk->mr;
+    job->qb_rows = rows < br ? rows : br;
+    job->n_qblocks = (p->len_q + job->qb_rows - 1) / job->qb_rows;
   }
   /* readers of each K and V tile: query blocks times heads of a group, or row blocks */
   const int64_t readers = job->split ? job->n_rblocks : job->n_qblocks * group;
