@@ -111,6 +111,7 @@ def main():
     import numpy as np
     import torch
     import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
 
     torch.set_num_threads(args.threads)
     print(f"peers: torch {torch.__version__} (cpu capability {torch.backends.cpu.get_cpu_capability()}),"
@@ -133,20 +134,24 @@ def main():
         do = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
 
         tq, tk, tv = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
-        # torch's is_causal is top-left aligned; attn's bench is bottom-right. They agree when
-        # Lq = Lk; for a single query (decode) bottom-right causal sees every key.
+        # attn's bench aligns causal bottom-right; torch's is_causal is top-left. They agree when
+        # Lq = Lk, and a single query (decode) sees every key; otherwise torch gets its own
+        # bottom-right causal bias (torch.nn.attention.bias.causal_lower_right)
         torch_causal = causal and Lq == Lk
-        if causal and Lq != Lk and Lq != 1:
-            raise SystemExit("peers: causal shapes need Lq = Lk or Lq = 1 for a like-for-like peer")
+        bias = causal_lower_right(Lq, Lk) if causal and 1 < Lq != Lk else None
         gqa = Hq != Hkv
+
+        def sdpa():
+            return F.scaled_dot_product_attention(tq, tk, tv, attn_mask=bias, is_causal=torch_causal,
+                                                  enable_gqa=gqa)
 
         def run_torch():
             with torch.no_grad():
-                return F.scaled_dot_product_attention(tq, tk, tv, is_causal=torch_causal, enable_gqa=gqa)
+                return sdpa()
 
         if args.backward:
             tq.requires_grad_(), tk.requires_grad_(), tv.requires_grad_()
-            out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=torch_causal, enable_gqa=gqa)
+            out = sdpa()
             tdo = torch.from_numpy(do)
 
             def run_torch():
@@ -161,7 +166,8 @@ def main():
 
         group = Hq // Hkv
         kk, vv = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-        mask = np.triu(np.full((Lq, Lk), -np.inf, np.float32), 1) if torch_causal else None
+        mask = (np.triu(np.full((Lq, Lk), -np.inf, np.float32), 1 + Lk - Lq)
+                if causal and Lq > 1 else None)
 
         def run_numpy():
             s = (q @ kk.transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(D))
