@@ -149,7 +149,8 @@ static void test_masked_values(attn_kernel kern) {
   s.mask = MASK_KEYPAD;
   cases[5].name = "padded keys (decode)", cases[5].spec = s, cases[5].fn = poison_padded_keys;
   /* prefill with few query blocks: the split-key path on packed tiles, one row block per KV
-   * group (V copied per tile), then several (V read in place, K packed once) */
+   * group (V read in place, each tile scanned), then several (V's bad rows counted once, K packed
+   * once) */
   s = tspec_shape(1, 2, 1, 40, 1500, 16, 16);
   s.mask = MASK_KEYPAD;
   cases[6].name = "padded keys (few items)", cases[6].spec = s, cases[6].fn = poison_padded_keys;
