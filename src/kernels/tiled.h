@@ -129,10 +129,11 @@ extern const attn__fwd_ukernel attn__ukernel_generic;
 extern const attn__fwd_ukernel attn__ukernel_avx2;
 extern const attn__fwd_ukernel attn__ukernel_avx512;
 /* Parts of the AVX2 set that the AVX-512 set shares (ukernel_avx2.c; AVX2 + FMA only): K packing
- * in panels of w keys (w a multiple of 8), the masked P·V and the decode direct forms, all with S
- * rows 128 floats apart (bc = 128). */
+ * in panels of w keys (w a multiple of 8), Q packing in panels of mr rows, the masked P·V and the
+ * decode direct forms, all with S rows 128 floats apart (bc = 128). */
 void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
                               int cols, int64_t D, float *dst, int w);
+void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr);
 void attn__pv_masked_avx2(const float *p, const float *vs, const float *alpha,
                           const unsigned char *vis, int rows_p, int cols, int64_t dvp, float *acc);
 void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,

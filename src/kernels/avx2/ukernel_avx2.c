@@ -79,13 +79,17 @@ static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stri
   attn__pack_k_panels_avx2(src, row_stride, col_stride, j0, cols, D, dst, NR);
 }
 
-/* Qp, micro-panel-major: rows r0..r0+5 form a contiguous [D, 6] block, so the six broadcasts of
- * one step of d read 24 consecutive bytes. */
-static void pack_q_panels(const float *qs, int rows_p, int64_t D, float *qp) {
-  for (int r0 = 0; r0 < rows_p; r0 += MR)
+/* Qp, micro-panel-major: rows r0..r0+mr-1 form a contiguous [D, mr] block, so the mr broadcasts
+ * of one step of d read consecutive bytes (rows_p a multiple of mr). */
+void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr) {
+  for (int r0 = 0; r0 < rows_p; r0 += mr)
     for (int64_t d = 0; d < D; d++)
-      for (int r = 0; r < MR; r++)
-        qp[(int64_t)r0 * D + d * MR + r] = qs[(int64_t)(r0 + r) * D + d];
+      for (int r = 0; r < mr; r++)
+        qp[(int64_t)r0 * D + d * mr + r] = qs[(int64_t)(r0 + r) * D + d];
+}
+
+static void pack_q_panels(const float *qs, int rows_p, int64_t D, float *qp) {
+  attn__pack_q_panels_avx2(qs, rows_p, D, qp, MR);
 }
 
 /* S [rows_p, BC] = Q · Kᵀ from Qp and Kp: 6 rows × 16 columns per register block, both operands

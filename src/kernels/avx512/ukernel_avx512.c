@@ -31,10 +31,7 @@ static void pack_k_panels32(const float *src, int64_t row_stride, int64_t col_st
 
 /* Qp, micro-panel-major: rows r0..r0+11 form a contiguous [D, 12] block. */
 static void pack_q_panels12(const float *qs, int rows_p, int64_t D, float *qp) {
-  for (int r0 = 0; r0 < rows_p; r0 += MR)
-    for (int64_t d = 0; d < D; d++)
-      for (int r = 0; r < MR; r++)
-        qp[(int64_t)r0 * D + d * MR + r] = qs[(int64_t)(r0 + r) * D + d];
+  attn__pack_q_panels_avx2(qs, rows_p, D, qp, MR);
 }
 
 /* S [rows_p, BC] = Q · Kᵀ from Qp and Kp: 12 rows × 32 columns per register block. */
