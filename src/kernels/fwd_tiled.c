@@ -104,19 +104,20 @@ typedef struct tile_scratch {
   float *acc;             /* [br, dvp] unnormalised output */
   float *m, *l, *alpha;   /* [br] running max, running sum, this tile's rescale factor */
   unsigned char *vis;     /* [br, bc] 1 where the pair is visible */
+  int *grp; /* [2·br] on a ragged tile: column range of each row group (group_cols) */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 14 };
+enum { N_PARTS = 15 };
 static int scratch_layout(const attn__fwd_ukernel *uk, int64_t D, int64_t dvp, size_t offs[N_PARTS],
                           size_t *total) {
   const int64_t br = uk->br, bc = uk->bc;
-  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis */
+  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis, grp */
   const int64_t counts[N_PARTS] = {
-      br,       br, br, br, br * D, uk->pack_q ? br * D : 0, bc * D, bc * dvp, br * bc,
-      br * dvp, br, br, br, br * bc};
-  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1};
+      br, br, br, br,      br * D, uk->pack_q ? br * D : 0, bc * D, bc * dvp, br * bc, br * dvp,
+      br, br, br, br * bc, 2 * br};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -148,6 +149,7 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.l = (float *)(void *)(base + o[11]);
   t.alpha = (float *)(void *)(base + o[12]);
   t.vis = base + o[13];
+  t.grp = (int *)(void *)(base + o[14]);
   return t;
 }
 
@@ -242,23 +244,26 @@ static const float *k_tile(const fwd_job *job, const tile_scratch *ts, int64_t b
 enum { GROUP_ROWS = 6 };
 
 /* On a ragged tile (rows that see different keys of it: the causal diagonal, window edges) the
- * products of each group of rows [r0, r0 + g) run over the columns [*c_lo, *c_hi) the group can
- * see, nr-aligned (c_lo rounded down, c_hi up, at most round_up(cols, nr)), instead of the whole
- * tile; the columns outside hold −inf from score_tile. Returns 0 if the group sees nothing. */
-static int group_cols(const attn__fwd_ukernel *uk, const tile_scratch *ts, int r0, int g,
-                      int64_t j0, int cols, int *c_lo, int *c_hi) {
-  int64_t lo = j0 + cols, hi = j0;
-  for (int r = r0; r < r0 + g; r++)
-    if (ts->lo[r] < ts->hi[r] && ts->lo[r] < j0 + cols && ts->hi[r] > j0) {
-      if (ts->lo[r] < lo) lo = ts->lo[r];
-      if (ts->hi[r] > hi) hi = ts->hi[r];
-    }
-  if (hi <= lo) return 0;
-  if (lo < j0) lo = j0;
-  if (hi > j0 + cols) hi = j0 + cols;
-  *c_lo = (int)((lo - j0) / uk->nr * uk->nr);
-  *c_hi = (int)attn__round_up(hi - j0, uk->nr);
-  return 1;
+ * products of each group of rows [k·group, k·group + group) run over the columns
+ * [grp[2k], grp[2k + 1]) the group can see, nr-aligned (the start rounded down, the end up, at
+ * most round_up(cols, nr)), instead of the whole tile; the columns outside hold −inf from
+ * score_tile. An empty range (0, 0): the group sees nothing of the tile. */
+static void group_cols(const attn__fwd_ukernel *uk, tile_scratch *ts, int rows, int group,
+                       int64_t j0, int cols) {
+  for (int r0 = 0, k = 0; r0 < rows; r0 += group, k++) {
+    int64_t lo = j0 + cols, hi = j0;
+    for (int r = r0; r < r0 + group && r < rows; r++)
+      if (ts->lo[r] < ts->hi[r] && ts->lo[r] < j0 + cols && ts->hi[r] > j0) {
+        if (ts->lo[r] < lo) lo = ts->lo[r];
+        if (ts->hi[r] > hi) hi = ts->hi[r];
+      }
+    ts->grp[2 * k] = ts->grp[2 * k + 1] = 0;
+    if (hi <= lo) continue;
+    if (lo < j0) lo = j0;
+    if (hi > j0 + cols) hi = j0 + cols;
+    ts->grp[2 * k] = (int)((lo - j0) / uk->nr * uk->nr);
+    ts->grp[2 * k + 1] = (int)attn__round_up(hi - j0, uk->nr);
+  }
 }
 
 /* Runs the fused loop for `rows` query rows of batch item b (row r is query row_i[r] of head
@@ -341,22 +346,22 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       }
       for (int r = 0; r < rows && !ragged; r++)
         ragged = ts->lo[r] > j0 || ts->hi[r] < j0 + cols;
+      if (ragged) group_cols(uk, ts, rows, group, j0, cols);
       if (!ragged) uk->qk(qk_q, kt, rows_p, cols, D, ts->s);
-      for (int r0 = 0; r0 < rows && ragged; r0 += group) {
-        const int g = rows - r0 < group ? rows - r0 : group;
-        int c_lo, c_hi;
-        if (group_cols(uk, ts, r0, g, j0, cols, &c_lo, &c_hi))
+      for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
+        const int g = rows - r0 < group ? rows - r0 : group, c_lo = ts->grp[2 * k];
+        if (ts->grp[2 * k + 1] > c_lo)
           uk->qk(qk_q + (int64_t)r0 * D, kt + (int64_t)c_lo * D, (int)attn__round_up(g, uk->mr),
-                 c_hi - c_lo, D, ts->s + r0 * bc + c_lo);
+                 ts->grp[2 * k + 1] - c_lo, D, ts->s + r0 * bc + c_lo);
       }
     }
     const int whole = score_tile(uk, pr, b, shift, ts, rows, j0, cols);
     if (!ragged) uk->softmax(ts->s, rows, cols, ts->m, ts->l, ts->alpha);
-    for (int r0 = 0; r0 < rows && ragged; r0 += group) {
-      const int g = rows - r0 < group ? rows - r0 : group;
-      int c_lo, c_hi;
-      if (group_cols(uk, ts, r0, g, j0, cols, &c_lo, &c_hi))
-        uk->softmax(ts->s + r0 * bc + c_lo, g, c_hi - c_lo, ts->m + r0, ts->l + r0, ts->alpha + r0);
+    for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
+      const int g = rows - r0 < group ? rows - r0 : group, c_lo = ts->grp[2 * k];
+      if (ts->grp[2 * k + 1] > c_lo)
+        uk->softmax(ts->s + r0 * bc + c_lo, g, ts->grp[2 * k + 1] - c_lo, ts->m + r0, ts->l + r0,
+                    ts->alpha + r0);
       else /* nothing to see: the rows keep their state (P stays −inf, invisible) */
         for (int r = r0; r < r0 + g; r++)
           ts->alpha[r] = 1.0f;
@@ -375,13 +380,12 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       const float *vt = job->v_rows_ok ? vbase + j0 * p->v_stride[2] : ts->vs;
       const int64_t ldv = job->v_rows_ok ? p->v_stride[2] : dvp;
       if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
-      for (int r0 = 0; r0 < rows && ragged; r0 += group) {
-        const int g = rows - r0 < group ? rows - r0 : group;
-        int c_lo, c_hi;
-        if (group_cols(uk, ts, r0, g, j0, cols, &c_lo, &c_hi))
+      for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
+        const int g = rows - r0 < group ? rows - r0 : group, c_lo = ts->grp[2 * k];
+        const int c_hi = ts->grp[2 * k + 1] < cols ? ts->grp[2 * k + 1] : cols;
+        if (ts->grp[2 * k + 1] > c_lo)
           uk->pv(ts->s + r0 * bc + c_lo, vt + c_lo * ldv, ldv, ts->alpha + r0,
-                 (int)attn__round_up(g, uk->mr), (c_hi < cols ? c_hi : cols) - c_lo, dvp,
-                 ts->acc + (int64_t)r0 * dvp);
+                 (int)attn__round_up(g, uk->mr), c_hi - c_lo, dvp, ts->acc + (int64_t)r0 * dvp);
       }
     }
     if (!v_finite) {
