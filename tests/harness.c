@@ -617,6 +617,25 @@ int t_compare(const char *label, const char *what, const float *ker, const doubl
   return 1;
 }
 
+int t_kernel_selected(attn_kernel kernel) {
+  if (!attn_kernel_supported(kernel)) return 0;
+  const char *list = getenv("ATTN_TEST_KERNELS");
+  if (!list || !*list) return 1;
+  const char *name = attn_kernel_name(kernel);
+  const size_t n = strlen(name);
+  for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
+    if ((p == list || p[-1] == ',') && (p[n] == '\0' || p[n] == ',')) return 1;
+  return 0;
+}
+
+void t_check_kernel_selection(void) {
+  int any = 0;
+  for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
+    any |= t_kernel_selected((attn_kernel)k);
+  CHECKF(any, "ATTN_TEST_KERNELS=%s names no kernel this CPU supports",
+         getenv("ATTN_TEST_KERNELS"));
+}
+
 int t_check_case(tcase *c, attn_kernel kernel, int threads, int want_probs) {
   char label[512];
   tcase_label(c, label, sizeof label);

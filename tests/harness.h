@@ -188,6 +188,14 @@ int t_compare(const char *label, const char *what, const float *ker, const doubl
 /* Runs kernel on c and checks O, LSE (and P if want_probs) against the oracle and guard bytes. */
 int t_check_case(tcase *c, attn_kernel kernel, int threads, int want_probs);
 
+/* 1 when the sweeps should test `kernel`: this CPU supports it and the environment variable
+ * ATTN_TEST_KERNELS, if set, names it in its comma-separated list (e.g. "avx512"; to replay or
+ * sanitise one kernel's sweep alone). */
+int t_kernel_selected(attn_kernel kernel);
+
+/* A check that the selection above names at least one kernel (so a misspelt list fails). */
+void t_check_kernel_selection(void);
+
 /* ---- the backward (harness_grad.c) ---- */
 
 /* One backward run: dO (random, the O layout), the forward's O and LSE, guarded gradient outputs

@@ -130,7 +130,7 @@ static void check_all(const tspec *s, int want_dbias) {
   tcase c;
   tcase_make(&c, &sp);
   for (int k = ATTN_KERNEL_GENERIC; k < ATTN_KERNEL_COUNT_; k++)
-    if (attn_kernel_supported((attn_kernel)k)) t_check_backward(&c, (attn_kernel)k, 2, want_dbias);
+    if (t_kernel_selected((attn_kernel)k)) t_check_backward(&c, (attn_kernel)k, 2, want_dbias);
   tcase_free(&c);
 }
 
@@ -218,7 +218,7 @@ static void test_determinism(void) {
   tcase c;
   tcase_make(&c, &s);
   for (int k = ATTN_KERNEL_GENERIC; k < ATTN_KERNEL_COUNT_; k++) {
-    if (!attn_kernel_supported((attn_kernel)k)) continue;
+    if (!t_kernel_selected((attn_kernel)k)) continue;
     tgrad g;
     tgrad_make(&g, &c, 1, (attn_kernel)k, s.seed);
     tgrads first = t_backward_gather(&c, &g, (attn_kernel)k, 2);
@@ -257,7 +257,7 @@ static void test_nan_behind_masks(void) {
     tcase c;
     tcase_make(&c, &s);
     for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
-      if (!attn_kernel_supported((attn_kernel)k)) continue;
+      if (!t_kernel_selected((attn_kernel)k)) continue;
       tgrad g;
       tgrad_make(&g, &c, 1, (attn_kernel)k, s.seed);
       tgrads clean = t_backward_gather(&c, &g, (attn_kernel)k, 2);
@@ -363,6 +363,7 @@ static void test_errors(void) {
 int main(int argc, char **argv) {
   seed_base = argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
   printf("test_backward: seed %llu\n", (unsigned long long)seed_base);
+  t_check_kernel_selection();
   if (argc > 2 && strcmp(argv[2], "threads") == 0) { /* the part worth running under TSan */
     test_determinism();
     test_nan_behind_masks();

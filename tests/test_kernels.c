@@ -7,7 +7,8 @@
  *   2. features: every visibility and score feature alone, every pair combined, and all at once,
  *      in both alignments and every layout, with broadcast masks and biases;
  *   3. numerical range: large logits, tiny/huge/zero/negative scale, Dv ≠ D, Lk = 0, Dv = 0.
- * Usage: test_kernels [seed]   (seed 0 by default; CI may pass a rotating seed, printed first).
+ * Usage: test_kernels [seed]   (seed 0 by default; CI may pass a rotating seed, printed first);
+ * ATTN_TEST_KERNELS=avx512 (a comma-separated list) sweeps only the kernels it names.
  */
 #include "harness.h"
 
@@ -29,7 +30,7 @@ static void check_all_kernels(const tspec *s, int want_probs) {
   sp.seed = seed_base * 1000003u + (uint64_t)n_cases++;
   tcase_make(&c, &sp);
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
-    if (attn_kernel_supported((attn_kernel)k)) t_check_case(&c, (attn_kernel)k, 2, want_probs);
+    if (t_kernel_selected((attn_kernel)k)) t_check_case(&c, (attn_kernel)k, 2, want_probs);
   tcase_free(&c);
 }
 
@@ -130,7 +131,7 @@ static void sweep_numbers(void) {
   for (int64_t i = 0; i < tbuf_count(&c.bias); i++)
     bb[i] = -1e5f - (float)(i % 7);
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
-    if (attn_kernel_supported((attn_kernel)k)) t_check_case(&c, (attn_kernel)k, 1, 1);
+    if (t_kernel_selected((attn_kernel)k)) t_check_case(&c, (attn_kernel)k, 1, 1);
   tcase_free(&c);
 }
 
@@ -182,7 +183,10 @@ int main(int argc, char **argv) {
   printf("test_kernels: seed %llu\n", (unsigned long long)seed_base);
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
     printf("  kernel %-8s %s\n", attn_kernel_name((attn_kernel)k),
-           attn_kernel_supported((attn_kernel)k) ? "tested" : "SKIP (not supported on this CPU)");
+           t_kernel_selected((attn_kernel)k)       ? "tested"
+           : attn_kernel_supported((attn_kernel)k) ? "SKIP (not in ATTN_TEST_KERNELS)"
+                                                   : "SKIP (not supported on this CPU)");
+  t_check_kernel_selection();
   sweep_shapes();
   sweep_features();
   sweep_numbers();
