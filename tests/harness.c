@@ -196,6 +196,12 @@ tspec tspec_shape(int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, in
   return s;
 }
 
+void tspec_min_rows(tspec *s, int64_t min_rows) {
+  if (s->B * s->Hq * s->Lq > 0)
+    while (s->B * s->Hq * s->Lq < min_rows)
+      s->B *= 2;
+}
+
 /* Strides of a [n0, n1, n2, n3] tensor in the given layout (index order B, H, L, D). */
 void t_layout_strides(int layout, const int64_t n[4], int64_t s[4]) {
   switch (layout) {

@@ -121,6 +121,11 @@ typedef struct tspec {
 /* Strides of layout LAYOUT_* for a tensor of sizes n [B, H, L, D] (index order). */
 void t_layout_strides(int layout, const int64_t n[4], int64_t s[4]);
 
+/* Doubles the batch until the case has at least min_rows query rows (B·Hq·Lq; none stays none):
+ * the tolerance rule compares maximum errors, which needs a real sample (with one row, two fp32
+ * implementations' errors differ by 2× about a third of the time). */
+void tspec_min_rows(tspec *s, int64_t min_rows);
+
 /* A spec with the given shape and no features. */
 tspec tspec_shape(int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t D,
                   int64_t Dv);

@@ -123,9 +123,7 @@ static void test_ref_fd(void) {
 
 static void check_all(const tspec *s, int want_dbias) {
   tspec sp = *s;
-  if (sp.B * sp.Hq * sp.Lq > 0)
-    while (sp.B * sp.Hq * sp.Lq < 32)
-      sp.B *= 2;
+  tspec_min_rows(&sp, 32);
   sp.seed = seed_base * 1000003u + (uint64_t)n_cases++;
   tcase c;
   tcase_make(&c, &sp);

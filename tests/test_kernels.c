@@ -18,15 +18,12 @@
 static uint64_t seed_base;
 static int n_cases;
 
-/* Runs the case on every kernel this CPU supports. The batch is raised until there are at least
- * 64 query rows: the tolerance rule compares maximum errors, which needs a real sample (with one
- * row, two fp32 implementations' errors differ by 2× about a third of the time). */
+/* Runs the case on every kernel this CPU supports, its batch raised to at least 64 query rows
+ * (tspec_min_rows). */
 static void check_all_kernels(const tspec *s, int want_probs) {
   tcase c;
   tspec sp = *s;
-  if (sp.B * sp.Hq * sp.Lq > 0)
-    while (sp.B * sp.Hq * sp.Lq < 64)
-      sp.B *= 2;
+  tspec_min_rows(&sp, 64);
   sp.seed = seed_base * 1000003u + (uint64_t)n_cases++;
   tcase_make(&c, &sp);
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++)
