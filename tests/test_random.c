@@ -2,12 +2,12 @@
  * test_random.c — random cases beyond the structured sweeps of test_kernels and test_backward:
  * every option drawn independently (layout, causal, alignment, windows, per-batch key lengths,
  * each mask and bias kind, softcap, ALiBi, explicit scale, larger logits), shapes drawn around all
- * of the forward's paths (decode Lq ≤ 16 and few query blocks against 1000–5000 keys, where the
- * keys are split; ordinary tiles otherwise), D and Dv from 1 to 300, 1–5 threads. Each case runs
- * on every kernel against the fp64 oracle under the tolerance rule (forward: O, LSE and, for small
- * cases, P; backward: dQ, dK, dV and dBias). Deterministic for a seed.
- * Usage: test_random [seed [cases]]   (seed 0 and 48 cases of each pass by default; CI passes a
- * rotating seed). ATTN_TEST_KERNELS limits the kernels as in test_kernels.
+ * of the forward's paths (decode Lq ≤ 16 and query blocks against 1000–5000 keys, where the keys
+ * are split for decode and for few items; ordinary tiles otherwise), D and Dv from 1 to 300, 1–5
+ * threads. Each case runs on every kernel against the fp64 oracle under the tolerance rule
+ * (forward: O, LSE and, for small cases, P; backward: dQ, dK, dV and dBias). Deterministic for a
+ * seed. Usage: test_random [seed [cases]]   (seed 0 and 48 cases of each pass by default; CI passes
+ * a rotating seed). ATTN_TEST_KERNELS limits the kernels as in test_kernels.
  */
 #include "harness.h"
 
@@ -26,7 +26,7 @@ static tspec random_spec(rng *r, int backward, uint64_t seed) {
     Lq = rng_int(r, 0, 200), Lk = rng_int(r, 0, 300);
   else if (u < 0.25) /* decode: split keys, direct forms */
     Lq = rng_int(r, 1, 16), Lk = rng_int(r, 1000, 5000);
-  else if (u < 0.45) /* few query blocks against many keys: split keys on the packed path */
+  else if (u < 0.45) /* query blocks against many keys: split when the items are few */
     Lq = rng_int(r, 17, 200), Lk = rng_int(r, 1000, 4200);
   else
     Lq = rng_int(r, 0, 400), Lk = rng_int(r, 0, 400);
