@@ -66,12 +66,12 @@ typedef struct fwd_job {
   int64_t chunk, n_chunks;       /* keys per chunk, chunks per row block */
   int64_t block_rows, n_rblocks; /* KV group rows per block (≤ br), blocks per KV group */
   float *partials; /* [B, Hkv, n_rblocks, n_chunks, block_rows, dv + 2]: acc, then m and l */
-  /* prefill with V read in place (contiguous columns, Dv a multiple of the set's nr): bad[j] =
-   * number of V rows before key j holding a non-finite value, [B, Hkv, Lk + 1], so a tile's
-   * check is one subtraction instead of a copy and a scan per query block */
-  int v_inplace;
+  /* prefill reads V in place when its layout allows (contiguous columns, Dv a multiple of the
+   * set's nr); with several readers of each tile (v_counts) a pre-pass makes bad[j] = number of
+   * V rows before key j holding a non-finite value, [B, Hkv, Lk + 1], so a tile's check is one
+   * subtraction instead of a scan per query block; a single reader scans each tile itself */
+  int v_rows_ok, v_counts;
   int64_t *v_bad;
-  int v_rows_ok; /* V's layout allows reading it in place (then a single reader scans each tile) */
   /* prefill with K packed once per call (several query blocks or heads read each K tile, and
    * the copy fits K_PREPACK_MAX_BYTES): [B, Hkv, round_up(Lk, nr) · D] in the set's pack_k
    * layout, so the tile at key j0 (a multiple of nr) starts at j0 · D */
@@ -325,7 +325,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
                      p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
-      job->v_inplace ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
+      job->v_counts ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
   const int group = (int)attn__round_up(GROUP_ROWS, uk->mr);
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
@@ -597,11 +597,11 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   }
   /* readers of each K and V tile: query blocks times heads of a group, or row blocks */
   const int64_t readers = job->split ? job->n_rblocks : job->n_qblocks * group;
-  /* V in place pays when each V tile would otherwise be copied more than once (several query
-   * blocks or heads read it); with one reader the pre-pass would be a second pass over V */
+  /* V is read in place whenever its layout allows; the counting pre-pass pays when several
+   * query blocks or heads read each V tile (else it would be a second pass over V) */
   job->v_rows_ok =
       !job->direct && p->v_stride[3] == 1 && p->dim_v > 0 && p->dim_v % job->uk->nr == 0;
-  job->v_inplace = job->v_rows_ok && p->len_k > 0 && p->len_q > 0 && readers >= 2;
+  job->v_counts = job->v_rows_ok && p->len_k > 0 && p->len_q > 0 && readers >= 2;
   /* so does K packed once: each query block would pack every K tile it reads again */
   int64_t kp_bytes = 0;
   job->k_packed_len = attn__round_up(p->len_k, job->uk->nr) * p->dim;
@@ -640,7 +640,7 @@ static size_t k_packed_floats(const fwd_job *job) {
 /* Counts of the in-place V pre-pass: B·Hkv·(Lk + 1) (sizes were checked by attn_params). */
 static size_t bad_v_counts(const fwd_job *job) {
   const attn_params *p = job->pr->p;
-  return job->v_inplace ? (size_t)(p->batch * p->heads_kv) * (size_t)(p->len_k + 1) : 0;
+  return job->v_counts ? (size_t)(p->batch * p->heads_kv) * (size_t)(p->len_k + 1) : 0;
 }
 
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
