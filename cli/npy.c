@@ -91,7 +91,7 @@ int npy_read(const char *path, npy_array *a, char *err, size_t err_size) {
     a->dtype = NPY_U8;
     esize = 1;
   } else {
-    const char *end = strchr(descr + 1, '\'');
+    const char *end = *descr ? strchr(descr + 1, '\'') : NULL; /* the value may be empty */
     FAIL("unsupported dtype %.*s (need little-endian float32 '<f4', or uint8/bool for masks)",
          end ? (int)(end - descr + 1) : 8, descr);
   }

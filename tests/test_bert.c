@@ -171,6 +171,34 @@ static void test_safetensors(void) {
   buf[0] = (unsigned char)strlen(mism);
   memcpy(buf + 8, mism, strlen(mism));
   expect_bad_file("shape against byte range", buf, 8 + strlen(mism) + 16, "tensor w");
+  /* found by fuzzing: a shape whose byte count overflows int64, metadata nested deeper than any
+   * stack (it recursed once per bracket), and two tensors sharing bytes */
+  const char *huge = "{\"w\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904,1],"
+                     "\"data_offsets\":[0,0]}}";
+  memset(buf, 0, sizeof buf);
+  buf[0] = (unsigned char)strlen(huge);
+  memcpy(buf + 8, huge, strlen(huge));
+  expect_bad_file("byte count overflows", buf, 8 + strlen(huge), "tensor w");
+  enum { DEPTH = 200000 };
+  unsigned char *deep = calloc(1, 8 + 2 * DEPTH + 32);
+  if (deep) {
+    size_t n = 8;
+    n += (size_t)sprintf((char *)deep + n, "{\"__metadata__\":");
+    memset(deep + n, '[', DEPTH), n += DEPTH;
+    memset(deep + n, ']', DEPTH), n += DEPTH;
+    deep[n++] = '}';
+    for (int i = 0; i < 8; i++)
+      deep[i] = (unsigned char)((n - 8) >> (8 * i));
+    expect_bad_file("metadata nested 200000 deep", deep, n, "malformed");
+    free(deep);
+  }
+  const char *overlap = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                        "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}";
+  memset(buf, 0, sizeof buf);
+  buf[0] = (unsigned char)strlen(overlap);
+  memcpy(buf + 8, overlap, strlen(overlap));
+  expect_bad_file("overlapping tensors", buf, 8 + strlen(overlap) + 16,
+                  "tensor b: data_offsets overlap those of tensor a");
 }
 
 /* A PNG written by picture.c: signature, IHDR, the stored zlib stream's pixels, CRCs. */

@@ -249,6 +249,12 @@ static void test_bad_inputs(void) {
   snprintf(hdr + 10, sizeof hdr - 10, "%-117s\n",
            "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 2, 5, 4), }");
   write_raw("fortran.npy", hdr, 128);
+  /* found by fuzzing: a header that ends right after 'descr': (its reader once read past the end)
+   */
+  const char *cut = "{'fortran_order': False, 'shape': (1, 2, 5, 4), 'descr':";
+  hdr[8] = (char)strlen(cut);
+  memcpy(hdr + 10, cut, strlen(cut));
+  write_raw("nodescr.npy", hdr, 10 + strlen(cut));
 
   char good[1024], q[256], k[256], v[256];
   snprintf(q, sizeof q, "%s", path("q.npy"));
@@ -270,6 +276,7 @@ static void test_bad_inputs(void) {
       {"truncated", "run --q %s/trunc.npy --k %s --v %s --out %%s", "truncated"},
       {"float64", "run --q %s/f64.npy --k %s --v %s --out %%s", "unsupported dtype '<f8'"},
       {"fortran order", "run --q %s/fortran.npy --k %s --v %s --out %%s", "Fortran"},
+      {"empty dtype", "run --q %s/nodescr.npy --k %s --v %s --out %%s", "unsupported dtype"},
       {"3-D q", "run --q %s/q3d.npy --k %s --v %s --out %%s", "expected a 4-D array"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -57,9 +57,12 @@ static int integer(cursor *c, int64_t *v) {
   *v = x;
   return c->s > start ? 0 : -1;
 }
-/* Skips any JSON value (for __metadata__). */
-static int skip(cursor *c) {
+/* Skips any JSON value (for __metadata__), nested at most MAX_DEPTH deep: a header of nothing but
+ * brackets is an error, not a stack overflow. */
+enum { MAX_DEPTH = 32 };
+static int skip(cursor *c, int depth) {
   ws(c);
+  if (depth > MAX_DEPTH) return -1;
   if (c->s >= c->end) return -1;
   if (*c->s == '"') {
     char tmp[4096];
@@ -74,7 +77,7 @@ static int skip(cursor *c) {
         char key[4096];
         if (str(c, key, sizeof key) || !eat(c, ':')) return -1;
       }
-      if (skip(c)) return -1;
+      if (skip(c, depth + 1)) return -1;
     } while (eat(c, ','));
     return eat(c, close) ? 0 : -1;
   }
@@ -86,6 +89,42 @@ static int skip(cursor *c) {
 static int fail(char *err, size_t size, const char *path, const char *what, const char *name) {
   snprintf(err, size, "%s: %s%s%s", path, name ? "tensor " : "", name ? name : "", what);
   return -1;
+}
+
+static int by_offset(const void *a, const void *b) {
+  const attn_st_tensor *x = *(const attn_st_tensor *const *)a,
+                       *y = *(const attn_st_tensor *const *)b;
+  const char *px = x->data, *py = y->data;
+  return px < py ? -1 : px > py;
+}
+
+/* The tensors' byte ranges must not overlap (the format's rule; empty tensors overlap nothing).
+ * Closes f and names both tensors when two do. */
+static int check_disjoint(attn_st_file *f, const char *path, char *err, size_t err_size) {
+  const attn_st_tensor **order = malloc(sizeof *order * (size_t)(f->n ? f->n : 1));
+  if (!order) {
+    attn_st_close(f);
+    return fail(err, err_size, path, "out of memory", NULL);
+  }
+  int m = 0;
+  for (int i = 0; i < f->n; i++)
+    if (f->t[i].bytes > 0) order[m++] = &f->t[i];
+  qsort(order, (size_t)m, sizeof *order, by_offset);
+  for (int i = 1; i < m; i++) {
+    const char *prev_end = (const char *)order[i - 1]->data + order[i - 1]->bytes;
+    if ((const char *)order[i]->data < prev_end) {
+      char what[200];
+      snprintf(what, sizeof what, ": data_offsets overlap those of tensor %s", order[i - 1]->name);
+      const attn_st_tensor *t = order[i];
+      char name[sizeof t->name];
+      memcpy(name, t->name, sizeof name);
+      free(order);
+      attn_st_close(f);
+      return fail(err, err_size, path, what, name);
+    }
+  }
+  free(order);
+  return 0;
 }
 
 int attn_st_open(attn_st_file *f, const char *path, char *err, size_t err_size) {
@@ -123,7 +162,7 @@ int attn_st_open(attn_st_file *f, const char *path, char *err, size_t err_size) 
     memset(&t, 0, sizeof t);
     if (str(&c, t.name, sizeof t.name) || !eat(&c, ':')) goto bad;
     if (strcmp(t.name, "__metadata__") == 0) {
-      if (skip(&c)) goto bad;
+      if (skip(&c, 0)) goto bad;
       continue;
     }
     if (!eat(&c, '{')) goto bad;
@@ -150,7 +189,7 @@ int attn_st_open(attn_st_file *f, const char *path, char *err, size_t err_size) 
           if (!eat(&c, ']')) goto bad;
         }
         if (is_shape) t.ndim = n, have_shape = 1;
-      } else if (skip(&c)) {
+      } else if (skip(&c, 0)) {
         goto bad;
       }
     } while (eat(&c, ','));
@@ -167,7 +206,8 @@ int attn_st_open(attn_st_file *f, const char *path, char *err, size_t err_size) 
                           : !strcmp(t.dtype, "I64") || !strcmp(t.dtype, "F64")  ? 8
                           : !strcmp(t.dtype, "F16") || !strcmp(t.dtype, "BF16") ? 2
                                                                                 : 0;
-    if (esize == 0 || count * esize != off[1] - off[0]) {
+    int64_t bytes;
+    if (esize == 0 || __builtin_mul_overflow(count, esize, &bytes) || bytes != off[1] - off[0]) {
       attn_st_close(f);
       return fail(err, err_size, path, ": dtype and shape do not match its byte range", t.name);
     }
@@ -182,7 +222,7 @@ int attn_st_open(attn_st_file *f, const char *path, char *err, size_t err_size) 
     f->t[f->n++] = t;
   } while (eat(&c, ','));
   if (!eat(&c, '}')) goto bad;
-  return 0;
+  return check_disjoint(f, path, err, err_size);
 bad:
   attn_st_close(f);
   return fail(err, err_size, path, "malformed safetensors header", NULL);
