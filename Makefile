@@ -5,7 +5,7 @@ TSANBUILD ?= build-tsan
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps model test test-release test-sanitize test-tsan demo bench clean
+.PHONY: all build deps model test test-release test-sanitize test-tsan fuzz demo bench clean
 
 all: build
 
@@ -47,6 +47,30 @@ test-tsan:
 	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward test_merge
 	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads|merge)$$'
 
+# Fuzzing (clang's libFuzzer, ASan + UBSan): the library's entry points against ref (fuzz_api),
+# the .npy reader, the safetensors reader and the tokenizer, each for FUZZ_SECONDS on a copy of its
+# seed corpus (tests/fuzz/corpus/; the inputs that once found bugs are among the seeds). A failing
+# input is saved in $(FUZZBUILD)/ and replayed with `$(FUZZBUILD)/tests/fuzz/fuzz_X FILE`.
+FUZZBUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang >/dev/null 2>&1 && echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }' | \
+	  clang -x c -fsanitize=fuzzer -o /dev/null - 2>/dev/null || { \
+	  echo "installing clang and its libFuzzer runtime from the Debian archive"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-dev; }
+	CC=clang cmake -S . -B $(FUZZBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=fuzzer \
+	  -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_EXAMPLES=OFF
+	cmake --build $(FUZZBUILD) -j $(JOBS) --target fuzz_api fuzz_npy fuzz_safetensors fuzz_tokenizer
+	@for t in api npy safetensors tokenizer; do \
+	  rm -rf $(FUZZBUILD)/corpus_$$t && mkdir -p $(FUZZBUILD)/corpus_$$t && \
+	  cp tests/fuzz/corpus/$$t/* $(FUZZBUILD)/corpus_$$t/ 2>/dev/null; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  ( cd $(FUZZBUILD) && ASAN_OPTIONS=detect_leaks=1 ./tests/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=4096 -timeout=30 -print_final_stats=0 corpus_$$t 2>fuzz_$$t.log ) || \
+	    { tail -40 $(FUZZBUILD)/fuzz_$$t.log; exit 1; }; \
+	  grep -E '^Done' $(FUZZBUILD)/fuzz_$$t.log; \
+	done
+
 # The main job: word sense from context on a real pretrained model (all-MiniLM-L6-v2 through attn):
 # the similarity of "bank" across sentences, attention heatmaps and build/demo/index.html; then
 # the examples (the three kinds of attention, and a model trained with attn_backward).
@@ -65,4 +89,4 @@ bench: deps build
 	python3 bench/bert_peers.py
 
 clean:
-	rm -rf $(BUILD) $(SANBUILD) $(TSANBUILD)
+	rm -rf $(BUILD) $(SANBUILD) $(TSANBUILD) $(FUZZBUILD)

@@ -46,14 +46,55 @@ void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t he
   p->kernel = ATTN_KERNEL_AUTO;
 }
 
+/* A tensor with no element may be passed as NULL and with any strides (they address nothing).
+ * Once the call is validated, the kernels get this address instead of NULL and zero strides for
+ * such tensors, so their base-pointer arithmetic (b·stride[0] + h·stride[1] + …) never starts
+ * from a null pointer or overflows. Nothing is ever read from or written to it. */
+static float empty_tensor[1];
+static float *or_empty(const float *x) { return x ? (float *)x : empty_tensor; }
+
+static void zero_if_empty(int64_t *stride, int n, const int64_t *shape) {
+  for (int d = 0; d < n; d++)
+    if (shape[d] == 0) {
+      for (int e = 0; e < n; e++)
+        stride[e] = 0;
+      return;
+    }
+}
+
+/* *c = *p with the strides of every tensor that has no element set to 0. */
+static void copy_params(const attn_params *p, attn_params *c) {
+  *c = *p;
+  const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
+  const int64_t q[4] = {B, Hq, Lq, p->dim}, k[4] = {B, Hkv, Lk, p->dim};
+  const int64_t v[4] = {B, Hkv, Lk, p->dim_v}, o[4] = {B, Hq, Lq, p->dim_v};
+  const int64_t s[4] = {B, Hq, Lq, Lk};
+  zero_if_empty(c->q_stride, 4, q), zero_if_empty(c->dq_stride, 4, q);
+  zero_if_empty(c->k_stride, 4, k), zero_if_empty(c->dk_stride, 4, k);
+  zero_if_empty(c->v_stride, 4, v), zero_if_empty(c->dv_stride, 4, v);
+  zero_if_empty(c->o_stride, 4, o), zero_if_empty(c->dout_stride, 4, o);
+  zero_if_empty(c->lse_stride, 3, o);
+  zero_if_empty(c->probs_stride, 4, s), zero_if_empty(c->mask_stride, 4, s);
+  /* bias_stride stays: its zeros say which dimensions dBias is reduced over, and dBias can have
+   * elements when the bias has none (Lq = 0 with the bias broadcast over queries: zeros) */
+  int64_t db[4];
+  for (int d = 0; d < 4; d++)
+    db[d] = p->bias_stride[d] == 0 ? 1 : s[d];
+  zero_if_empty(c->dbias_stride, 4, db);
+}
+
 attn_status attn_forward(const attn_params *p, const float *q, const float *k, const float *v,
                          float *o, float *lse, float *probs) {
   attn__problem pr;
+  attn_params c;
   attn__clear_error();
   attn_status st = attn__check_forward("attn_forward", p, q, k, v, o, lse, probs, 1, &pr);
   if (st != ATTN_STATUS_OK) return st;
   if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) return ATTN_STATUS_OK;
-  return attn__kernel_fwd(pr.kernel)(&pr, q, k, v, o, lse, probs);
+  copy_params(p, &c);
+  pr.p = &c;
+  return attn__kernel_fwd(pr.kernel)(&pr, or_empty(q), or_empty(k), or_empty(v), or_empty(o), lse,
+                                     probs);
 }
 
 attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs, size_t *bytes) {
@@ -75,11 +116,17 @@ attn_status attn_backward(const attn_params *p, const float *q, const float *k, 
                           const float *o, const float *lse, const float *dout, float *dq, float *dk,
                           float *dv, float *dbias) {
   attn__problem pr;
+  attn_params c;
   attn__clear_error();
   const attn__bwd_tensors t = {q, k, v, o, lse, dout, dq, dk, dv, dbias};
   attn_status st = attn__check_backward("attn_backward", p, &t, 1, &pr);
   if (st != ATTN_STATUS_OK) return st;
-  return attn__kernel_bwd(pr.kernel)(&pr, &t);
+  copy_params(p, &c);
+  pr.p = &c;
+  const attn__bwd_tensors nn = {or_empty(q),   or_empty(k),    or_empty(v),  or_empty(o),
+                                or_empty(lse), or_empty(dout), or_empty(dq), or_empty(dk),
+                                or_empty(dv),  dbias};
+  return attn__kernel_bwd(pr.kernel)(&pr, &nn);
 }
 
 attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias, size_t *bytes) {

@@ -2,8 +2,8 @@
  * test_rules.c — each rule of the contract (../shared/design/semantics.md) as its own test, on
  * every kernel, plus metamorphic properties that need no oracle: empty rows; NaN/inf behind every
  * kind of mask; visible NaN propagation; −FLT_MAX bias is data; causal prefix property; GQA =
- * explicit head repetition; P rows sum to 1; causal flag = explicit mask; default scale = explicit
- * scale; batched = per item; Lk = 1; scale 0 averages.
+ * explicit head repetition; infinite scores; P rows sum to 1; causal flag = explicit mask; default
+ * scale = explicit scale; batched = per item; Lk = 1; scale 0 averages.
  */
 #include "harness.h"
 
@@ -276,6 +276,30 @@ static void test_flt_max_bias(attn_kernel kern) {
   }
 }
 
+/* ---- infinite scores: −inf weighs nothing (a row of only −inf is empty), +inf makes NaN ---- */
+static void test_infinite_scores(attn_kernel kern) {
+  tspec s = tspec_shape(1, 1, 1, 40, 40, 4, 3);
+  s.causal = 1; /* row 0 sees key 0 only */
+  tcase c;
+  tcase_make(&c, &s);
+  *kv(&c, 0, 0, 0, 0) = -INFINITY;
+  for (int64_t i = 0; i < 40; i++) /* q·k0 = −inf on even rows, +inf on odd rows */
+    *qv(&c, 0, 0, i, 0) = i % 2 ? -1.0f : 1.0f;
+  tresult r = t_run_gather(&c, kern, 2);
+  size_t wrong = 0;
+  for (size_t i = 0; i < 40; i++) {
+    for (size_t d = 0; d < 3; d++) {
+      const float o = r.o[i * 3 + d];
+      wrong += i == 0 ? (o != 0.0f || signbit(o)) : i % 2 ? !isnan(o) : !isfinite(o);
+    }
+    wrong += i == 0 ? r.lse[i] != -INFINITY : i % 2 ? !isnan(r.lse[i]) : !isfinite(r.lse[i]);
+    if (i % 2 == 0) wrong += r.probs[i * 40] != 0.0f; /* key 0 weighs nothing */
+  }
+  CHECKF(wrong == 0, "infinite scores: %zu outputs wrong (%s)", wrong, attn_kernel_name(kern));
+  tresult_free(&r);
+  tcase_free(&c);
+}
+
 /* ---- causal prefix: changing later tokens never changes earlier outputs ---- */
 static void test_causal_prefix(attn_kernel kern) {
   tspec s = tspec_shape(2, 2, 2, 200, 200, 16, 16);
@@ -454,6 +478,7 @@ int main(void) {
     test_masked_values(kern);
     test_visible_nan(kern);
     test_flt_max_bias(kern);
+    test_infinite_scores(kern);
     test_causal_prefix(kern);
     test_gqa(kern);
     test_equivalences(kern);

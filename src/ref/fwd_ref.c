@@ -31,6 +31,11 @@ int attn__ref_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int
   return visible;
 }
 
+/* The weight of a visible key: exactly 0 for a −inf score, even in a row that NaN poisons. */
+static double weight(double s, double m, double sum) {
+  return s == -INFINITY ? 0.0 : exp(s - m) / sum;
+}
+
 /* Row (b, h, i) of the forward. s, vis: scratch of len_k entries. */
 static void ref_row(const attn__problem *pr, const float *q, const float *k, const float *v,
                     float *o, float *lse, float *probs, int64_t b, int64_t h, int64_t i, double *s,
@@ -59,6 +64,7 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
     if (p->alibi_slopes) sij -= (double)p->alibi_slopes[h] * fabs((double)(pos - j));
     sij += bias;
     s[j] = sij;
+    if (sij == -INFINITY) continue; /* infinite Q or K: weight 0 (below), but 0·V still counts */
     any_visible = 1;
     if (isnan(sij) || isnan(m))
       m = NAN; /* a visible NaN poisons the whole row, as in a plain implementation */
@@ -71,8 +77,11 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   double sum = 0.0, row_lse = -INFINITY;
   if (any_visible) {
     for (int64_t j = 0; j < Lk; j++)
-      if (vis[j]) sum += exp(s[j] - m);
+      if (vis[j] && s[j] != -INFINITY) sum += exp(s[j] - m);
     row_lse = m + log(sum);
+  } else { /* no visible key, or only −inf scores (LSE = log 0): the empty row */
+    for (int64_t j = 0; j < Lk; j++)
+      vis[j] = 0;
   }
 
   /* 3. O = P·V; P written if requested */
@@ -81,14 +90,14 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   for (int64_t d = 0; d < Dv; d++) {
     double acc = 0.0;
     for (int64_t j = 0; j < Lk; j++)
-      if (vis[j]) acc += exp(s[j] - m) / sum * vb[j * p->v_stride[2] + d * p->v_stride[3]];
+      if (vis[j]) acc += weight(s[j], m, sum) * vb[j * p->v_stride[2] + d * p->v_stride[3]];
     oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
   }
   if (lse) lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = (float)row_lse;
   if (probs) {
     float *pi = probs + b * p->probs_stride[0] + h * p->probs_stride[1] + i * p->probs_stride[2];
     for (int64_t j = 0; j < Lk; j++)
-      pi[j * p->probs_stride[3]] = vis[j] ? (float)(exp(s[j] - m) / sum) : 0.0f;
+      pi[j * p->probs_stride[3]] = vis[j] ? (float)weight(s[j], m, sum) : 0.0f;
   }
 }
 

@@ -1,0 +1,369 @@
+/*
+ * fuzz_api.c — libFuzzer target for the library's entry points. The input bytes choose a call:
+ * sizes (valid and not), strides per tensor (packed, [B, L, H, D], padded, negative, zero, huge),
+ * every option with valid and invalid values, input data (NaN and inf included). Every tensor is
+ * allocated to exactly its extent, so AddressSanitizer sees any read or write outside it. Then:
+ *   - attn_forward_scratch_bytes / attn_backward_scratch_bytes agree with the calls on validity;
+ *   - a refused call leaves every output byte as it was and says why, naming the function;
+ *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
+ *     tolerance: the sweeps in test_kernels hold the tight one) and is bitwise the same with 1
+ *     and 3 threads; an accepted backward is bitwise the same with 1 and 3 threads.
+ * Any violation aborts, which libFuzzer reports with the input that caused it.
+ */
+#include "attn.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct bytes {
+  const uint8_t *d;
+  size_t n, i;
+} bytes;
+
+static unsigned next(bytes *b) { return b->i < b->n ? b->d[b->i++] : 0; }
+
+static const attn_params *current; /* printed when a check fails */
+
+static void dump4(const char *name, const int64_t *s, int n) {
+  fprintf(stderr, " %s {", name);
+  for (int d = 0; d < n; d++)
+    fprintf(stderr, "%s%lld", d ? ", " : "", (long long)s[d]);
+  fprintf(stderr, "}");
+}
+
+static void dump(const attn_params *p) {
+  fprintf(stderr, "call: B %lld Hq %lld Hkv %lld Lq %lld Lk %lld D %lld Dv %lld\n",
+          (long long)p->batch, (long long)p->heads_q, (long long)p->heads_kv, (long long)p->len_q,
+          (long long)p->len_k, (long long)p->dim, (long long)p->dim_v);
+  dump4("q", p->q_stride, 4), dump4("k", p->k_stride, 4), dump4("v", p->v_stride, 4);
+  dump4("o", p->o_stride, 4), dump4("lse", p->lse_stride, 3), dump4("P", p->probs_stride, 4);
+  fprintf(stderr,
+          "\n causal %d align %d window %lld,%lld softcap %g scale %s%g alibi %s "
+          "kv_len %s mask %s bias %s threads %d kernel %d\n",
+          p->causal, (int)p->align, (long long)p->window_left, (long long)p->window_right,
+          (double)p->softcap, p->has_scale ? "" : "default ", (double)p->scale,
+          p->alibi_slopes ? "yes" : "no", p->kv_len ? "yes" : "no", p->mask ? "yes" : "no",
+          p->bias ? "yes" : "no", p->threads, (int)p->kernel);
+  if (p->mask) dump4("mask", p->mask_stride, 4);
+  if (p->bias) dump4("bias", p->bias_stride, 4);
+  if (p->kv_len)
+    for (int64_t b = 0; b < p->batch; b++)
+      fprintf(stderr, " kv_len[%lld] = %lld", (long long)b, (long long)p->kv_len[b]);
+  fputc('\n', stderr);
+}
+
+#define REQUIRE(cond, ...)                                                                         \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "fuzz_api: " __VA_ARGS__);                                                   \
+      fputc('\n', stderr);                                                                         \
+      if (current) dump(current);                                                                  \
+      abort();                                                                                     \
+    }                                                                                              \
+  } while (0)
+
+enum { MAX_ELEMS = 1 << 20, MAX_PAIRS = 1 << 17 };
+
+static int64_t pick_len(bytes *b) {
+  static const int64_t lens[] = {0, 1, 2, 3, 5, 7, 16, 17, 31, 64, 65, 97, 130, 1030};
+  return lens[next(b) % (sizeof lens / sizeof lens[0])];
+}
+
+/* Strides for a tensor of shape n[0..nd): packed, [B, L, H, D]-like (dims 1 and 2 swapped),
+ * padded rows, one dimension broadcast (0) or reversed (negative), or one stride arbitrary. */
+static void pick_strides(bytes *b, int nd, const int64_t *n, int64_t *s) {
+  int64_t acc = 1;
+  for (int d = nd - 1; d >= 0; d--)
+    s[d] = acc, acc *= n[d] > 0 ? n[d] : 1;
+  const unsigned mode = next(b) % 10, d = next(b) % (unsigned)nd;
+  if (mode == 4 && nd == 4) { /* [B, L, H, D] in memory */
+    s[3] = 1, s[1] = n[3] > 0 ? n[3] : 1, s[2] = s[1] * (n[1] > 0 ? n[1] : 1);
+    s[0] = s[2] * (n[2] > 0 ? n[2] : 1);
+  } else if (mode == 5) { /* rows padded */
+    for (int e = 0; e < nd - 1; e++)
+      s[e] += (int64_t)(next(b) % 5) * (e == nd - 2 ? 1 : s[e + 1]);
+  } else if (mode == 6) {
+    s[d] = 0;
+  } else if (mode == 7) {
+    s[d] = -s[d];
+  } else if (mode == 8) {
+    s[d] = (int64_t)(next(b) % 9) - 4;
+  } else if (mode == 9) {
+    s[d] = (int64_t)1 << (40 + next(b) % 23); /* extents that overflow, or nearly */
+  }
+}
+
+/* Offsets [lo, hi] an element of the tensor can have; 0 if it has no element, -1 if the extent
+ * does not fit the harness. */
+static int extent(int nd, const int64_t *n, const int64_t *s, int64_t *lo, int64_t *hi) {
+  *lo = *hi = 0;
+  for (int d = 0; d < nd; d++)
+    if (n[d] == 0) return 0;
+  for (int d = 0; d < nd; d++) {
+    int64_t span;
+    if (__builtin_mul_overflow(n[d] - 1, s[d], &span)) return -1;
+    if (span < 0 ? __builtin_add_overflow(*lo, span, lo) : __builtin_add_overflow(*hi, span, hi))
+      return -1;
+  }
+  int64_t span;
+  return !__builtin_sub_overflow(*hi, *lo, &span) && span < MAX_ELEMS ? 1 : -1;
+}
+
+typedef struct tensor {
+  void *buf;   /* the allocation: exactly the extent */
+  void *base;  /* element 0 */
+  size_t size; /* bytes */
+} tensor;
+
+/* Allocates the tensor's extent (NULL base when it has no element); returns 0 if it cannot. */
+static int make(tensor *t, int nd, const int64_t *n, const int64_t *s, size_t esize) {
+  int64_t lo, hi;
+  memset(t, 0, sizeof *t);
+  const int e = extent(nd, n, s, &lo, &hi);
+  if (e < 0) return 0;
+  if (e == 0) return 1;
+  t->size = (size_t)(hi - lo + 1) * esize;
+  t->buf = malloc(t->size);
+  if (!t->buf) return 0;
+  t->base = (char *)t->buf - lo * (int64_t)esize;
+  return 1;
+}
+
+static void fill(bytes *b, tensor *t, float scale, int specials) {
+  float *x = t->buf;
+  uint32_t st = 0x9e3779b9u ^ next(b) ^ (uint32_t)t->size;
+  for (size_t i = 0; i < t->size / sizeof(float); i++) {
+    st = st * 1664525u + 1013904223u;
+    x[i] = scale * ((float)(st >> 8) / 16777216.0f * 2.0f - 1.0f);
+  }
+  if (specials && t->size >= sizeof(float)) { /* a NaN or an inf somewhere */
+    const unsigned k = next(b);
+    x[(k * 7919u) % (t->size / sizeof(float))] = (k & 1) ? NAN : INFINITY;
+  }
+}
+
+static void drop(tensor *t) { free(t->buf); }
+
+typedef struct call_out {
+  tensor o, lse, probs;
+} call_out;
+
+static int make_out(call_out *c, const attn_params *p, int want_lse, int want_probs) {
+  const int64_t no[4] = {p->batch, p->heads_q, p->len_q, p->dim_v};
+  const int64_t nl[3] = {p->batch, p->heads_q, p->len_q};
+  const int64_t np[4] = {p->batch, p->heads_q, p->len_q, p->len_k};
+  memset(c, 0, sizeof *c);
+  if (!make(&c->o, 4, no, p->o_stride, 4)) return 0;
+  if (want_lse && !make(&c->lse, 3, nl, p->lse_stride, 4)) return 0;
+  if (want_probs && !make(&c->probs, 4, np, p->probs_stride, 4)) return 0;
+  if (c->o.buf) memset(c->o.buf, 0x5a, c->o.size);
+  if (c->lse.buf) memset(c->lse.buf, 0x5a, c->lse.size);
+  if (c->probs.buf) memset(c->probs.buf, 0x5a, c->probs.size);
+  return 1;
+}
+
+static int untouched(const tensor *t) {
+  for (size_t i = 0; i < t->size; i++)
+    if (((const unsigned char *)t->buf)[i] != 0x5a) return 0;
+  return 1;
+}
+
+static void drop_out(call_out *c) { drop(&c->o), drop(&c->lse), drop(&c->probs); }
+
+static float *fp(const tensor *t) { return t->base; }
+
+/* Same bits, or both NaN, or within the loose tolerance. */
+static int close_enough(float a, float r) {
+  if (isnan(a) || isnan(r)) return isnan(a) && isnan(r);
+  if (isinf(a) || isinf(r)) return a == r;
+  return fabsf(a - r) <= 1e-3f + 1e-3f * fabsf(r);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  bytes b = {data, size, 0};
+  attn_params p;
+  /* sizes: mostly valid, sometimes not */
+  const int64_t hkv = 1 + next(&b) % 3, batch = next(&b) % 3;
+  int64_t hq = hkv * (1 + next(&b) % 3), dim = 1 + next(&b) % 40, dim_v = next(&b) % 40;
+  const unsigned bad = next(&b);
+  if (bad % 16 == 1) hq = hkv + 1;
+  if (bad % 16 == 2) dim = 0;
+  if (bad % 16 == 3) dim_v = -1;
+  const int64_t lq = pick_len(&b), lk = pick_len(&b);
+  if (batch * hq * lq * lk > MAX_PAIRS) return 0;
+  attn_params_init(&p, batch, hq, bad % 16 == 4 ? 0 : hkv, lq, lk, dim, dim_v);
+  if (bad % 16 == 5) p.len_q = -1;
+
+  const int64_t nq[4] = {batch, hq, lq, dim}, nk[4] = {batch, hkv, lk, dim};
+  const int64_t nv[4] = {batch, hkv, lk, dim_v > 0 ? dim_v : 0};
+  const int64_t no[4] = {batch, hq, lq, dim_v > 0 ? dim_v : 0}, nl[3] = {batch, hq, lq};
+  const int64_t nm[4] = {batch, hq, lq, lk};
+  pick_strides(&b, 4, nq, p.q_stride);
+  pick_strides(&b, 4, nk, p.k_stride);
+  pick_strides(&b, 4, nv, p.v_stride);
+  pick_strides(&b, 4, no, p.o_stride);
+  pick_strides(&b, 3, nl, p.lse_stride);
+  pick_strides(&b, 4, nm, p.probs_stride);
+
+  /* options */
+  const unsigned opt = next(&b) | next(&b) << 8 | next(&b) << 16;
+  p.causal = (int)(opt % 3 == 2 ? (opt % 5 == 0 ? 2 : 1) : 0);
+  p.align = (attn_align)((opt >> 2) % 4);
+  if ((opt >> 4) % 3 == 0) p.window_left = (int64_t)(next(&b) % 9) - 2;
+  if ((opt >> 6) % 3 == 0) p.window_right = (int64_t)(next(&b) % 9) - 2;
+  static const float softcaps[] = {0, 0, 0, 5.0f, 30.0f, -1.0f, NAN};
+  p.softcap = softcaps[(opt >> 8) % 7];
+  static const float scales[] = {0.5f, -0.25f, 0.0f, 2.0f, NAN, INFINITY};
+  if ((opt >> 11) % 3 == 0) p.has_scale = 1, p.scale = scales[next(&b) % 6];
+  static const int threads[] = {0, 1, 2, 3, -1, ATTN_MAX_THREADS + 1};
+  p.threads = threads[(opt >> 13) % 6];
+  const unsigned kern = (opt >> 16) % 8;
+  p.kernel = kern < 5 ? (attn_kernel)kern : kern == 5 ? ATTN_KERNEL_COUNT_ : ATTN_KERNEL_AUTO;
+  const int want_lse = (opt >> 19) & 1, want_probs = (opt >> 20) % 4 == 0;
+
+  int64_t kv_len[3];
+  float slopes[9];
+  tensor q, k, v, mask, bias, dout;
+  memset(&q, 0, sizeof q), memset(&k, 0, sizeof k), memset(&v, 0, sizeof v);
+  memset(&mask, 0, sizeof mask), memset(&bias, 0, sizeof bias), memset(&dout, 0, sizeof dout);
+  if ((opt >> 22) & 1) {
+    for (int64_t i = 0; i < batch; i++)
+      kv_len[i] = (int64_t)(next(&b) % (unsigned)(lk + 2)) - (next(&b) % 17 == 0);
+    p.kv_len = kv_len;
+  }
+  if (next(&b) % 4 == 0) {
+    for (int64_t h = 0; h < hq && h < 9; h++)
+      slopes[h] = (float)(next(&b) % 8) * 0.125f;
+    if (next(&b) % 8 == 0) slopes[0] = NAN;
+    p.alibi_slopes = slopes;
+  }
+  const unsigned mb = next(&b);
+  if (mb % 4 == 0) pick_strides(&b, 4, nm, p.mask_stride);
+  if (mb % 5 == 0) pick_strides(&b, 4, nm, p.bias_stride);
+  if (!make(&q, 4, nq, p.q_stride, 4) || !make(&k, 4, nk, p.k_stride, 4) ||
+      !make(&v, 4, nv, p.v_stride, 4) || (mb % 4 == 0 && !make(&mask, 4, nm, p.mask_stride, 1)) ||
+      (mb % 5 == 0 && !make(&bias, 4, nm, p.bias_stride, 4))) {
+    /* too large for the harness (or overflowing): only the validation without pointers */
+    size_t bytes_needed;
+    (void)attn_forward_scratch_bytes(&p, want_probs, &bytes_needed);
+    drop(&q), drop(&k), drop(&v), drop(&mask), drop(&bias);
+    return 0;
+  }
+  const int specials = next(&b) % 6 == 0;
+  fill(&b, &q, 1.0f, specials), fill(&b, &k, 1.0f, specials), fill(&b, &v, 1.0f, specials);
+  if (mask.buf)
+    for (size_t i = 0; i < mask.size; i++)
+      ((uint8_t *)mask.buf)[i] = (uint8_t)((i * 2654435761u >> 7) % 3 != 0);
+  if (bias.buf) {
+    fill(&b, &bias, 3.0f, 0);
+    float *x = bias.buf;
+    for (size_t i = 0; i < bias.size / 4; i += 5)
+      x[i] = -INFINITY;
+    if (specials) x[0] = NAN;
+  }
+  p.mask = mask.base, p.bias = bias.base;
+
+  current = &p;
+  size_t scratch = 0;
+  const attn_status st_scratch = attn_forward_scratch_bytes(&p, want_probs, &scratch);
+  call_out a, r;
+  memset(&a, 0, sizeof a), memset(&r, 0, sizeof r);
+  const int alias = next(&b) % 16 == 0; /* O over Q's bytes: must be refused */
+  if (!make_out(&a, &p, want_lse, want_probs) || !make_out(&r, &p, want_lse, want_probs)) {
+    drop_out(&a), drop_out(&r), drop(&q), drop(&k), drop(&v), drop(&mask), drop(&bias);
+    return 0;
+  }
+  float *o_ptr = alias && q.buf && a.o.size <= q.size ? fp(&q) : fp(&a.o);
+  const attn_status st = attn_forward(&p, fp(&q), fp(&k), fp(&v), o_ptr, fp(&a.lse), fp(&a.probs));
+  REQUIRE((st == ATTN_STATUS_OK) == (st_scratch == ATTN_STATUS_OK) ||
+              st == ATTN_STATUS_INVALID_ARGUMENT, /* pointers are checked by the call only */
+          "scratch_bytes said %d, attn_forward %d (%s)", st_scratch, st, attn_last_error());
+  if (st != ATTN_STATUS_OK) {
+    REQUIRE(strncmp(attn_last_error(), "attn_forward", 12) == 0, "message '%s'", attn_last_error());
+    REQUIRE(untouched(&a.o) && untouched(&a.lse) && untouched(&a.probs),
+            "refused call (%s) wrote an output", attn_last_error());
+  } else if (o_ptr == fp(&a.o)) {
+    /* the ref kernel on the same call, and the same kernel on 1 and 3 threads */
+    attn_params pr = p;
+    pr.kernel = ATTN_KERNEL_REF;
+    REQUIRE(attn_forward(&pr, fp(&q), fp(&k), fp(&v), fp(&r.o), fp(&r.lse), fp(&r.probs)) ==
+                ATTN_STATUS_OK,
+            "ref refused an accepted call: %s", attn_last_error());
+    for (size_t i = 0; i < a.o.size / 4; i++)
+      REQUIRE(close_enough(((float *)a.o.buf)[i], ((float *)r.o.buf)[i]),
+              "O[%zu] = %g, ref %g (kernel %d)", i, ((float *)a.o.buf)[i], ((float *)r.o.buf)[i],
+              (int)p.kernel);
+    for (size_t i = 0; i < a.lse.size / 4; i++)
+      REQUIRE(close_enough(((float *)a.lse.buf)[i], ((float *)r.lse.buf)[i]),
+              "LSE[%zu] = %g, ref %g", i, ((float *)a.lse.buf)[i], ((float *)r.lse.buf)[i]);
+    for (size_t i = 0; i < a.probs.size / 4; i++)
+      REQUIRE(close_enough(((float *)a.probs.buf)[i], ((float *)r.probs.buf)[i]),
+              "P[%zu] = %g, ref %g", i, ((float *)a.probs.buf)[i], ((float *)r.probs.buf)[i]);
+    if (p.kernel != ATTN_KERNEL_REF && p.threads != 1) {
+      attn_params p1 = p, p3 = p;
+      p1.threads = 1, p3.threads = 3;
+      call_out c1, c3;
+      memset(&c1, 0, sizeof c1), memset(&c3, 0, sizeof c3);
+      if (make_out(&c1, &p, want_lse, want_probs) && make_out(&c3, &p, want_lse, want_probs)) {
+        attn_forward(&p1, fp(&q), fp(&k), fp(&v), fp(&c1.o), fp(&c1.lse), fp(&c1.probs));
+        attn_forward(&p3, fp(&q), fp(&k), fp(&v), fp(&c3.o), fp(&c3.lse), fp(&c3.probs));
+        REQUIRE((!c1.o.buf || !memcmp(c1.o.buf, c3.o.buf, c1.o.size)) &&
+                    (!c1.lse.buf || !memcmp(c1.lse.buf, c3.lse.buf, c1.lse.size)),
+                "1 and 3 threads differ");
+      }
+      drop_out(&c1), drop_out(&c3);
+    }
+    /* the backward of the same call, when the forward gave LSE */
+    if (want_lse && next(&b) % 2 == 0) {
+      const int64_t ndq[4] = {batch, hq, lq, dim};
+      pick_strides(&b, 4, no, p.dout_stride);
+      tensor grads[2][3];
+      const int64_t *shapes[3] = {ndq, nk, nv};
+      int64_t *strides[3] = {p.dq_stride, p.dk_stride, p.dv_stride};
+      for (int g = 0; g < 3; g++)
+        pick_strides(&b, 4, shapes[g], strides[g]);
+      int ok = make(&dout, 4, no, p.dout_stride, 4);
+      for (int t = 0; t < 2; t++)
+        for (int g = 0; g < 3; g++)
+          ok &= make(&grads[t][g], 4, shapes[g], strides[g], 4);
+      if (ok) {
+        fill(&b, &dout, 1.0f, 0);
+        for (int t = 0; t < 2; t++)
+          for (int g = 0; g < 3; g++)
+            if (grads[t][g].buf) memset(grads[t][g].buf, 0x5a, grads[t][g].size);
+        size_t bwd_scratch;
+        const attn_status sb = attn_backward_scratch_bytes(&p, 0, &bwd_scratch);
+        attn_params p1 = p, p3 = p;
+        p1.threads = 1, p3.threads = 3;
+        const attn_status s1 =
+            attn_backward(&p1, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
+                          fp(&grads[0][0]), fp(&grads[0][1]), fp(&grads[0][2]), NULL);
+        if (s1 != ATTN_STATUS_OK) {
+          REQUIRE(strncmp(attn_last_error(), "attn_backward", 13) == 0, "message '%s'",
+                  attn_last_error());
+          for (int g = 0; g < 3; g++)
+            REQUIRE(untouched(&grads[0][g]), "refused backward (%s) wrote gradient %d",
+                    attn_last_error(), g);
+        } else {
+          REQUIRE(sb == ATTN_STATUS_OK, "backward scratch_bytes refused an accepted call");
+          const attn_status s3 =
+              attn_backward(&p3, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
+                            fp(&grads[1][0]), fp(&grads[1][1]), fp(&grads[1][2]), NULL);
+          REQUIRE(s3 == ATTN_STATUS_OK, "3 threads refused what 1 thread accepted");
+          for (int g = 0; g < 3; g++)
+            REQUIRE(!grads[0][g].buf || !memcmp(grads[0][g].buf, grads[1][g].buf, grads[0][g].size),
+                    "gradient %d differs between 1 and 3 threads", g);
+        }
+      }
+      for (int t = 0; t < 2; t++)
+        for (int g = 0; g < 3; g++)
+          drop(&grads[t][g]);
+    }
+  }
+  drop_out(&a), drop_out(&r);
+  drop(&q), drop(&k), drop(&v), drop(&mask), drop(&bias), drop(&dout);
+  return 0;
+}
