@@ -18,6 +18,7 @@
  */
 #include "attn.h"
 #include "machine.h"
+#include "runargs.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -61,18 +62,17 @@ static double pct(double x, double of) { return of > 0 ? 100 * x / of : 0.0; }
 static float *tensor(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
 
 static int parse_shape(const char *s, shape *out) {
-  long long v[7] = {0};
-  char tail[16] = "";
-  int n = sscanf(s, "%lld,%lld,%lld,%lld,%lld,%lld,%15s", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-                 tail);
-  if (n < 6) return -1;
+  char buf[128];
+  const size_t n = strlen(s), tail = strlen(",causal");
+  if (n >= sizeof buf) return -1;
+  memcpy(buf, s, n + 1);
+  const int causal = n > tail && strcmp(buf + n - tail, ",causal") == 0;
+  if (causal) buf[n - tail] = '\0';
+  int64_t v[6];
+  if (cli_parse_list(buf, v, 6) != 6) return -1;
   for (int i = 0; i < 6; i++)
     if (v[i] < 1) return -1;
-  *out = (shape){v[0], v[1], v[2], v[3], v[4], v[5], 0};
-  if (n == 7) {
-    if (strcmp(tail, "causal") != 0) return -1;
-    out->causal = 1;
-  }
+  *out = (shape){v[0], v[1], v[2], v[3], v[4], v[5], causal};
   return 0;
 }
 
@@ -209,14 +209,16 @@ int cmd_bench(int argc, char **argv) {
       }
       i++;
     } else if (strcmp(a, "--threads") == 0 && val) {
-      threads = atoi(val), i++;
-      if (threads < 0 || threads > ATTN_MAX_THREADS) {
+      int64_t t;
+      threads = cli_parse_i64(val, &t) == 0 && t >= 0 && t <= ATTN_MAX_THREADS ? (int)t : -1, i++;
+      if (threads < 0) {
         fprintf(stderr, "attn bench: --threads '%s' must be 0 to %d\n", val, ATTN_MAX_THREADS);
         return 2;
       }
     } else if (strcmp(a, "--reps") == 0 && val) {
-      reps = atoi(val), i++;
-      if (reps < 1 || reps > 1000) {
+      int64_t r;
+      reps = cli_parse_i64(val, &r) == 0 && r >= 1 && r <= 1000 ? (int)r : 0, i++;
+      if (reps < 1) {
         fprintf(stderr, "attn bench: --reps '%s' must be 1 to 1000\n", val);
         return 2;
       }

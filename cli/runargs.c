@@ -27,7 +27,7 @@ int cli_fail(int code, const char *fmt, ...) {
 
 /* ---- number parsing: the whole string must be consumed ---- */
 
-static int parse_i64(const char *s, int64_t *out) {
+int cli_parse_i64(const char *s, int64_t *out) {
   char *end;
   errno = 0;
   long long v = strtoll(s, &end, 10);
@@ -45,8 +45,7 @@ static int parse_f32(const char *s, float *out) {
   return 0;
 }
 
-/* Parses "a,b,c" into up to max int64 values; returns the count or -1. */
-static int64_t parse_list(const char *s, int64_t *vals, int64_t max) {
+int64_t cli_parse_list(const char *s, int64_t *vals, int64_t max) {
   int64_t n = 0;
   char buf[64];
   while (*s) {
@@ -55,7 +54,7 @@ static int64_t parse_list(const char *s, int64_t *vals, int64_t max) {
     if (len == 0 || len >= sizeof buf || n == max) return -1;
     memcpy(buf, s, len);
     buf[len] = '\0';
-    if (parse_i64(buf, &vals[n++]) != 0) return -1;
+    if (cli_parse_i64(buf, &vals[n++]) != 0) return -1;
     s += len;
     if (comma) {
       s++;
@@ -243,7 +242,7 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
   }
   if (o->window) {
     int64_t w[2];
-    if (parse_list(o->window, w, 2) != 2 || w[0] < -1 || w[1] < -1)
+    if (cli_parse_list(o->window, w, 2) != 2 || w[0] < -1 || w[1] < -1)
       return cli_fail(EXIT_BAD_INPUT,
                       "--window '%s' must be LEFT,RIGHT with each -1 (unbounded) or at least 0",
                       o->window);
@@ -254,7 +253,7 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
     int64_t B = qs[0];
     *kv_len = malloc(sizeof(int64_t) * (size_t)(B + 1));
     if (!*kv_len) return cli_fail(EXIT_RUNTIME, "out of memory");
-    int64_t n = parse_list(o->kv_len, *kv_len, B + 1);
+    int64_t n = cli_parse_list(o->kv_len, *kv_len, B + 1);
     if (n != B)
       return cli_fail(EXIT_BAD_INPUT,
                       "--kv-len '%s' must list %" PRId64 " integers (one per batch item)",
@@ -288,7 +287,7 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
   }
   if (o->threads) {
     int64_t t;
-    if (parse_i64(o->threads, &t) != 0 || t < 0 || t > ATTN_MAX_THREADS)
+    if (cli_parse_i64(o->threads, &t) != 0 || t < 0 || t > ATTN_MAX_THREADS)
       return cli_fail(EXIT_BAD_INPUT, "--threads '%s' must be 0 (all CPUs) to %d", o->threads,
                       ATTN_MAX_THREADS);
     p->threads = (int)t;

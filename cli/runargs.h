@@ -29,6 +29,11 @@ void cli_inputs_free(inputs *in);
 int cli_load(const char *flag, const char *path, npy_dtype dtype, int ndim, npy_array *a);
 void cli_shape_str(const int64_t *s, int n, char *buf, size_t size);
 
+/* Strict numbers for every command's options: the whole string must be the number. */
+int cli_parse_i64(const char *s, int64_t *out); /* 0, or −1 (not an integer, or out of range) */
+/* "a,b,c" (no empty item) into at most max values; returns the count, or −1. */
+int64_t cli_parse_list(const char *s, int64_t *vals, int64_t max);
+
 /* The options of attn run (and, with grad = 1, attn grad). */
 typedef struct run_opts {
   const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi;

@@ -232,19 +232,26 @@ static int bench(int argc, char **argv) {
   long long B = 1, H = 2, L = 8192, D = 64;
   int causal = 0, reps = 3, threads = 0;
   for (int i = 0; i < argc; i++) {
-    char tail[16] = "";
+    int64_t v[5];
     if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
-      int n = sscanf(argv[++i], "%lld,%lld,%lld,%lld,%15s", &B, &H, &L, &D, tail);
-      if (n < 4 || B < 1 || H < 1 || L < 1 || D < 1 || (n == 5 && strcmp(tail, "causal")))
-        return cli_fail(EXIT_BAD_INPUT, "--shape must be B,H,L,D[,causal]");
-      causal = n == 5;
+      const char *arg = argv[++i];
+      char buf[128];
+      const size_t n = strlen(arg), tail = strlen(",causal");
+      causal = n > tail && n < sizeof buf && strcmp(arg + n - tail, ",causal") == 0;
+      snprintf(buf, sizeof buf, "%.*s", (int)(causal ? n - tail : n), arg);
+      if (n >= sizeof buf || cli_parse_list(buf, v, 4) != 4 || v[0] < 1 || v[1] < 1 || v[2] < 1 ||
+          v[3] < 1)
+        return cli_fail(EXIT_BAD_INPUT, "--shape '%s' must be B,H,L,D[,causal]", arg);
+      B = v[0], H = v[1], L = v[2], D = v[3];
     } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
-      reps = atoi(argv[++i]);
-      if (reps < 1 || reps > 100) return cli_fail(EXIT_BAD_INPUT, "--reps must be 1 to 100");
+      if (cli_parse_i64(argv[++i], &v[4]) != 0 || v[4] < 1 || v[4] > 100)
+        return cli_fail(EXIT_BAD_INPUT, "--reps '%s' must be 1 to 100", argv[i]);
+      reps = (int)v[4];
     } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      threads = atoi(argv[++i]);
-      if (threads < 0 || threads > ATTN_MAX_THREADS)
-        return cli_fail(EXIT_BAD_INPUT, "--threads must be 0 to %d", ATTN_MAX_THREADS);
+      if (cli_parse_i64(argv[++i], &v[4]) != 0 || v[4] < 0 || v[4] > ATTN_MAX_THREADS)
+        return cli_fail(EXIT_BAD_INPUT, "--threads '%s' must be 0 to %d", argv[i],
+                        ATTN_MAX_THREADS);
+      threads = (int)v[4];
     } else {
       return cli_fail(EXIT_BAD_INPUT, "unknown option '%s'", argv[i]);
     }

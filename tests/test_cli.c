@@ -220,6 +220,17 @@ static void expect_bad(const char *why, const char *args, const char *needle) {
   CHECKF(tmp_files_left() == 0, "%s: temporary files left behind", why);
 }
 
+/* attn bench takes numbers whole: trailing junk, empty items and words are errors, not zeros */
+static void test_bench_options(void) {
+  expect_bad("bench threads word", "bench --no-machine --threads abc", "--threads 'abc'");
+  expect_bad("bench reps junk", "bench --no-machine --reps 5x", "--reps '5x'");
+  expect_bad("bench shape junk", "bench --no-machine --shape 1,2,2,64,64,64x", "--shape");
+  expect_bad("bench shape short", "bench --no-machine --shape 1,2,2,64,64", "--shape");
+  expect_bad("bench shape empty item", "bench --no-machine --shape 1,2,,64,64,64", "--shape");
+  expect_bad("bench shape causal typo", "bench --no-machine --shape 1,2,2,64,64,64,casual",
+             "--shape");
+}
+
 static void test_bad_inputs(void) {
   const int64_t qs[4] = {1, 2, 5, 4}, ks[4] = {1, 2, 7, 4}, k5[4] = {1, 2, 7, 5},
                 vs[4] = {1, 2, 7, 3}, m_bad[4] = {1, 2, 3, 7}, m_ok[4] = {1, 1, 5, 7};
@@ -455,6 +466,7 @@ int main(int argc, char **argv) {
   if (!mkdtemp(dir)) return 3;
   test_good_runs();
   test_bad_inputs();
+  test_bench_options();
   test_grad();
   test_info();
   char cmd[128];

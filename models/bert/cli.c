@@ -22,7 +22,9 @@
 #include "bert.h"
 #include "picture.h"
 
+#include <errno.h>
 #include <glob.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,16 @@
 #ifndef ATTN_BERT_DEFAULT_MODEL
 #define ATTN_BERT_DEFAULT_MODEL ".model/all-MiniLM-L6-v2"
 #endif
+
+/* A whole-string integer in [lo, hi] into *out; −1 for anything else ("12x", "", out of range). */
+static int int_arg(const char *s, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  const long v = strtol(s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi) return -1;
+  *out = (int)v;
+  return 0;
+}
 
 static void json_string(FILE *f, const char *s) {
   fputc('"', f);
@@ -286,11 +298,11 @@ static int cmd_attention(int argc, char **argv) {
       model = v, i++;
     else if (!strcmp(a, "--png") && v)
       png = v, i++;
-    else if (!strcmp(a, "--layer") && v)
-      layer = atoi(v), i++;
-    else if (!strcmp(a, "--head") && v)
-      head = atoi(v), i++;
-    else if (strncmp(a, "--", 2) && !sentence)
+    else if ((!strcmp(a, "--layer") || !strcmp(a, "--head")) && v) {
+      if (int_arg(v, 0, INT_MAX, a[2] == 'l' ? &layer : &head) != 0)
+        return fprintf(stderr, "attn-bert attention: %s '%s' must be a number\n", a, v), 2;
+      i++;
+    } else if (strncmp(a, "--", 2) && !sentence)
       sentence = a;
     else
       return fprintf(stderr, "attn-bert attention: unexpected argument '%s'\n", a), 2;
@@ -407,17 +419,18 @@ static int cmd_bench(int argc, char **argv) {
   for (int i = 0; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
       model = argv[i + 1];
-    else if (!strcmp(argv[i], "--reps"))
-      reps = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--threads"))
-      threads = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--tokens"))
-      n_len = 1, lengths[0] = atoi(argv[i + 1]);
+    else if ((!strcmp(argv[i], "--reps") && int_arg(argv[i + 1], 1, 100, &reps) == 0) ||
+             (!strcmp(argv[i], "--threads") && int_arg(argv[i + 1], 0, 1024, &threads) == 0))
+      continue;
+    else if (!strcmp(argv[i], "--tokens") && int_arg(argv[i + 1], 3, 256, &lengths[0]) == 0)
+      n_len = 1;
     else
-      return fprintf(stderr, "attn-bert bench: unknown option '%s'\n", argv[i]), 2;
+      return fprintf(stderr,
+                     "attn-bert bench: '%s %s': the options are --model DIR, --reps 1..100, "
+                     "--threads 0..1024, --tokens 3..256\n",
+                     argv[i], argv[i + 1]),
+             2;
   }
-  if (reps < 1 || reps > 100 || lengths[0] < 3 || lengths[0] > 256)
-    return fprintf(stderr, "attn-bert bench: --reps 1..100, --tokens 3..256\n"), 2;
   attn_bert m;
   if (load_model(&m, model)) return 1;
   m.threads = threads;

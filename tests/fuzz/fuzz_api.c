@@ -7,7 +7,8 @@
  *   - a refused call leaves every output byte as it was and says why, naming the function;
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
  *     tolerance: the sweeps in test_kernels hold the tight one) and is bitwise the same with 1
- *     and 3 threads; an accepted backward is bitwise the same with 1 and 3 threads.
+ *     and 3 threads; attn_merge of its (O, LSE) with itself gives O and LSE + log 2 (in place
+ *     too); an accepted backward is bitwise the same with 1 and 3 threads.
  * Any violation aborts, which libFuzzer reports with the input that caused it.
  */
 #include "attn.h"
@@ -315,6 +316,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 "1 and 3 threads differ");
       }
       drop_out(&c1), drop_out(&c3);
+    }
+    /* attn_merge of the result with itself: the same O, and LSE + log 2 (into fresh outputs, or in
+     * place over the first part, which the header allows) */
+    if (want_lse && a.o.buf && next(&b) % 2 == 0) {
+      call_out m;
+      memset(&m, 0, sizeof m);
+      const int in_place = next(&b) % 2;
+      if (make_out(&m, &p, 1, 0)) {
+        const float *parts_o[2] = {fp(&a.o), fp(&a.o)}, *parts_l[2] = {fp(&a.lse), fp(&a.lse)};
+        float *mo = fp(&m.o), *ml = fp(&m.lse);
+        if (in_place) {
+          memcpy(m.o.buf, a.o.buf, a.o.size), memcpy(m.lse.buf, a.lse.buf, a.lse.size);
+          parts_o[0] = mo, parts_l[0] = ml;
+        }
+        const attn_status sm = attn_merge(&p, 2, parts_o, parts_l, mo, ml);
+        REQUIRE(sm == ATTN_STATUS_OK, "attn_merge refused a forward's own outputs: %s",
+                attn_last_error());
+        for (size_t i = 0; i < m.o.size / 4; i++) {
+          const float x = ((float *)m.o.buf)[i], want = ((float *)a.o.buf)[i];
+          REQUIRE(close_enough(x, want), "merged O[%zu] = %g, want %g", i, x, want);
+        }
+        for (size_t i = 0; i < m.lse.size / 4; i++) {
+          const float x = ((float *)m.lse.buf)[i], l = ((float *)a.lse.buf)[i];
+          REQUIRE(close_enough(x, l == -INFINITY ? l : l + 0.6931472f),
+                  "merged LSE[%zu] = %g, "
+                  "want %g + log 2",
+                  i, x, l);
+        }
+      }
+      drop_out(&m);
     }
     /* the backward of the same call, when the forward gave LSE */
     if (want_lse && next(&b) % 2 == 0) {
