@@ -50,7 +50,8 @@ test-tsan:
 # Fuzzing (clang's libFuzzer, ASan + UBSan): the library's entry points against ref (fuzz_api),
 # the .npy reader, the safetensors reader and the tokenizer, each for FUZZ_SECONDS on a copy of its
 # seed corpus (tests/fuzz/corpus/; the inputs that once found bugs are among the seeds). A failing
-# input is saved in $(FUZZBUILD)/ and replayed with `$(FUZZBUILD)/tests/fuzz/fuzz_X FILE`.
+# input is saved in $(FUZZBUILD)/ and replayed with `$(FUZZBUILD)/tests/fuzz/fuzz_X FILE`. The
+# build uses -Werror, so it also keeps the code free of clang's warnings.
 FUZZBUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 fuzz: deps
@@ -58,7 +59,7 @@ fuzz: deps
 	  clang -x c -fsanitize=fuzzer -o /dev/null - 2>/dev/null || { \
 	  echo "installing clang and its libFuzzer runtime from the Debian archive"; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-dev; }
-	CC=clang cmake -S . -B $(FUZZBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=fuzzer \
+	CC=clang cmake -S . -B $(FUZZBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=fuzzer -DATTN_WERROR=ON \
 	  -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_EXAMPLES=OFF
 	cmake --build $(FUZZBUILD) -j $(JOBS) --target fuzz_api fuzz_npy fuzz_safetensors fuzz_tokenizer
 	@for t in api npy safetensors tokenizer; do \

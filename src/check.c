@@ -222,15 +222,17 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const floa
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
   enum { Q, K, V, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, 4, 0, 0, 0, 0},
-      [K] = {"k", "k_stride", k, 4, {B, Hkv, Lk, p->dim}, p->k_stride, 4, 0, 0, 0, 0},
-      [V] = {"v", "v_stride", v, 4, {B, Hkv, Lk, p->dim_v}, p->v_stride, 4, 0, 0, 0, 0},
-      [MASK] = {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0},
-      [BIAS] = {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0},
-      [O] = {"o", "o_stride", o, 4, {B, Hq, Lq, p->dim_v}, p->o_stride, 4, 1, 0, 0, 0},
-      [LSE] = {"lse", "lse_stride", lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 1, 0, 0, 0},
+      [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, 4, 0, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", k, 4, {B, Hkv, Lk, p->dim}, p->k_stride, 4, 0, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", v, 4, {B, Hkv, Lk, p->dim_v}, p->v_stride, 4, 0, 0, 0, 0, 0},
+      [MASK] =
+          {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0, 0},
+      [BIAS] =
+          {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", o, 4, {B, Hq, Lq, p->dim_v}, p->o_stride, 4, 1, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 1, 0, 0, 0, 0},
       [PROBS] =
-          {"probs", "probs_stride", probs, 4, {B, Hq, Lq, Lk}, p->probs_stride, 4, 1, 0, 0, 0},
+          {"probs", "probs_stride", probs, 4, {B, Hq, Lq, Lk}, p->probs_stride, 4, 1, 0, 0, 0, 0},
   };
   int present[N_TENSORS] = {
       1, 1, 1, p->mask != NULL, p->bias != NULL, 1, lse != NULL, probs != NULL};
@@ -257,17 +259,20 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
     if (p->bias_stride[d] == 0) db[d] = 1;
   enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [Q] = {"q", "q_stride", x->q, 4, {B, Hq, Lq, D}, p->q_stride, 4, 0, 0, 0, 0},
-      [K] = {"k", "k_stride", x->k, 4, {B, Hkv, Lk, D}, p->k_stride, 4, 0, 0, 0, 0},
-      [V] = {"v", "v_stride", x->v, 4, {B, Hkv, Lk, Dv}, p->v_stride, 4, 0, 0, 0, 0},
-      [O] = {"o", "o_stride", x->o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0},
-      [LSE] = {"lse", "lse_stride", x->lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0},
-      [DOUT] = {"dout", "dout_stride", x->dout, 4, {B, Hq, Lq, Dv}, p->dout_stride, 4, 0, 0, 0, 0},
-      [MASK] = {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0},
-      [BIAS] = {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0},
-      [DQ] = {"dq", "dq_stride", x->dq, 4, {B, Hq, Lq, D}, p->dq_stride, 4, 1, 0, 0, 0},
-      [DK] = {"dk", "dk_stride", x->dk, 4, {B, Hkv, Lk, D}, p->dk_stride, 4, 1, 0, 0, 0},
-      [DV] = {"dv", "dv_stride", x->dv, 4, {B, Hkv, Lk, Dv}, p->dv_stride, 4, 1, 0, 0, 0},
+      [Q] = {"q", "q_stride", x->q, 4, {B, Hq, Lq, D}, p->q_stride, 4, 0, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", x->k, 4, {B, Hkv, Lk, D}, p->k_stride, 4, 0, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", x->v, 4, {B, Hkv, Lk, Dv}, p->v_stride, 4, 0, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", x->o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", x->lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
+      [DOUT] =
+          {"dout", "dout_stride", x->dout, 4, {B, Hq, Lq, Dv}, p->dout_stride, 4, 0, 0, 0, 0, 0},
+      [MASK] =
+          {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0, 0},
+      [BIAS] =
+          {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0, 0},
+      [DQ] = {"dq", "dq_stride", x->dq, 4, {B, Hq, Lq, D}, p->dq_stride, 4, 1, 0, 0, 0, 0},
+      [DK] = {"dk", "dk_stride", x->dk, 4, {B, Hkv, Lk, D}, p->dk_stride, 4, 1, 0, 0, 0, 0},
+      [DV] = {"dv", "dv_stride", x->dv, 4, {B, Hkv, Lk, Dv}, p->dv_stride, 4, 1, 0, 0, 0, 0},
       [DBIAS] = {"dbias",
                  "dbias_stride",
                  x->dbias,
@@ -276,6 +281,7 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
                  p->dbias_stride,
                  4,
                  1,
+                 0,
                  0,
                  0,
                  0},

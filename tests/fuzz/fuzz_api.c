@@ -8,8 +8,9 @@
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
  *     tolerance: the sweeps in test_kernels hold the tight one) and is bitwise the same with 1
  *     and 3 threads; attn_merge of its (O, LSE) with itself gives O and LSE + log 2 (in place
- *     too); an accepted backward is bitwise the same with 1 and 3 threads and, on data without
- *     NaN or inf, matches the ref backward within the same loose tolerance.
+ *     too); an accepted backward (dBias too, when the call has a bias) is bitwise the same with 1
+ *     and 3 threads and, on data without NaN or inf, matches the ref backward within the same
+ *     loose tolerance.
  * Any violation aborts, which libFuzzer reports with the input that caused it.
  */
 #include "attn.h"
@@ -348,58 +349,71 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       drop_out(&m);
     }
-    /* the backward of the same call, when the forward gave LSE */
-    if (want_lse && next(&b) % 2 == 0) {
+    /* the backward of the same call, when the forward gave LSE (smaller calls: ref is slow) */
+    if (want_lse && batch * hq * lq * lk <= MAX_PAIRS / 4 && next(&b) % 2 == 0) {
       const int64_t ndq[4] = {batch, hq, lq, dim};
       pick_strides(&b, 4, no, p.dout_stride);
-      tensor grads[2][3];
-      const int64_t *shapes[3] = {ndq, nk, nv};
-      int64_t *strides[3] = {p.dq_stride, p.dk_stride, p.dv_stride};
-      for (int g = 0; g < 3; g++)
+      /* dQ, dK, dV, and dBias (the bias's shape reduced over its broadcast dimensions) */
+      const int ng = p.bias && next(&b) % 2 == 0 ? 4 : 3;
+      int64_t ndb[4];
+      for (int d = 0; d < 4; d++)
+        ndb[d] = p.bias_stride[d] == 0 ? 1 : nm[d];
+      tensor grads[2][4];
+      memset(grads, 0, sizeof grads);
+      const int64_t *shapes[4] = {ndq, nk, nv, ndb};
+      int64_t *strides[4] = {p.dq_stride, p.dk_stride, p.dv_stride, p.dbias_stride};
+      for (int g = 0; g < ng; g++)
         pick_strides(&b, 4, shapes[g], strides[g]);
       int ok = make(&dout, 4, no, p.dout_stride, 4);
       for (int t = 0; t < 2; t++)
-        for (int g = 0; g < 3; g++)
+        for (int g = 0; g < ng; g++)
           ok &= make(&grads[t][g], 4, shapes[g], strides[g], 4);
       if (ok) {
         fill(&b, &dout, 1.0f, 0);
         for (int t = 0; t < 2; t++)
-          for (int g = 0; g < 3; g++)
+          for (int g = 0; g < ng; g++)
             if (grads[t][g].buf) memset(grads[t][g].buf, 0x5a, grads[t][g].size);
+        /* a requested dBias with no element is still requested: a non-NULL pointer */
+        float *db[2] = {ng < 4            ? NULL
+                        : grads[0][3].buf ? fp(&grads[0][3])
+                                          : (float *)&ndb,
+                        ng < 4            ? NULL
+                        : grads[1][3].buf ? fp(&grads[1][3])
+                                          : (float *)&ndb};
         size_t bwd_scratch;
-        const attn_status sb = attn_backward_scratch_bytes(&p, 0, &bwd_scratch);
+        const attn_status sb = attn_backward_scratch_bytes(&p, ng == 4, &bwd_scratch);
         attn_params p1 = p, p3 = p;
         p1.threads = 1, p3.threads = 3;
         const attn_status s1 =
             attn_backward(&p1, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
-                          fp(&grads[0][0]), fp(&grads[0][1]), fp(&grads[0][2]), NULL);
+                          fp(&grads[0][0]), fp(&grads[0][1]), fp(&grads[0][2]), db[0]);
         if (s1 != ATTN_STATUS_OK) {
           REQUIRE(strncmp(attn_last_error(), "attn_backward", 13) == 0, "message '%s'",
                   attn_last_error());
-          for (int g = 0; g < 3; g++)
+          for (int g = 0; g < ng; g++)
             REQUIRE(untouched(&grads[0][g]), "refused backward (%s) wrote gradient %d",
                     attn_last_error(), g);
         } else {
           REQUIRE(sb == ATTN_STATUS_OK, "backward scratch_bytes refused an accepted call");
           const attn_status s3 =
               attn_backward(&p3, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
-                            fp(&grads[1][0]), fp(&grads[1][1]), fp(&grads[1][2]), NULL);
+                            fp(&grads[1][0]), fp(&grads[1][1]), fp(&grads[1][2]), db[1]);
           REQUIRE(s3 == ATTN_STATUS_OK, "3 threads refused what 1 thread accepted");
-          for (int g = 0; g < 3; g++)
+          for (int g = 0; g < ng; g++)
             REQUIRE(!grads[0][g].buf || !memcmp(grads[0][g].buf, grads[1][g].buf, grads[0][g].size),
                     "gradient %d differs between 1 and 3 threads", g);
           /* against the ref backward when the data hold no NaN or inf (with them, which gradient
            * entries turn NaN is the kernels' own business beyond the contract's masked rule) */
           if (!specials && p.kernel != ATTN_KERNEL_REF) {
-            attn_params pr = p;
-            pr.kernel = ATTN_KERNEL_REF;
-            for (int g = 0; g < 3; g++)
+            attn_params pref = p;
+            pref.kernel = ATTN_KERNEL_REF;
+            for (int g = 0; g < ng; g++)
               if (grads[1][g].buf) memset(grads[1][g].buf, 0x5a, grads[1][g].size);
-            REQUIRE(attn_backward(&pr, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
+            REQUIRE(attn_backward(&pref, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
                                   fp(&grads[1][0]), fp(&grads[1][1]), fp(&grads[1][2]),
-                                  NULL) == ATTN_STATUS_OK,
+                                  db[1]) == ATTN_STATUS_OK,
                     "ref backward refused an accepted call: %s", attn_last_error());
-            for (int g = 0; g < 3; g++)
+            for (int g = 0; g < ng; g++)
               for (size_t i = 0; i < grads[0][g].size / 4; i++)
                 REQUIRE(close_enough(((float *)grads[0][g].buf)[i], ((float *)grads[1][g].buf)[i]),
                         "gradient %d [%zu] = %g, ref %g", g, i, ((float *)grads[0][g].buf)[i],
@@ -408,7 +422,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
       }
       for (int t = 0; t < 2; t++)
-        for (int g = 0; g < 3; g++)
+        for (int g = 0; g < ng; g++)
           drop(&grads[t][g]);
     }
   }
