@@ -68,12 +68,12 @@ static void copy_params(const attn_params *p, attn_params *c) {
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
   const int64_t q[4] = {B, Hq, Lq, p->dim}, k[4] = {B, Hkv, Lk, p->dim};
   const int64_t v[4] = {B, Hkv, Lk, p->dim_v}, o[4] = {B, Hq, Lq, p->dim_v};
-  const int64_t s[4] = {B, Hq, Lq, Lk};
+  const int64_t s[4] = {B, Hq, Lq, Lk}, l[3] = {B, Hq, Lq};
   zero_if_empty(c->q_stride, 4, q), zero_if_empty(c->dq_stride, 4, q);
   zero_if_empty(c->k_stride, 4, k), zero_if_empty(c->dk_stride, 4, k);
   zero_if_empty(c->v_stride, 4, v), zero_if_empty(c->dv_stride, 4, v);
   zero_if_empty(c->o_stride, 4, o), zero_if_empty(c->dout_stride, 4, o);
-  zero_if_empty(c->lse_stride, 3, o);
+  zero_if_empty(c->lse_stride, 3, l);
   zero_if_empty(c->probs_stride, 4, s), zero_if_empty(c->mask_stride, 4, s);
   /* bias_stride stays: its zeros say which dimensions dBias is reduced over, and dBias can have
    * elements when the bias has none (Lq = 0 with the bias broadcast over queries: zeros) */
