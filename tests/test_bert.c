@@ -3,7 +3,8 @@
  * (models/bert/make_fixtures.py made them once with Hugging Face tokenizers and
  * sentence-transformers on PyTorch; this test never needs them):
  *   1. token ids equal the Hugging Face tokenizer's on 52 varied sentences (accents, CJK,
- *      punctuation, control characters, emoji, very long words, the empty string);
+ *      punctuation, control characters, emoji, very long words, the empty string), and on ~2400
+ *      probes of single code points across Unicode plus 300 random strings;
  *   2. sentence embeddings match sentence-transformers' (cosine ≥ 0.99999, max |diff| ≤ 1e-4) on
  *      22 sentences, one at a time and as one padded batch;
  *   3. the GELU (erf from a rational approximation) against erf in double;
@@ -42,9 +43,11 @@ static int read_line(FILE *f, char **sentence, char **rest) {
   return 1;
 }
 
-static void test_tokenizer(const attn_bert *m) {
+/* Every line of a token fixture (sentence, Hugging Face's ids) tokenised here; at least min_lines.
+ */
+static void test_tokenizer(const attn_bert *m, const char *file, int min_lines) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/bert_tokens.txt", fixtures);
+  snprintf(path, sizeof path, "%s/%s", fixtures, file);
   FILE *f = fopen(path, "r");
   CHECKF(f != NULL, "cannot open %s", path);
   if (!f) return;
@@ -69,8 +72,9 @@ static void test_tokenizer(const attn_bert *m) {
     free(ids), free(s);
   }
   fclose(f);
-  CHECKF(lines >= 50 && equal == lines, "token ids equal Hugging Face's on %d of %d sentences",
-         equal, lines);
+  CHECKF(lines >= min_lines && equal == lines, "%s: token ids equal Hugging Face's on %d of %d",
+         file, equal, lines);
+  printf("  %s: ids equal Hugging Face's on %d of %d texts\n", file, equal, lines);
 }
 
 static void test_embeddings(const attn_bert *m) {
@@ -272,7 +276,8 @@ int main(int argc, char **argv) {
     return t_finish("test_bert");
   }
   m.threads = 2;
-  test_tokenizer(&m);
+  test_tokenizer(&m, "bert_tokens.txt", 50);
+  test_tokenizer(&m, "bert_tokens_unicode.txt", 2000);
   test_embeddings(&m);
   attn_bert_free(&m);
   return t_finish("test_bert");

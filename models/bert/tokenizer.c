@@ -5,10 +5,13 @@
  * most; [CLS] … [SEP]).
  *
  * Normalisation, per code point of valid UTF-8 (invalid bytes are replaced by U+FFFD, which
- * clean_text then drops): U+0000, U+FFFD and control characters (Cc, Cf except tab, newline,
- * return) are dropped, whitespace becomes a space; CJK ideographs get a space on each side; NFD
- * with non-spacing marks (Mn) removed; per-character full lower-casing. Pre-tokenisation splits on
- * whitespace and isolates each punctuation character (Unicode P* and the ASCII symbols).
+ * clean_text then drops): what clean_text drops (U+0000, U+FFFD, control, format and private-use
+ * characters) is dropped, White_Space becomes a space, CJK ideographs get a space on each side,
+ * and everything else is folded (NFD without combining marks, then lower case). Pre-tokenisation
+ * splits at separators and isolates each punctuation character. The character classes and the
+ * folded forms are tables (unicode_tables.c) read off the Hugging Face library itself, one code
+ * point at a time, so they follow its Unicode data and rules exactly; tools/gen_unicode_tables.py
+ * makes them.
  */
 #include "bert.h"
 #include "unicode.h"
@@ -155,24 +158,14 @@ static size_t utf8_put(uint32_t cp, char *out) {
 
 /* ---- character classes ---- */
 
-static int is_whitespace(uint32_t c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
-         attn_bert_in(attn_bert_space, attn_bert_space_count, c);
+static int is_removed(uint32_t c) {
+  return attn_bert_in(attn_bert_removed, attn_bert_removed_count, c);
 }
-static int is_control(uint32_t c) {
-  return c != '\t' && c != '\n' && c != '\r' &&
-         attn_bert_in(attn_bert_control, attn_bert_control_count, c);
-}
-static int is_punct(uint32_t c) {
-  return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
-         (c >= 123 && c <= 126) || attn_bert_in(attn_bert_punct, attn_bert_punct_count, c);
-}
-static int is_cjk(uint32_t c) {
-  return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
-         (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
-         (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
-         (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
-}
+static int is_space(uint32_t c) { return attn_bert_in(attn_bert_space, attn_bert_space_count, c); }
+static int is_cjk(uint32_t c) { return attn_bert_in(attn_bert_cjk, attn_bert_cjk_count, c); }
+/* the pre-tokeniser's classes, of a normalised code point */
+static int is_punct(uint32_t c) { return attn_bert_in(attn_bert_punct, attn_bert_punct_count, c); }
+static int is_split(uint32_t c) { return attn_bert_in(attn_bert_split, attn_bert_split_count, c); }
 
 /* ---- normalisation into a code point buffer ---- */
 
@@ -195,32 +188,22 @@ static void push(cpbuf *b, uint32_t c) {
   b->cp[b->n++] = c;
 }
 
-/* Strips accents from c (NFD, then drop Mn) and lower-cases what is left, appending to b. */
-static void strip_lower(cpbuf *b, uint32_t c) {
-  uint32_t parts[4];
-  int n = 0;
-  if (c >= 0xAC00 && c <= 0xD7A3) { /* Hangul syllable: algorithmic NFD, no marks */
+/* Appends the folded form of c (NFD without combining marks, then lower case) to b. */
+static void fold(cpbuf *b, uint32_t c) {
+  if (c >= 0xAC00 && c <= 0xD7A3) { /* Hangul syllable: its jamo (algorithmic NFD, no marks) */
     const uint32_t s = c - 0xAC00;
-    parts[n++] = 0x1100 + s / (21 * 28);
-    parts[n++] = 0x1161 + s % (21 * 28) / 28;
-    if (s % 28) parts[n++] = 0x11A7 + s % 28;
-  } else {
-    const attn_bert_map *m = attn_bert_find(attn_bert_strip, attn_bert_strip_count, c);
-    if (m)
-      for (int i = 0; i < m->n; i++)
-        parts[n++] = m->to[i];
-    else if (!attn_bert_in(attn_bert_mn, attn_bert_mn_count, c))
-      parts[n++] = c;
+    push(b, 0x1100 + s / (21 * 28));
+    push(b, 0x1161 + s % (21 * 28) / 28);
+    if (s % 28) push(b, 0x11A7 + s % 28);
+    return;
   }
-  for (int i = 0; i < n; i++) {
-    const attn_bert_map *l = attn_bert_find(attn_bert_lower, attn_bert_lower_count, parts[i]);
-    if (!l) {
-      push(b, parts[i]);
-      continue;
-    }
-    for (int k = 0; k < l->n; k++) /* a lower-case form may carry a mark (İ → i̇): dropped */
-      if (!attn_bert_in(attn_bert_mn, attn_bert_mn_count, l->to[k])) push(b, l->to[k]);
+  const attn_bert_map *m = attn_bert_find(attn_bert_fold, attn_bert_fold_count, c);
+  if (!m) {
+    push(b, c);
+    return;
   }
+  for (int i = 0; i < m->n; i++)
+    push(b, m->to[i]);
 }
 
 /* ---- WordPiece ---- */
@@ -289,27 +272,27 @@ int attn_bert_tokenize(const attn_bert_vocab *v, const char *text, int max_len, 
   const size_t len = strlen(text);
   for (size_t i = 0; i < len;) {
     const uint32_t c = utf8_next((const unsigned char *)text, len, &i);
-    if (c == 0 || c == 0xFFFD || is_control(c)) continue;
-    if (is_whitespace(c)) {
+    if (is_removed(c)) continue;
+    if (is_space(c)) {
       push(&norm, ' ');
     } else if (is_cjk(c)) {
       push(&norm, ' ');
-      strip_lower(&norm, c);
+      fold(&norm, c);
       push(&norm, ' ');
     } else {
-      strip_lower(&norm, c);
+      fold(&norm, c);
     }
   }
   idbuf ids = {0};
   push_id(&ids, v->cls);
   for (size_t i = 0; i < norm.n;) { /* pre-tokens: runs of non-space, punctuation alone */
-    if (is_whitespace(norm.cp[i])) {
+    if (is_split(norm.cp[i])) {
       i++;
       continue;
     }
     size_t j = i + 1;
     if (!is_punct(norm.cp[i]))
-      while (j < norm.n && !is_whitespace(norm.cp[j]) && !is_punct(norm.cp[j]))
+      while (j < norm.n && !is_split(norm.cp[j]) && !is_punct(norm.cp[j]))
         j++;
     wordpiece(v, norm.cp + i, j - i, &ids);
     i = j;

@@ -16,12 +16,12 @@ typedef struct attn_bert_map {
   int n;
 } attn_bert_map;
 
-extern const attn_bert_range attn_bert_mn[], attn_bert_punct[], attn_bert_space[],
-    attn_bert_control[];
-extern const int attn_bert_mn_count, attn_bert_punct_count, attn_bert_space_count,
-    attn_bert_control_count;
-extern const attn_bert_map attn_bert_lower[], attn_bert_strip[];
-extern const int attn_bert_lower_count, attn_bert_strip_count;
+extern const attn_bert_range attn_bert_removed[], attn_bert_space[], attn_bert_cjk[],
+    attn_bert_punct[], attn_bert_split[];
+extern const int attn_bert_removed_count, attn_bert_space_count, attn_bert_cjk_count,
+    attn_bert_punct_count, attn_bert_split_count;
+extern const attn_bert_map attn_bert_fold[];
+extern const int attn_bert_fold_count;
 
 /* 1 if cp lies in one of the n sorted ranges. */
 int attn_bert_in(const attn_bert_range *r, int n, uint32_t cp);
