@@ -178,8 +178,13 @@ static void drop_out(call_out *c) { drop(&c->o), drop(&c->lse), drop(&c->probs);
 
 static float *fp(const tensor *t) { return t->base; }
 
+/* Set while the data hold an inf: then a kernel's NaN where ref has ±inf is the header's fp32
+ * rule (a weight that underflows to 0 meets an infinite V: 0·inf), not a defect. */
+static int inf_in_data;
+
 /* Same bits, or both NaN, or within the loose tolerance. */
 static int close_enough(float a, float r) {
+  if (inf_in_data && isnan(a) && isinf(r)) return 1;
   if (isnan(a) || isnan(r)) return isnan(a) && isnan(r);
   if (isinf(a) || isinf(r)) return a == r;
   return fabsf(a - r) <= 1e-3f + 1e-3f * fabsf(r);
@@ -256,6 +261,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
   const int specials = next(&b) % 6 == 0;
+  inf_in_data = specials;
   fill(&b, &q, 1.0f, specials), fill(&b, &k, 1.0f, specials), fill(&b, &v, 1.0f, specials);
   if (mask.buf)
     for (size_t i = 0; i < mask.size; i++)
