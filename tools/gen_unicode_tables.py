@@ -14,7 +14,8 @@ checked here), and the pre-tokeniser's classes of a normalised code point: punct
 of its own) and separators (dropped between words).
 
 Run once with the `tokenizers` package (e.g. the benchmark venv); the output is committed.
-usage: .venv-bench/bin/python tools/gen_unicode_tables.py > models/bert/unicode_tables.c"""
+usage: .venv-bench/bin/python tools/gen_unicode_tables.py > models/bert/unicode_tables.c &&
+       clang-format -i models/bert/unicode_tables.c"""
 import sys
 
 import tokenizers

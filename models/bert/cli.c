@@ -416,8 +416,7 @@ static int cmd_bench(int argc, char **argv) {
   const char *model = NULL;
   int reps = 5, threads = 2, batch = 32;
   int lengths[16] = {16, 32, 64, 128}, n_len = 4;
-  if (argc % 2)
-    return fprintf(stderr, "attn-bert bench: '%s' needs a value\n", argv[argc - 1]), 2;
+  if (argc % 2) return fprintf(stderr, "attn-bert bench: '%s' needs a value\n", argv[argc - 1]), 2;
   for (int i = 0; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
       model = argv[i + 1];
