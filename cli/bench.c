@@ -61,6 +61,17 @@ static double pct(double x, double of) { return of > 0 ? 100 * x / of : 0.0; }
 /* n floats, 64-byte aligned (free with free). */
 static float *tensor(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
 
+/* The machine's fp32 FMA peak on `threads` threads, GFLOP/s: what its cores can do. A T-thread
+ * measurement during which another tenant held a core comes out low (seen: one core's worth for
+ * two threads) and would inflate every percentage, so it is at least the one-thread figure times
+ * the cores used. */
+static double fma_peak(int threads) {
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  const double one = machine_fma_peak_gflops(1), all = machine_fma_peak_gflops(threads);
+  const double cores = (double)(cpus > 0 && cpus < threads ? cpus : threads);
+  return all < one * cores ? one * cores : all;
+}
+
 static int parse_shape(const char *s, shape *out) {
   char buf[128];
   const size_t n = strlen(s), tail = strlen(",causal");
@@ -252,14 +263,7 @@ int cmd_bench(int argc, char **argv) {
   const attn_kernel resolved = kernel == ATTN_KERNEL_AUTO ? attn_kernel_auto() : kernel;
   double peak = 0, bandwidth = 0, block = 0, block_best = 0;
   if (machine) {
-    /* the machine's peak is what its cores can do: a T-thread measurement during which another
-     * tenant held a core comes out low (seen: one core's worth for two threads) and would inflate
-     * every percentage, so the peak is at least the one-thread figure times the cores used */
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    const double one = machine_fma_peak_gflops(1);
-    peak = machine_fma_peak_gflops(threads);
-    const double cores = (double)(cpus > 0 && cpus < threads ? cpus : threads);
-    if (peak < one * cores) peak = one * cores;
+    peak = fma_peak(threads);
     bandwidth = machine_read_bandwidth_gbs(threads);
     if (resolved == ATTN_KERNEL_AVX2) /* the AVX2 products' block; no ceiling line for others */
       machine_block_gflops(threads, &block, &block_best);
@@ -374,6 +378,16 @@ int cmd_bench(int argc, char **argv) {
              pct(gbs, bandwidth));
     fflush(stdout);
     free(q), free(k), free(v), free(o), free(lse), free(d_o), free(dq), free(dk), free(dv);
+  }
+  if (machine) { /* a neighbour busy while the peak was measured skews every percentage: say so */
+    const double again = fma_peak(threads);
+    if (fabs(again - peak) > 0.15 * peak)
+      fprintf(csv ? stderr : stdout,
+              "note: the FMA peak measured again after the shapes is %.1f GFLOP/s against %.1f "
+              "before them: the machine was busy during one of the two, so this run's "
+              "percentages of peak are uncertain (ratios to a peer in alternating rounds are "
+              "not)\n",
+              again, peak);
   }
   return failures ? 1 : 0;
 }
