@@ -73,16 +73,9 @@ static double fma_peak(int threads) {
 }
 
 static int parse_shape(const char *s, shape *out) {
-  char buf[128];
-  const size_t n = strlen(s), tail = strlen(",causal");
-  if (n >= sizeof buf) return -1;
-  memcpy(buf, s, n + 1);
-  const int causal = n > tail && strcmp(buf + n - tail, ",causal") == 0;
-  if (causal) buf[n - tail] = '\0';
   int64_t v[6];
-  if (cli_parse_list(buf, v, 6) != 6) return -1;
-  for (int i = 0; i < 6; i++)
-    if (v[i] < 1) return -1;
+  int causal;
+  if (cli_parse_shape(s, v, 6, &causal) != 0) return -1;
   *out = (shape){v[0], v[1], v[2], v[3], v[4], v[5], causal};
   return 0;
 }

@@ -64,6 +64,19 @@ int64_t cli_parse_list(const char *s, int64_t *vals, int64_t max) {
   return n;
 }
 
+int cli_parse_shape(const char *s, int64_t *vals, int n, int *causal) {
+  char buf[128];
+  const size_t len = strlen(s), tail = strlen(",causal");
+  if (len >= sizeof buf) return -1;
+  memcpy(buf, s, len + 1);
+  *causal = len > tail && strcmp(buf + len - tail, ",causal") == 0;
+  if (*causal) buf[len - tail] = '\0';
+  if (cli_parse_list(buf, vals, n) != n) return -1;
+  for (int i = 0; i < n; i++)
+    if (vals[i] < 1) return -1;
+  return 0;
+}
+
 /* ---- inputs ---- */
 
 void cli_inputs_free(inputs *in) {

@@ -33,6 +33,8 @@ void cli_shape_str(const int64_t *s, int n, char *buf, size_t size);
 int cli_parse_i64(const char *s, int64_t *out); /* 0, or −1 (not an integer, or out of range) */
 /* "a,b,c" (no empty item) into at most max values; returns the count, or −1. */
 int64_t cli_parse_list(const char *s, int64_t *vals, int64_t max);
+/* A benchmark shape "v0,…,v(n−1)[,causal]": exactly n integers, each ≥ 1; 0 or −1. */
+int cli_parse_shape(const char *s, int64_t *vals, int n, int *causal);
 
 /* The options of attn run (and, with grad = 1, attn grad). */
 typedef struct run_opts {

@@ -235,12 +235,7 @@ static int bench(int argc, char **argv) {
     int64_t v[5];
     if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
       const char *arg = argv[++i];
-      char buf[128];
-      const size_t n = strlen(arg), tail = strlen(",causal");
-      causal = n > tail && n < sizeof buf && strcmp(arg + n - tail, ",causal") == 0;
-      snprintf(buf, sizeof buf, "%.*s", (int)(causal ? n - tail : n), arg);
-      if (n >= sizeof buf || cli_parse_list(buf, v, 4) != 4 || v[0] < 1 || v[1] < 1 || v[2] < 1 ||
-          v[3] < 1)
+      if (cli_parse_shape(arg, v, 4, &causal) != 0)
         return cli_fail(EXIT_BAD_INPUT, "--shape '%s' must be B,H,L,D[,causal]", arg);
       B = v[0], H = v[1], L = v[2], D = v[3];
     } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {

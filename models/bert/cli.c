@@ -21,8 +21,8 @@
  */
 #include "bert.h"
 #include "picture.h"
+#include "runargs.h"
 
-#include <errno.h>
 #include <glob.h>
 #include <limits.h>
 #include <math.h>
@@ -36,12 +36,10 @@
 #define ATTN_BERT_DEFAULT_MODEL ".model/all-MiniLM-L6-v2"
 #endif
 
-/* A whole-string integer in [lo, hi] into *out; −1 for anything else ("12x", "", out of range). */
-static int int_arg(const char *s, long lo, long hi, int *out) {
-  char *end;
-  errno = 0;
-  const long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) return -1;
+/* A whole-string integer in [lo, hi] into *out (cli_parse_i64's rule); −1 for anything else. */
+static int int_arg(const char *s, int64_t lo, int64_t hi, int *out) {
+  int64_t v;
+  if (cli_parse_i64(s, &v) != 0 || v < lo || v > hi) return -1;
   *out = (int)v;
   return 0;
 }
