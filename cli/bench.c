@@ -11,7 +11,11 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--csv] [--long] [--quick] [--backward] [--no-machine]
+ *              [--kv-dtype f32|f16|bf16] [--csv] [--long] [--quick] [--backward] [--no-machine]
+ *
+ * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
+ * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts
+ * the 16-bit bytes read.
  *
  * --no-machine skips the peak, register-block and bandwidth measurements (their columns read 0):
  * for callers that only want the times, such as bench/peers.py's alternating rounds.
@@ -194,6 +198,7 @@ int cmd_bench(int argc, char **argv) {
   int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0, backward = 0;
   int machine = 1;
   attn_kernel kernel = ATTN_KERNEL_AUTO;
+  attn_dtype kv_dtype = ATTN_DTYPE_F32;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--csv") == 0)
@@ -224,6 +229,12 @@ int cmd_bench(int argc, char **argv) {
       reps = cli_parse_i64(val, &r) == 0 && r >= 1 && r <= 1000 ? (int)r : 0, i++;
       if (reps < 1) {
         fprintf(stderr, "attn bench: --reps '%s' must be 1 to 1000\n", val);
+        return 2;
+      }
+    } else if (strcmp(a, "--kv-dtype") == 0 && val) {
+      kv_dtype = attn_dtype_from_name(val), i++;
+      if (kv_dtype == ATTN_DTYPE_COUNT_) {
+        fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16 or bf16\n", val);
         return 2;
       }
     } else if (strcmp(a, "--kernel") == 0 && val) {
@@ -263,17 +274,17 @@ int cmd_bench(int argc, char **argv) {
   }
   if (csv) {
     printf(
-        "pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,t_med_ms,t_min_ms,gflops,peak_pct,gbs,bw_pct,"
-        "scratch_kib,max_err,check\n");
+        "pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,kv_dtype,t_med_ms,t_min_ms,gflops,peak_pct,gbs,"
+        "bw_pct,scratch_kib,max_err,check\n");
   } else {
     printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
     if (machine)
-      printf("kernel %s, %d threads | fp32 FMA peak measured now: %.1f GFLOP/s | read "
+      printf("kernel %s, %d threads, K/V %s | fp32 FMA peak measured now: %.1f GFLOP/s | read "
              "bandwidth: %.1f GB/s\n",
-             attn_kernel_name(resolved), threads, peak, bandwidth);
+             attn_kernel_name(resolved), threads, attn_dtype_name(kv_dtype), peak, bandwidth);
     else
-      printf("kernel %s, %d threads | peak and bandwidth not measured (--no-machine)\n",
-             attn_kernel_name(resolved), threads);
+      printf("kernel %s, %d threads, K/V %s | peak and bandwidth not measured (--no-machine)\n",
+             attn_kernel_name(resolved), threads, attn_dtype_name(kv_dtype));
     if (block > 0)
       printf("6x16 register block of the AVX2 products alone, operands in L1 (their ceiling): "
              "median %.1f GFLOP/s = %.0f%% of peak, best %.0f%%\n",
@@ -307,25 +318,37 @@ int cmd_bench(int argc, char **argv) {
     }
     fill(q, nq, 1), fill(k, nk, 2), fill(v, nk, 3);
     if (backward) fill(d_o, nq, 4);
+    /* 16-bit K and V: rounded copies, and k, v overwritten by their values for the check */
+    void *k_in = k, *v_in = v;
+    if (kv_dtype != ATTN_DTYPE_F32) {
+      k_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64), v_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64);
+      if (!k_in || !v_in) {
+        fprintf(stderr, "attn bench: out of memory\n");
+        return 1;
+      }
+      attn_from_f32(kv_dtype, k, k_in, nk), attn_to_f32(kv_dtype, k_in, k, nk);
+      attn_from_f32(kv_dtype, v, v_in, nk), attn_to_f32(kv_dtype, v_in, v, nk);
+    }
     attn_params p;
     attn_params_init(&p, s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->D);
     p.causal = s->causal;
     p.align = ATTN_ALIGN_BOTTOM_RIGHT;
     p.threads = threads;
     p.kernel = kernel;
+    p.k_dtype = p.v_dtype = kv_dtype;
     size_t scratch = 0;
     if (backward)
       attn_backward_scratch_bytes(&p, 0, &scratch);
     else
       attn_forward_scratch_bytes(&p, 0, &scratch);
     double times[1000];
-    attn_status st = attn_forward(&p, q, k, v, o, lse, NULL); /* warm-up; O, LSE for backward */
+    attn_status st = attn_forward(&p, q, k_in, v_in, o, lse, NULL); /* warm-up; O, LSE */
     if (backward && st == ATTN_STATUS_OK)
-      st = attn_backward(&p, q, k, v, o, lse, d_o, dq, dk, dv, NULL);
+      st = attn_backward(&p, q, k_in, v_in, o, lse, d_o, dq, dk, dv, NULL);
     for (int r = 0; r < reps && st == ATTN_STATUS_OK; r++) {
       double t0 = machine_now();
-      st = backward ? attn_backward(&p, q, k, v, o, lse, d_o, dq, dk, dv, NULL)
-                    : attn_forward(&p, q, k, v, o, NULL, NULL);
+      st = backward ? attn_backward(&p, q, k_in, v_in, o, lse, d_o, dq, dk, dv, NULL)
+                    : attn_forward(&p, q, k_in, v_in, o, NULL, NULL);
       times[r] = machine_now() - t0;
     }
     if (st != ATTN_STATUS_OK) {
@@ -337,7 +360,7 @@ int cmd_bench(int argc, char **argv) {
     const double flops = (backward ? 2.5 : 1.0) * 2.0 * (double)(s->D + s->D) * visible_pairs(s) *
                          (double)(s->B * s->Hq);
     const double gflops = flops / t_med * 1e-9;
-    const double kv_bytes = 2.0 * (double)nk * 4;
+    const double kv_bytes = 2.0 * (double)nk * (kv_dtype == ATTN_DTYPE_F32 ? 4 : 2);
     const int decode = s->Lq <= 16;
     const double gbs = kv_bytes / t_med * 1e-9;
     double err, ref_mag;
@@ -354,9 +377,9 @@ int cmd_bench(int argc, char **argv) {
              s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal ? " causal" : "");
     if (csv)
       printf("%s%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
-             ",%d,%d,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
+             ",%d,%d,%s,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
              backward ? "backward," : "forward,", attn_kernel_name(resolved), s->B, s->Hq, s->Hkv,
-             s->Lq, s->Lk, s->D, s->causal, threads, t_med * 1e3, t_min * 1e3, gflops,
+             s->Lq, s->Lk, s->D, s->causal, threads, attn_dtype_name(kv_dtype), t_med * 1e3, t_min * 1e3, gflops,
              pct(gflops, peak), gbs, decode ? pct(gbs, bandwidth) : 0.0, (double)scratch / 1024,
              err, pass ? "PASS" : "FAIL");
     else {
@@ -370,6 +393,7 @@ int cmd_bench(int argc, char **argv) {
       printf("%-44s K/V read at %.1f GB/s = %.0f%% of the measured read bandwidth\n", "", gbs,
              pct(gbs, bandwidth));
     fflush(stdout);
+    if (k_in != k) free(k_in), free(v_in);
     free(q), free(k), free(v), free(o), free(lse), free(d_o), free(dq), free(dk), free(dv);
   }
   if (machine) { /* a neighbour busy while the peak was measured skews every percentage: say so */

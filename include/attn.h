@@ -77,7 +77,8 @@
  * there leaves the output bitwise unchanged). NaN in a visible value propagates to exactly the
  * outputs that depend on it; the library never silently cleans NaN.
  *
- * Numbers: inputs fp32, accumulation fp32 or better. Results are bitwise identical from run to run
+ * Numbers: Q, K and V are fp32, or fp16 / bf16 (q_dtype, k_dtype, v_dtype below); the mask is
+ * uint8, the bias, ALiBi slopes and every output fp32; accumulation fp32 or better. Results are bitwise identical from run to run
  * and for any thread count on the same machine and kernel; different kernels may differ in the
  * last bits. Weights are fp32 in the fused kernels: a visible key whose weight is below fp32's
  * range (e^-104 of the row's largest) weighs exactly 0 there, so an infinite V value at such a
@@ -133,6 +134,22 @@ typedef enum attn_align {
   ATTN_ALIGN_BOTTOM_RIGHT = 2, /* pos(i) = i + klen(b) − Lq */
 } attn_align;
 
+/*
+ * Element types of the inputs Q, K and V (attn_params q_dtype, k_dtype, v_dtype; each input on its
+ * own, e.g. an fp32 Q against an fp16 KV cache). A 16-bit tensor is passed as its bit patterns (an
+ * array of uint16_t); strides stay in elements. Every fp16 and bf16 value is
+ * exactly a float, so a call on 16-bit inputs gives bitwise the result of the same call on those
+ * values widened to fp32 (attn_to_f32), on every kernel: what changes is the memory read — half
+ * the bytes of K and V, which is what decode against a long KV cache is bound by. NaN and inf are
+ * NaN and inf in every type, and the masking rules hold as for fp32.
+ */
+typedef enum attn_dtype {
+  ATTN_DTYPE_F32 = 0,  /* float (the default) */
+  ATTN_DTYPE_F16 = 1,  /* IEEE 754 binary16: sign, 5 exponent bits, 10 fraction bits */
+  ATTN_DTYPE_BF16 = 2, /* bfloat16: the upper 16 bits of a float (8 exponent, 7 fraction bits) */
+  ATTN_DTYPE_COUNT_
+} attn_dtype;
+
 /* Which implementation runs the call. Every kernel computes the same contract; results of
  * different kernels may differ in the last bits. */
 typedef enum attn_kernel {
@@ -143,7 +160,7 @@ typedef enum attn_kernel {
   ATTN_KERNEL_REF = 1,  /* textbook formula, fp64 accumulation, materialised scores: the oracle */
   ATTN_KERNEL_GENERIC =
       2,                /* fused tiled online-softmax kernel in portable C, O(tile) extra memory */
-  ATTN_KERNEL_AVX2 = 3, /* the fused kernel with AVX2 + FMA microkernels (x86-64) */
+  ATTN_KERNEL_AVX2 = 3, /* the fused kernel with AVX2 + FMA microkernels (x86-64; needs F16C too) */
   ATTN_KERNEL_AVX512 = 4, /* the fused kernel with AVX-512 (F, BW) microkernels and the backward
                              on 16-lane vectors (x86-64; decode blocks run the AVX2 code) */
   ATTN_KERNEL_COUNT_
@@ -191,6 +208,9 @@ typedef struct attn_params {
   const float *bias;      /* [B, Hq, Lq, Lk] additive bias, −inf masks, or NULL */
   int64_t bias_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
 
+  /* Element types of the inputs (see attn_dtype); attn_params_init sets ATTN_DTYPE_F32. */
+  attn_dtype q_dtype, k_dtype, v_dtype;
+
   /* Execution. */
   int threads;        /* 0 = one per online CPU; otherwise 1..ATTN_MAX_THREADS */
   attn_kernel kernel; /* ATTN_KERNEL_AUTO unless you need a specific implementation */
@@ -200,8 +220,8 @@ typedef struct attn_params {
 
 /* Sets every field of *p to its default: the given sizes, packed strides ([B, H, L, D] for Q, K,
  * V, O; [B, Hq, Lq] for LSE; [B, Hq, Lq, Lk] for P, mask and bias), default scale, no softcap, no
- * ALiBi, not causal, alignment unset, unbounded window, no kv_len/mask/bias, threads = 0, kernel
- * AUTO. Never fails; sizes are checked by attn_forward. */
+ * ALiBi, not causal, alignment unset, unbounded window, no kv_len/mask/bias, fp32 inputs,
+ * threads = 0, kernel AUTO. Never fails; sizes are checked by attn_forward. */
 ATTN_API void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t heads_kv,
                                int64_t len_q, int64_t len_k, int64_t dim, int64_t dim_v);
 
@@ -215,7 +235,8 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
 
 /*
  * The forward pass.
- *   q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]: read only.
+ *   q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]: read only; float arrays, or uint16_t
+ *     arrays of fp16 / bf16 bits as p->q_dtype, k_dtype and v_dtype say.
  *   o [B, Hq, Lq, Dv]: overwritten.
  *   lse [B, Hq, Lq]: overwritten if non-NULL (natural log; −inf for rows with no visible key).
  *   probs [B, Hq, Lq, Lk]: overwritten if non-NULL with the exact attention weights.
@@ -226,12 +247,13 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
  * row and the copy takes at most 64 MiB (B·Hkv·Lk·D floats, Lk rounded up to the kernel's column
  * block), and the split-key partials (decode, and prefill with fewer than 8 batch·head·query
  * block items against ≥ 1024 keys: (Dv + 2) floats per query row and key chunk); the P output
- * itself when requested.
+ * itself when requested. 16-bit K or V adds one widened tile per worker (ref: a widened fp32 copy
+ * of every 16-bit input).
  * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
  * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */
-ATTN_API attn_status attn_forward(const attn_params *p, const float *q, const float *k,
-                                  const float *v, float *o, float *lse, float *probs);
+ATTN_API attn_status attn_forward(const attn_params *p, const void *q, const void *k,
+                                  const void *v, float *o, float *lse, float *probs);
 
 /* The extra memory (bytes) attn_forward allocates for this call (with_probs: whether P will be
  * requested): tile scratch, V-row counts, packed K and split-key partials for the fused kernels,
@@ -247,7 +269,9 @@ ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_p
  *     P = exp(s − LSE),  dP = dO·v,  Δ = rowsum(dO∘O),  dS = P·(dP − Δ)   (= ∂L/∂s)
  *     dBias += dS,  dq += scale·dS'·k,  dk += scale·dS'·q,  dv += P·dO
  * with dS' = dS·(1 − tanh²(x/c)) under softcap c (x = scale·q·k), else dS' = dS.
- *   q, k, v: the forward's inputs; o, lse: its outputs (o_stride, lse_stride; lse is required).
+ *   q, k, v: the forward's inputs, of the types p->q_dtype, k_dtype, v_dtype (16-bit inputs are
+ *     widened to fp32 copies first: (B·Hq·Lq·D + B·Hkv·Lk·(D + Dv)) floats of extra memory at
+ *     most; the gradients are fp32); o, lse: its outputs (o_stride, lse_stride; lse is required).
  *     The backward is this function of (q, k, v, o, lse, dout): with the o and lse of
  *     attn_forward(p, q, k, v, ...) it is the gradient of that call; with a merged O and LSE over
  *     a larger key set (attn_merge, ring attention) it is that key block's share of the gradient.
@@ -271,8 +295,8 @@ ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_p
  * inexact (the forward's own scores have lost those digits too).
  * Errors: as attn_forward; nothing written on error.
  */
-ATTN_API attn_status attn_backward(const attn_params *p, const float *q, const float *k,
-                                   const float *v, const float *o, const float *lse,
+ATTN_API attn_status attn_backward(const attn_params *p, const void *q, const void *k,
+                                   const void *v, const float *o, const float *lse,
                                    const float *dout, float *dq, float *dk, float *dv,
                                    float *dbias);
 
@@ -313,6 +337,19 @@ ATTN_API attn_status attn_merge_backward(const attn_params *p, int n_parts,
                                          const float *o, const float *lse, const float *dout,
                                          const float *dlse, float *const *do_parts,
                                          float *const *dlse_parts);
+
+/* Conversions between fp32 and the 16-bit types (t = ATTN_DTYPE_F16 or ATTN_DTYPE_BF16; with
+ * ATTN_DTYPE_F32 they copy). attn_to_f32 is exact. attn_from_f32 rounds to nearest, ties to even,
+ * as numpy's astype(float16) and PyTorch's .to(torch.bfloat16) do: values beyond the type's range
+ * become ±inf, NaN stays NaN (quiet), tiny values become subnormals or ±0. Return 0, or −1 (writing
+ * nothing) for an unknown t or a NULL pointer with n > 0. */
+ATTN_API int attn_to_f32(attn_dtype t, const void *src, float *dst, size_t n);
+ATTN_API int attn_from_f32(attn_dtype t, const float *src, void *dst, size_t n);
+
+/* "f32", "f16", "bf16"; "unknown" otherwise. attn_dtype_from_name returns ATTN_DTYPE_COUNT_ for an
+ * unknown name. */
+ATTN_API const char *attn_dtype_name(attn_dtype t);
+ATTN_API attn_dtype attn_dtype_from_name(const char *name);
 
 /* A static, never-NULL description of a status ("invalid argument"); "unknown status" otherwise. */
 ATTN_API const char *attn_status_str(attn_status status);

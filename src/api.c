@@ -1,6 +1,8 @@
 /* api.c — public entry points: validate, pick the kernel, run. */
 #include "internal.h"
 
+#include <stdlib.h>
+
 void attn_strides_packed(int64_t stride[4], int64_t n1, int64_t n2, int64_t n3) {
   stride[3] = 1;
   stride[2] = n3;
@@ -83,7 +85,91 @@ static void copy_params(const attn_params *p, attn_params *c) {
   zero_if_empty(c->dbias_stride, 4, db);
 }
 
-attn_status attn_forward(const attn_params *p, const float *q, const float *k, const float *v,
+/* The 16-bit inputs of a call, widened to fp32 for the kernels that read only fp32 (ref, and the
+ * backward of every kernel); the fused forward reads 16-bit tensors itself. */
+typedef struct widened {
+  const void *q, *k, *v; /* the pointers to pass: the caller's, or a copy in buf */
+  float *buf[3];
+} widened;
+
+/* Element counts of Q, K, V in *n (0 for an fp32 input, which is never copied); 0 on overflow. */
+static int widened_counts(const attn_params *p, int64_t n[3]) {
+  const attn_dtype t[3] = {p->q_dtype, p->k_dtype, p->v_dtype};
+  const int64_t sz[3][4] = {{p->batch, p->heads_q, p->len_q, p->dim},
+                            {p->batch, p->heads_kv, p->len_k, p->dim},
+                            {p->batch, p->heads_kv, p->len_k, p->dim_v}};
+  for (int i = 0; i < 3; i++) {
+    n[i] = t[i] == ATTN_DTYPE_F32 ? 0 : 1;
+    for (int d = 0; d < 4; d++)
+      if (!attn__mul_ok(n[i], sz[i][d], &n[i])) return 0;
+    if (!attn__mul_ok(n[i], (int64_t)sizeof(float), &(int64_t){0})) return 0;
+  }
+  return 1;
+}
+
+/* Bytes of the fp32 copies widen_inputs makes, added to *bytes (the scratch queries). */
+static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *bytes) {
+  int64_t n[3], total = 0;
+  if (!widened_counts(p, n) || !attn__add_ok(n[0], n[1], &total) ||
+      !attn__add_ok(total, n[2], &total) || !attn__mul_ok(total, 4, &total) ||
+      (uint64_t)total > SIZE_MAX - *bytes)
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "%s: the fp32 copies of the 16-bit inputs overflow",
+                      fn);
+  *bytes += (size_t)total;
+  return ATTN_STATUS_OK;
+}
+
+/* For each 16-bit input among q, k, v (of a validated call; c is its copy_params copy): a packed
+ * fp32 copy (exact), its packed strides and ATTN_DTYPE_F32 in *c. Nothing is written to the
+ * outputs, so a failure here leaves them untouched. */
+static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, const void *k,
+                                const void *v, widened *w) {
+  *w = (widened){q, k, v, {NULL, NULL, NULL}};
+  int64_t n[3];
+  if (!widened_counts(c, n))
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "%s: the fp32 copies of the 16-bit inputs overflow",
+                      fn);
+  const void *src[3] = {q, k, v};
+  const void **dst[3] = {&w->q, &w->k, &w->v};
+  attn_dtype *type[3] = {&c->q_dtype, &c->k_dtype, &c->v_dtype};
+  int64_t *stride[3] = {c->q_stride, c->k_stride, c->v_stride};
+  const int64_t heads[3] = {c->heads_q, c->heads_kv, c->heads_kv};
+  const int64_t len[3] = {c->len_q, c->len_k, c->len_k}, dim[3] = {c->dim, c->dim, c->dim_v};
+  for (int i = 0; i < 3; i++) {
+    if (n[i] == 0) { /* fp32 already, or empty (then never read) */
+      *type[i] = ATTN_DTYPE_F32;
+      continue;
+    }
+    if (!(w->buf[i] = malloc((size_t)n[i] * sizeof(float)))) {
+      for (int j = 0; j < i; j++)
+        free(w->buf[j]);
+      return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
+                        "%s: could not allocate %lld bytes for the fp32 copy of %s (%s)", fn,
+                        (long long)n[i] * 4, i == 0 ? "q" : i == 1 ? "k" : "v",
+                        attn_dtype_name(*type[i]));
+    }
+  }
+  for (int i = 0; i < 3; i++) {
+    if (n[i] == 0) continue;
+    float *out = w->buf[i];
+    for (int64_t b = 0; b < c->batch; b++)
+      for (int64_t h = 0; h < heads[i]; h++)
+        for (int64_t l = 0; l < len[i]; l++, out += dim[i])
+          attn__widen(*type[i], src[i], b * stride[i][0] + h * stride[i][1] + l * stride[i][2],
+                      stride[i][3], dim[i], out);
+    *dst[i] = w->buf[i];
+    *type[i] = ATTN_DTYPE_F32;
+    attn_strides_packed(stride[i], heads[i], len[i], dim[i]);
+  }
+  return ATTN_STATUS_OK;
+}
+
+static void widened_free(widened *w) {
+  for (int i = 0; i < 3; i++)
+    free(w->buf[i]);
+}
+
+attn_status attn_forward(const attn_params *p, const void *q, const void *k, const void *v,
                          float *o, float *lse, float *probs) {
   attn__problem pr;
   attn_params c;
@@ -93,8 +179,13 @@ attn_status attn_forward(const attn_params *p, const float *q, const float *k, c
   if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) return ATTN_STATUS_OK;
   copy_params(p, &c);
   pr.p = &c;
-  return attn__kernel_fwd(pr.kernel)(&pr, or_empty(q), or_empty(k), or_empty(v), or_empty(o), lse,
-                                     probs);
+  widened w = {or_empty(q), or_empty(k), or_empty(v), {NULL, NULL, NULL}};
+  if (pr.kernel == ATTN_KERNEL_REF && /* the oracle reads fp32 only */
+      (st = widen_inputs("attn_forward", &c, w.q, w.k, w.v, &w)) != ATTN_STATUS_OK)
+    return st;
+  st = attn__kernel_fwd(pr.kernel)(&pr, w.q, w.k, w.v, or_empty(o), lse, probs);
+  widened_free(&w);
+  return st;
 }
 
 attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs, size_t *bytes) {
@@ -109,10 +200,13 @@ attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs, siz
     *bytes = 0;
     return ATTN_STATUS_OK;
   }
-  return attn__kernel_scratch(pr.kernel)(&pr, with_probs != 0, bytes);
+  st = attn__kernel_scratch(pr.kernel)(&pr, with_probs != 0, bytes);
+  if (st == ATTN_STATUS_OK && pr.kernel == ATTN_KERNEL_REF)
+    st = widened_bytes("attn_forward_scratch_bytes", p, bytes);
+  return st;
 }
 
-attn_status attn_backward(const attn_params *p, const float *q, const float *k, const float *v,
+attn_status attn_backward(const attn_params *p, const void *q, const void *k, const void *v,
                           const float *o, const float *lse, const float *dout, float *dq, float *dk,
                           float *dv, float *dbias) {
   attn__problem pr;
@@ -123,10 +217,15 @@ attn_status attn_backward(const attn_params *p, const float *q, const float *k, 
   if (st != ATTN_STATUS_OK) return st;
   copy_params(p, &c);
   pr.p = &c;
-  const attn__bwd_tensors nn = {or_empty(q),   or_empty(k),    or_empty(v),  or_empty(o),
+  widened w; /* the backward kernels read fp32 only */
+  st = widen_inputs("attn_backward", &c, or_empty(q), or_empty(k), or_empty(v), &w);
+  if (st != ATTN_STATUS_OK) return st;
+  const attn__bwd_tensors nn = {w.q,           w.k,            w.v,          or_empty(o),
                                 or_empty(lse), or_empty(dout), or_empty(dq), or_empty(dk),
                                 or_empty(dv),  dbias};
-  return attn__kernel_bwd(pr.kernel)(&pr, &nn);
+  st = attn__kernel_bwd(pr.kernel)(&pr, &nn);
+  widened_free(&w);
+  return st;
 }
 
 attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias, size_t *bytes) {
@@ -138,7 +237,8 @@ attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias, si
                                NULL, NULL, NULL, NULL, with_dbias ? (float *)1 : NULL};
   attn_status st = attn__check_backward("attn_backward_scratch_bytes", p, &t, 0, &pr);
   if (st != ATTN_STATUS_OK) return st;
-  return attn__kernel_bwd_scratch(pr.kernel)(&pr, with_dbias != 0, bytes);
+  st = attn__kernel_bwd_scratch(pr.kernel)(&pr, with_dbias != 0, bytes);
+  return st == ATTN_STATUS_OK ? widened_bytes("attn_backward_scratch_bytes", p, bytes) : st;
 }
 
 attn_status attn_merge(const attn_params *p, int n_parts, const float *const *o_parts,

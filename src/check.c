@@ -171,6 +171,15 @@ static attn_status check_options(const char *fn, const attn_params *p) {
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: threads (%d) must be 0 (one per CPU) or in [1, %d]", fn, p->threads,
                       ATTN_MAX_THREADS);
+  const struct {
+    const char *name;
+    attn_dtype value;
+  } types[] = {{"q_dtype", p->q_dtype}, {"k_dtype", p->k_dtype}, {"v_dtype", p->v_dtype}};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    if ((unsigned)types[i].value >= (unsigned)ATTN_DTYPE_COUNT_)
+      return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                        "%s: %s (%d) is not an attn_dtype value (F32, F16, BF16)", fn,
+                        types[i].name, (int)types[i].value);
   if ((unsigned)p->kernel >= (unsigned)ATTN_KERNEL_COUNT_)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: kernel (%d) is not an attn_kernel value",
                       fn, (int)p->kernel);
@@ -214,17 +223,19 @@ static attn_status check_params(const char *fn, const attn_params *p, attn__prob
   return ATTN_STATUS_OK;
 }
 
-attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
-                                const float *k, const float *v, const float *o, const float *lse,
-                                const float *probs, int check_pointers, attn__problem *pr) {
+attn_status attn__check_forward(const char *fn, const attn_params *p, const void *q, const void *k,
+                                const void *v, const float *o, const float *lse, const float *probs,
+                                int check_pointers, attn__problem *pr) {
   attn_status st = check_params(fn, p, pr);
   if (st != ATTN_STATUS_OK) return st;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
+  const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype), ke = (int64_t)attn__dtype_size(p->k_dtype),
+                ve = (int64_t)attn__dtype_size(p->v_dtype);
   enum { Q, K, V, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, 4, 0, 0, 0, 0, 0},
-      [K] = {"k", "k_stride", k, 4, {B, Hkv, Lk, p->dim}, p->k_stride, 4, 0, 0, 0, 0, 0},
-      [V] = {"v", "v_stride", v, 4, {B, Hkv, Lk, p->dim_v}, p->v_stride, 4, 0, 0, 0, 0, 0},
+      [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, qe, 0, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", k, 4, {B, Hkv, Lk, p->dim}, p->k_stride, ke, 0, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", v, 4, {B, Hkv, Lk, p->dim_v}, p->v_stride, ve, 0, 0, 0, 0, 0},
       [MASK] =
           {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0, 0},
       [BIAS] =
@@ -257,11 +268,13 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
   int64_t db[4] = {B, Hq, Lq, Lk}; /* dbias: size 1 where the bias is broadcast */
   for (int d = 0; d < 4; d++)
     if (p->bias_stride[d] == 0) db[d] = 1;
+  const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype), ke = (int64_t)attn__dtype_size(p->k_dtype),
+                ve = (int64_t)attn__dtype_size(p->v_dtype);
   enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [Q] = {"q", "q_stride", x->q, 4, {B, Hq, Lq, D}, p->q_stride, 4, 0, 0, 0, 0, 0},
-      [K] = {"k", "k_stride", x->k, 4, {B, Hkv, Lk, D}, p->k_stride, 4, 0, 0, 0, 0, 0},
-      [V] = {"v", "v_stride", x->v, 4, {B, Hkv, Lk, Dv}, p->v_stride, 4, 0, 0, 0, 0, 0},
+      [Q] = {"q", "q_stride", x->q, 4, {B, Hq, Lq, D}, p->q_stride, qe, 0, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", x->k, 4, {B, Hkv, Lk, D}, p->k_stride, ke, 0, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", x->v, 4, {B, Hkv, Lk, Dv}, p->v_stride, ve, 0, 0, 0, 0, 0},
       [O] = {"o", "o_stride", x->o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
       [LSE] = {"lse", "lse_stride", x->lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
       [DOUT] =

@@ -26,7 +26,8 @@ static void detect(void) {
   char buf[256];
   attn_cpu_features(buf, sizeof buf);
   /* whole-word matches in the feature list built below */
-  detected.avx2_fma = strstr(buf, "avx2") != NULL && strstr(buf, "fma") != NULL;
+  detected.avx2_fma =
+      strstr(buf, "avx2") != NULL && strstr(buf, "fma") != NULL && strstr(buf, "f16c") != NULL;
   detected.avx512 = strstr(buf, "avx512f") != NULL && strstr(buf, "avx512bw") != NULL;
 }
 
@@ -37,7 +38,7 @@ const attn__cpu *attn__cpu_get(void) {
 
 char *attn_cpu_features(char *buf, size_t size) {
   unsigned a, b, c, d;
-  int sse42 = 0, avx = 0, fma = 0, avx2 = 0, f512 = 0, vl512 = 0, bw512 = 0, dq512 = 0;
+  int sse42 = 0, avx = 0, fma = 0, f16c = 0, avx2 = 0, f512 = 0, vl512 = 0, bw512 = 0, dq512 = 0;
   if (__get_cpuid(1, &a, &b, &c, &d)) {
     sse42 = (c >> 20) & 1;
     int osxsave = (c >> 27) & 1;
@@ -46,6 +47,7 @@ char *attn_cpu_features(char *buf, size_t size) {
     int zmm_os = (xcr0 & 0xe6) == 0xe6; /* plus opmask, ZMM_Hi256, Hi16_ZMM */
     avx = ((c >> 28) & 1) && ymm_os;
     fma = ((c >> 12) & 1) && ymm_os;
+    f16c = ((c >> 29) & 1) && ymm_os;
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
       avx2 = ((b >> 5) & 1) && ymm_os;
       f512 = ((b >> 16) & 1) && zmm_os;
@@ -54,8 +56,8 @@ char *attn_cpu_features(char *buf, size_t size) {
       vl512 = ((b >> 31) & 1) && zmm_os;
     }
   }
-  snprintf(buf, size, "%s%s%s%s%s%s%s%s", sse42 ? "sse4.2 " : "", avx ? "avx " : "",
-           avx2 ? "avx2 " : "", fma ? "fma " : "", f512 ? "avx512f " : "", dq512 ? "avx512dq " : "",
+  snprintf(buf, size, "%s%s%s%s%s%s%s%s%s", sse42 ? "sse4.2 " : "", avx ? "avx " : "",
+           avx2 ? "avx2 " : "", fma ? "fma " : "", f16c ? "f16c " : "", f512 ? "avx512f " : "", dq512 ? "avx512dq " : "",
            bw512 ? "avx512bw " : "", vl512 ? "avx512vl " : "");
   size_t n = strlen(buf);
   if (n > 0 && buf[n - 1] == ' ') buf[n - 1] = '\0';

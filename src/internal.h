@@ -34,13 +34,15 @@ typedef struct attn__problem {
 
 /* Validates every argument of attn_forward before any output is written; fills *pr on success.
  * check_pointers = 0 validates shapes, strides and options only (for size queries). */
-attn_status attn__check_forward(const char *fn, const attn_params *p, const float *q,
-                                const float *k, const float *v, const float *o, const float *lse,
-                                const float *probs, int check_pointers, attn__problem *pr);
+attn_status attn__check_forward(const char *fn, const attn_params *p, const void *q, const void *k,
+                                const void *v, const float *o, const float *lse, const float *probs,
+                                int check_pointers, attn__problem *pr);
 
-/* The tensors of one attn_backward call. */
+/* The tensors of one attn_backward call. q, k, v are of p's q/k/v_dtype when validated; the
+ * backward kernels get fp32 copies of 16-bit inputs (api.c), so they read them as float. */
 typedef struct attn__bwd_tensors {
-  const float *q, *k, *v, *o, *lse, *dout;
+  const void *q, *k, *v;
+  const float *o, *lse, *dout;
   float *dq, *dk, *dv, *dbias; /* dbias may be NULL */
 } attn__bwd_tensors;
 
@@ -73,17 +75,19 @@ static inline int64_t attn__pos_shift(const attn_params *p, int64_t b) {
 
 /* ---- kernels (dispatch.c, ref/, kernels/) ---- */
 
-typedef attn_status (*attn__fwd_fn)(const attn__problem *pr, const float *q, const float *k,
-                                    const float *v, float *o, float *lse, float *probs);
+/* q, k, v of the types pr->p->q_dtype, k_dtype, v_dtype (the ref kernel gets fp32 copies of
+ * 16-bit inputs from api.c; the fused kernels read 16-bit inputs themselves). */
+typedef attn_status (*attn__fwd_fn)(const attn__problem *pr, const void *q, const void *k,
+                                    const void *v, float *o, float *lse, float *probs);
 
-attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const float *k,
-                               const float *v, float *o, float *lse, float *probs);
-attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
-                                   const float *v, float *o, float *lse, float *probs);
-attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
-                                const float *v, float *o, float *lse, float *probs);
-attn_status attn__fwd_f32__avx512(const attn__problem *pr, const float *q, const float *k,
-                                  const float *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const void *k,
+                               const void *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__generic(const attn__problem *pr, const void *q, const void *k,
+                                   const void *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__avx2(const attn__problem *pr, const void *q, const void *k,
+                                const void *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__avx512(const attn__problem *pr, const void *q, const void *k,
+                                  const void *v, float *o, float *lse, float *probs);
 
 typedef attn_status (*attn__bwd_fn)(const attn__problem *pr, const attn__bwd_tensors *t);
 attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors *t);
@@ -102,7 +106,7 @@ attn_status attn__resolve_kernel(const char *fn, attn_kernel requested, attn_ker
 
 /* CPU features, detected once (cpu.c). */
 typedef struct attn__cpu {
-  int avx2_fma; /* AVX2 and FMA with OS-saved YMM state */
+  int avx2_fma; /* AVX2, FMA and F16C with OS-saved YMM state */
   int avx512;   /* AVX-512 F and BW with OS-saved ZMM state */
 } attn__cpu;
 const attn__cpu *attn__cpu_get(void);
@@ -128,6 +132,15 @@ attn__scratch_fn attn__kernel_bwd_scratch(attn_kernel kernel);
 /* attn_merge and attn_merge_backward on validated tensors (merge.c). */
 attn_status attn__merge(const attn__problem *pr, const attn__merge_tensors *x);
 attn_status attn__merge_backward(const attn__problem *pr, const attn__merge_tensors *x);
+
+/* ---- 16-bit inputs (convert.c) ---- */
+
+/* Bytes per element: 4 for ATTN_DTYPE_F32, 2 for the 16-bit types. */
+size_t attn__dtype_size(attn_dtype t);
+
+/* dst[d] = element offset + d·stride of src (of type t), as float (exact), for d in [0, n). */
+void attn__widen(attn_dtype t, const void *src, int64_t offset, int64_t stride, int64_t n,
+                 float *dst);
 
 /* ---- threads (threads.c) ---- */
 

@@ -324,7 +324,43 @@ void tcase_make(tcase *c, const tspec *s) {
   }
 }
 
+/* The 16-bit copy h of the fp32 tensor f in type t; f's elements become the copy's values. */
+static void make_half(tbuf *h, tbuf *f, attn_dtype t) {
+  tbuf_make(h, 2, 4, f->size, f->stride);
+  const uint16_t nan16 = t == ATTN_DTYPE_F16 ? 0x7e00 : 0x7fc0; /* the gaps: never read */
+  unsigned char *ext = h->alloc + T_GUARD_BYTES;
+  for (size_t i = 0; i + 2 <= h->extent_bytes; i += 2)
+    memcpy(ext + i, &nan16, 2);
+  uint16_t *hb = (uint16_t *)(void *)h->base;
+  float *fb = tbuf_f32(f);
+  TBUF_FOR_EACH(f, off, {
+    attn_from_f32(t, &fb[off], &hb[off], 1);
+    attn_to_f32(t, &hb[off], &fb[off], 1);
+  });
+}
+
+void tcase_set_types(tcase *c, attn_dtype q, attn_dtype k, attn_dtype v) {
+  tbuf *f[3] = {&c->q, &c->k, &c->v}, *h[3] = {&c->q16, &c->k16, &c->v16};
+  const attn_dtype t[3] = {q, k, v};
+  for (int i = 0; i < 3; i++) {
+    tbuf_free(h[i]);
+    if (t[i] != ATTN_DTYPE_F32) make_half(h[i], f[i], t[i]);
+  }
+  c->p.q_dtype = q, c->p.k_dtype = k, c->p.v_dtype = v;
+}
+
+const void *tcase_input(const tcase *c, int which) {
+  const tbuf *f = which == 0 ? &c->q : which == 1 ? &c->k : &c->v;
+  const tbuf *h = which == 0 ? &c->q16 : which == 1 ? &c->k16 : &c->v16;
+  const attn_dtype t = which == 0 ? c->p.q_dtype : which == 1 ? c->p.k_dtype : c->p.v_dtype;
+  if (t == ATTN_DTYPE_F32) return tbuf_f32(f);
+  return h->extent_bytes ? h->base : NULL;
+}
+
 void tcase_free(tcase *c) {
+  tbuf_free(&c->q16);
+  tbuf_free(&c->k16);
+  tbuf_free(&c->v16);
   tbuf_free(&c->q);
   tbuf_free(&c->k);
   tbuf_free(&c->v);
@@ -367,7 +403,8 @@ void touts_free(touts *out) {
 attn_status t_run(tcase *c, attn_kernel kernel, int threads, touts *out) {
   c->p.kernel = kernel;
   c->p.threads = threads;
-  return attn_forward(&c->p, tbuf_f32(&c->q), tbuf_f32(&c->k), tbuf_f32(&c->v), tbuf_f32(&out->o),
+  return attn_forward(&c->p, tcase_input(c, 0), tcase_input(c, 1), tcase_input(c, 2),
+                      tbuf_f32(&out->o),
                       out->has_lse ? tbuf_f32(&out->lse) : NULL,
                       out->has_probs ? tbuf_f32(&out->probs) : NULL);
 }

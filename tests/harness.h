@@ -142,11 +142,20 @@ typedef struct tcase {
   tspec spec;
   attn_params p;
   tbuf q, k, v, mask, bias;
+  tbuf q16, k16, v16; /* 16-bit copies (tcase_set_types), run when p's q/k/v_dtype say so */
   float *alibi;
   int64_t *kv_len;
 } tcase;
 
 void tcase_make(tcase *c, const tspec *s);
+/* Gives the case 16-bit inputs: each of Q, K, V whose type is not ATTN_DTYPE_F32 is rounded to it
+ * (attn_from_f32) into a 16-bit copy with the same strides (gaps hold NaN), and its fp32 values
+ * are replaced by the copy's, widened (attn_to_f32), so both hold the same numbers: the oracle,
+ * the baselines and an fp32 run see exactly what the 16-bit run sees. Sets p's dtypes. */
+void tcase_set_types(tcase *c, attn_dtype q, attn_dtype k, attn_dtype v);
+/* The pointer a run passes for input which (0 = Q, 1 = K, 2 = V): the fp32 tensor, or its 16-bit
+ * copy when p's type for it is not ATTN_DTYPE_F32. */
+const void *tcase_input(const tcase *c, int which);
 void tcase_free(tcase *c);
 /* A one-line description for failure messages. */
 const char *tcase_label(const tcase *c, char *buf, size_t size);

@@ -44,7 +44,7 @@ void tgrad_make(tgrad *g, tcase *c, int want_dbias, attn_kernel fwd_kernel, uint
   tbuf_make(&g->lse, 4, 3, ln, p->lse_stride);
   p->kernel = fwd_kernel;
   p->threads = 2;
-  attn_status st = attn_forward(p, tbuf_f32(&c->q), tbuf_f32(&c->k), tbuf_f32(&c->v),
+  attn_status st = attn_forward(p, tcase_input(c, 0), tcase_input(c, 1), tcase_input(c, 2),
                                 tbuf_f32(&g->o), tbuf_f32(&g->lse), NULL);
   CHECKF(st == ATTN_STATUS_OK, "forward for the backward: %s", attn_last_error());
   tbuf_poison_gaps(&g->o);
@@ -69,7 +69,8 @@ void tgrad_free(tgrad *g) {
 attn_status t_run_backward(tcase *c, tgrad *g, attn_kernel kernel, int threads) {
   c->p.kernel = kernel;
   c->p.threads = threads;
-  return attn_backward(&c->p, tbuf_f32(&c->q), tbuf_f32(&c->k), tbuf_f32(&c->v), tbuf_f32(&g->o),
+  return attn_backward(&c->p, tcase_input(c, 0), tcase_input(c, 1), tcase_input(c, 2),
+                       tbuf_f32(&g->o),
                        tbuf_f32(&g->lse), tbuf_f32(&g->dout), tbuf_f32(&g->dq), tbuf_f32(&g->dk),
                        tbuf_f32(&g->dv), g->has_dbias ? tbuf_f32(&g->dbias) : NULL);
 }

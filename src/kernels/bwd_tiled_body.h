@@ -278,8 +278,8 @@ static int pack_kv(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t hk, in
                    int cols) {
   const attn_params *p = job->pr->p;
   const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
-  const float *kb = job->t->k + b * p->k_stride[0] + hk * p->k_stride[1];
-  const float *vb = job->t->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  const float *kb = (const float *)job->t->k + b * p->k_stride[0] + hk * p->k_stride[1];
+  const float *vb = (const float *)job->t->v + b * p->v_stride[0] + hk * p->v_stride[1];
   const int kfin = attn__pack_rows(kb, p->k_stride[2], p->k_stride[3], j0, cols, D, dp, w->kr);
   memset(w->kr + cols * dp, 0, sizeof(float) * (size_t)((BC - cols) * dp));
   memset(w->kt, 0, sizeof(float) * (size_t)(dp * BC));
@@ -390,7 +390,7 @@ static void prepare_item(void *ctx, int64_t item, int worker) {
   uint32_t nonfinite_q = 0, nonfinite_do = 0;
   for (int64_t r = 0; r < BR && qb * BR + r < p->len_q; r++) {
     const int64_t i = qb * BR + r;
-    const float *q = t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
+    const float *q = (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
     const float *o = t->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
     const float *d_o =
         t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];

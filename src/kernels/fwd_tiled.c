@@ -54,7 +54,7 @@
 typedef struct fwd_job {
   const attn__fwd_ukernel *uk;
   const attn__problem *pr;
-  const float *q, *k, *v;
+  const void *q, *k, *v; /* of the types p->q_dtype, k_dtype, v_dtype */
   float *o, *lse, *probs;
   int64_t n_qblocks, qb_rows, dvp; /* prefill: query blocks of qb_rows (≤ br) rows */
   unsigned char *scratch;          /* n_workers × scratch_bytes */
@@ -105,19 +105,35 @@ typedef struct tile_scratch {
   float *m, *l, *alpha;   /* [br] running max, running sum, this tile's rescale factor */
   unsigned char *vis;     /* [br, bc] 1 where the pair is visible */
   int *grp; /* [2·br] on a ragged tile: column range of each row group (group_cols) */
+  float *kc; /* [bc, D] a 16-bit K tile widened to fp32 (empty for fp32 K) */
+  float *vc; /* [bc, Dv] a 16-bit V tile widened for the decode forms (empty for fp32 V) */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 15 };
-static int scratch_layout(const attn__fwd_ukernel *uk, int64_t D, int64_t dvp, size_t offs[N_PARTS],
-                          size_t *total) {
-  const int64_t br = uk->br, bc = uk->bc;
-  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis, grp */
-  const int64_t counts[N_PARTS] = {
-      br, br, br, br,      br * D, uk->pack_q ? br * D : 0, bc * D, bc * dvp, br * bc, br * dvp,
-      br, br, br, br * bc, 2 * br};
-  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4};
+enum { N_PARTS = 17 };
+static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int64_t dvp,
+                          size_t offs[N_PARTS], size_t *total) {
+  const int64_t br = uk->br, bc = uk->bc, D = p->dim;
+  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis, grp, kc, vc */
+  const int64_t counts[N_PARTS] = {br,
+                                   br,
+                                   br,
+                                   br,
+                                   br * D,
+                                   uk->pack_q ? br * D : 0,
+                                   bc * D,
+                                   bc * dvp,
+                                   br * bc,
+                                   br * dvp,
+                                   br,
+                                   br,
+                                   br,
+                                   br * bc,
+                                   2 * br,
+                                   p->k_dtype != ATTN_DTYPE_F32 ? bc * D : 0,
+                                   p->v_dtype != ATTN_DTYPE_F32 ? bc * p->dim_v : 0};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4, 4};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -132,7 +148,7 @@ static int scratch_layout(const attn__fwd_ukernel *uk, int64_t D, int64_t dvp, s
 
 static tile_scratch carve(const fwd_job *job, int worker) {
   size_t o[N_PARTS], total;
-  scratch_layout(job->uk, job->pr->p->dim, job->dvp, o, &total);
+  scratch_layout(job->uk, job->pr->p, job->dvp, o, &total);
   unsigned char *base = job->scratch + (size_t)worker * job->scratch_bytes;
   tile_scratch t;
   t.lo = (int64_t *)(void *)(base + o[0]);
@@ -150,6 +166,8 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.alpha = (float *)(void *)(base + o[12]);
   t.vis = base + o[13];
   t.grp = (int *)(void *)(base + o[14]);
+  t.kc = (float *)(void *)(base + o[15]);
+  t.vc = (float *)(void *)(base + o[16]);
   return t;
 }
 
@@ -179,6 +197,55 @@ int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, in
       out[d] = 0.0f;
   }
   return attn__rows_finite(dst, ld, cols, n);
+}
+
+int attn__widen_rows(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                     int64_t j0, int cols, int64_t n, int64_t ld, float *dst) {
+  if (t == ATTN_DTYPE_F32)
+    return attn__pack_rows(src, row_stride, col_stride, j0, cols, n, ld, dst);
+  for (int c = 0; c < cols; c++) {
+    float *out = dst + (int64_t)c * ld;
+    attn__widen(t, src, (j0 + c) * row_stride, col_stride, n, out);
+    for (int64_t d = n; d < ld; d++)
+      out[d] = 0.0f;
+  }
+  return attn__rows_finite(dst, ld, cols, n);
+}
+
+/* Address of element `offset` of a tensor of type t. */
+static const void *elem(const void *base, attn_dtype t, int64_t offset) {
+  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
+}
+
+/* attn__widen_rows through the set's own form when it has one. */
+static int widen_rows(const attn__fwd_ukernel *uk, attn_dtype t, const void *src,
+                      int64_t row_stride, int64_t col_stride, int64_t j0, int cols, int64_t n,
+                      int64_t ld, float *dst) {
+  return (uk->widen_rows ? uk->widen_rows : attn__widen_rows)(t, src, row_stride, col_stride, j0,
+                                                              cols, n, ld, dst);
+}
+
+/* Packs K rows [j0, j0 + cols) of KV head (b, hk) into dst with uk->pack_k; a 16-bit K is widened
+ * into kc [cols, D] first. */
+static void pack_k_tile(const fwd_job *job, float *kc, int64_t b, int64_t hk, int64_t j0, int cols,
+                        float *dst) {
+  const attn_params *p = job->pr->p;
+  const void *kb = elem(job->k, p->k_dtype, b * p->k_stride[0] + hk * p->k_stride[1]);
+  if (p->k_dtype == ATTN_DTYPE_F32) {
+    job->uk->pack_k(kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, dst);
+    return;
+  }
+  widen_rows(job->uk, p->k_dtype, kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, p->dim,
+             kc);
+  job->uk->pack_k(kc, p->dim, 1, 0, cols, p->dim, dst);
+}
+
+/* Packs (widens) V rows [j0, j0 + cols) of the KV head at vbase into vs [cols, dvp]; returns 1 if
+ * every value is finite. */
+static int pack_v_tile(const fwd_job *job, const void *vbase, int64_t j0, int cols, float *vs) {
+  const attn_params *p = job->pr->p;
+  return widen_rows(job->uk, p->v_dtype, vbase, p->v_stride[2], p->v_stride[3], j0, cols, p->dim_v,
+                    job->dvp, vs);
 }
 
 /* Turns the dot products S [rows, bc] for keys [j0, j0 + cols) into the contract's scores (Q was
@@ -235,8 +302,7 @@ static const float *k_tile(const fwd_job *job, const tile_scratch *ts, int64_t b
   const attn_params *p = job->pr->p;
   if (job->k_packed && j0 % job->uk->nr == 0)
     return job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + j0 * p->dim;
-  job->uk->pack_k(job->k + b * p->k_stride[0] + hk * p->k_stride[1], p->k_stride[2], p->k_stride[3],
-                  j0, cols, p->dim, ts->ks);
+  pack_k_tile(job, ts->kc, b, hk, j0, cols, ts->ks);
   return ts->ks;
 }
 
@@ -295,9 +361,16 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
 
   /* Q rows, pre-scaled: s = (scale·q)·k */
   for (int r = 0; r < rows; r++) {
-    const float *qrow =
-        job->q + b * p->q_stride[0] + ts->row_h[r] * p->q_stride[1] + ts->row_i[r] * p->q_stride[2];
+    const int64_t q_at =
+        b * p->q_stride[0] + ts->row_h[r] * p->q_stride[1] + ts->row_i[r] * p->q_stride[2];
     float *dst = ts->qs + (int64_t)r * D;
+    if (p->q_dtype != ATTN_DTYPE_F32) { /* widened (exactly), then scaled as an fp32 row is */
+      attn__widen(p->q_dtype, job->q, q_at, p->q_stride[3], D, dst);
+      for (int64_t d = 0; d < D; d++)
+        dst[d] = dst[d] * pr->scale;
+      continue;
+    }
+    const float *qrow = (const float *)job->q + q_at;
     if (p->q_stride[3] == 1) /* the common layout, in vector loads */
       for (int64_t d = 0; d < D; d++)
         dst[d] = qrow[d] * pr->scale;
@@ -318,31 +391,46 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   }
   memset(ts->acc, 0, sizeof(float) * (size_t)rows_p * (size_t)dvp);
 
-  const float *kbase = job->k + b * p->k_stride[0] + hk * p->k_stride[1];
-  const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
-  /* decode blocks read K and V in place when the set can and rows are contiguous; the choice
-   * depends on shapes and strides only, and a non-finite V still uses qk_direct's scores */
-  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
-                     p->v_stride[3] == 1 && Dv > 0;
+  const void *kbase = elem(job->k, p->k_dtype, b * p->k_stride[0] + hk * p->k_stride[1]);
+  const void *vbase = elem(job->v, p->v_dtype, b * p->v_stride[0] + hk * p->v_stride[1]);
+  /* decode blocks read K and V in place when the set can and rows are contiguous (16-bit K and V:
+   * each tile widened into kc and vc first, then read there); the choice depends on shapes,
+   * strides and types only, and a non-finite V still uses qk_direct's scores */
+  const int wide_k = p->k_dtype != ATTN_DTYPE_F32, wide_v = p->v_dtype != ATTN_DTYPE_F32;
+  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc &&
+                     (wide_k || p->k_stride[3] == 1) && (wide_v || p->v_stride[3] == 1) && Dv > 0;
   const int64_t *v_bad =
       job->v_counts ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
   const int group = (int)attn__round_up(GROUP_ROWS, uk->mr);
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1, ragged = 0;
+    /* fp32 K and V rows of the tile in place; in decode blocks, a 16-bit tile widened */
+    const float *kd = NULL, *vd = NULL;
+    int64_t kd_rs = D, vd_rs = Dv;
+    if (!wide_k) {
+      kd = (const float *)kbase + j0 * p->k_stride[2], kd_rs = p->k_stride[2];
+    } else if (direct) {
+      widen_rows(uk, p->k_dtype, kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, D, ts->kc);
+      kd = ts->kc;
+    }
+    if (!wide_v) {
+      vd = (const float *)vbase + j0 * p->v_stride[2], vd_rs = p->v_stride[2];
+    } else if (direct) {
+      widen_rows(uk, p->v_dtype, vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, Dv, ts->vc);
+      vd = ts->vc;
+    }
     if (direct) {
-      uk->qk_direct(ts->qs, kbase + j0 * p->k_stride[2], p->k_stride[2], rows, cols, D, ts->s,
-                    vbase + j0 * p->v_stride[2], p->v_stride[2], Dv);
+      uk->qk_direct(ts->qs, kd, kd_rs, rows, cols, D, ts->s, vd, vd_rs, Dv);
     } else {
       const float *kt = k_tile(job, ts, b, hk, j0, cols);
       if (job->v_rows_ok) { /* V in place: its finiteness from the counts, or a scan of the tile */
         v_finite = v_bad ? v_bad[j0 + cols] == v_bad[j0]
-                         : attn__rows_finite(vbase + j0 * p->v_stride[2], p->v_stride[2], cols, Dv);
+                         : attn__rows_finite(vd, p->v_stride[2], cols, Dv);
         if (!v_finite) /* the masked path reads the packed copy */
-          attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+          pack_v_tile(job, vbase, j0, cols, ts->vs);
       } else {
-        v_finite =
-            attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+        v_finite = pack_v_tile(job, vbase, j0, cols, ts->vs);
       }
       for (int r = 0; r < rows && !ragged; r++)
         ragged = ts->lo[r] > j0 || ts->hi[r] < j0 + cols;
@@ -370,14 +458,13 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       /* V is read in place; the kernel reports a non-finite value, and then acc (saved in vs,
        * free in this mode) is restored and the tile takes the packed, masked path */
       memcpy(ts->vs, ts->acc, sizeof(float) * (size_t)rows * (size_t)dvp);
-      v_finite = uk->pv_direct(ts->s, vbase + j0 * p->v_stride[2], p->v_stride[2], ts->alpha, rows,
-                               cols, Dv, dvp, ts->acc);
+      v_finite = uk->pv_direct(ts->s, vd, vd_rs, ts->alpha, rows, cols, Dv, dvp, ts->acc);
       if (!v_finite) {
         memcpy(ts->acc, ts->vs, sizeof(float) * (size_t)rows * (size_t)dvp);
-        attn__pack_rows(vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, dvp, ts->vs);
+        pack_v_tile(job, vbase, j0, cols, ts->vs);
       }
     } else if (v_finite) { /* V in place, or its packed copy */
-      const float *vt = job->v_rows_ok ? vbase + j0 * p->v_stride[2] : ts->vs;
+      const float *vt = job->v_rows_ok ? vd : ts->vs;
       const int64_t ldv = job->v_rows_ok ? p->v_stride[2] : dvp;
       if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
       for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
@@ -425,7 +512,7 @@ static void count_bad_v_item(void *ctx, int64_t item, int worker) {
   const attn_params *p = job->pr->p;
   (void)worker;
   const int64_t hk = item % p->heads_kv, b = item / p->heads_kv;
-  const float *vbase = job->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  const float *vbase = (const float *)job->v + b * p->v_stride[0] + hk * p->v_stride[1]; /* fp32 */
   int64_t *bad = job->v_bad + item * (p->len_k + 1);
   bad[0] = 0;
   for (int64_t j = 0; j < p->len_k; j++)
@@ -437,12 +524,11 @@ static void pack_k_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn_params *p = job->pr->p;
   const int64_t bc = job->uk->bc, n_tiles = (p->len_k + bc - 1) / bc;
-  (void)worker;
   const int64_t j0 = item % n_tiles * bc, bhk = item / n_tiles;
   const int64_t hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
   const int cols = (int)(p->len_k - j0 < bc ? p->len_k - j0 : bc);
-  job->uk->pack_k(job->k + b * p->k_stride[0] + hk * p->k_stride[1], p->k_stride[2], p->k_stride[3],
-                  j0, cols, p->dim, job->k_packed + bhk * job->k_packed_len + j0 * p->dim);
+  pack_k_tile(job, carve(job, worker).kc, b, hk, j0, cols,
+              job->k_packed + bhk * job->k_packed_len + j0 * p->dim);
 }
 
 /* Prefill item (b, h, query block). */
@@ -599,8 +685,8 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   const int64_t readers = job->split ? job->n_rblocks : job->n_qblocks * group;
   /* V is read in place whenever its layout allows; the counting pre-pass pays when several
    * query blocks or heads read each V tile (else it would be a second pass over V) */
-  job->v_rows_ok =
-      !job->direct && p->v_stride[3] == 1 && p->dim_v > 0 && p->dim_v % job->uk->nr == 0;
+  job->v_rows_ok = !job->direct && p->v_dtype == ATTN_DTYPE_F32 && p->v_stride[3] == 1 &&
+                   p->dim_v > 0 && p->dim_v % job->uk->nr == 0;
   job->v_counts = job->v_rows_ok && p->len_k > 0 && p->len_q > 0 && readers >= 2;
   /* so does K packed once: each query block would pack every K tile it reads again */
   int64_t kp_bytes = 0;
@@ -614,7 +700,7 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
                             attn__mul_ok(*n_items, job->n_rblocks * job->n_chunks, n_items)
                       : attn__mul_ok(p->batch, p->heads_q, n_items) &&
                             attn__mul_ok(*n_items, job->n_qblocks, n_items);
-  if (!ok || !scratch_layout(job->uk, p->dim, job->dvp, offs, &job->scratch_bytes))
+  if (!ok || !scratch_layout(job->uk, p, job->dvp, offs, &job->scratch_bytes))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
                       (long long)p->dim, (long long)p->dim_v);
@@ -643,8 +729,8 @@ static size_t bad_v_counts(const fwd_job *job) {
   return job->v_counts ? (size_t)(p->batch * p->heads_kv) * (size_t)(p->len_k + 1) : 0;
 }
 
-attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
-                            const float *k, const float *v, float *o, float *lse, float *probs) {
+attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const void *q,
+                            const void *k, const void *v, float *o, float *lse, float *probs) {
   fwd_job job = {.uk = uk, .pr = pr, .q = q, .k = k, .v = v, .o = o, .lse = lse, .probs = probs};
   int workers = 1;
   int64_t n_items;

@@ -63,11 +63,15 @@ typedef struct attn__fwd_ukernel {
                     int64_t D, float *s, const float *v, int64_t v_row_stride, int64_t Dv);
   int (*pv_direct)(const float *p, const float *v, int64_t v_row_stride, const float *alpha,
                    int rows, int cols, int64_t Dv, int64_t dvp, float *acc);
+  /* Optional (NULL: attn__widen_rows): the same function in the set's instructions, for 16-bit
+   * K and V tiles; exact, so bitwise attn__widen_rows's result. */
+  int (*widen_rows)(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                    int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
 } attn__fwd_ukernel;
 
 /* The fused forward over any microkernel set. */
-attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const float *q,
-                            const float *k, const float *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const void *q,
+                            const void *k, const void *v, float *o, float *lse, float *probs);
 
 /* Bytes of scratch attn__fwd_tiled allocates for this call. */
 attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
@@ -77,6 +81,10 @@ attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem
  * zero); returns 1 if every packed value is finite. */
 int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                     int64_t n, int64_t ld, float *dst);
+
+/* The same for a matrix of type t (fp32 or 16-bit), widened exactly to fp32. */
+int attn__widen_rows(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                     int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
 
 /* 1 if the rows [0, cols) × [0, n) of a matrix with unit column stride are all finite. */
 int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n);
@@ -128,9 +136,9 @@ extern const attn__fwd_ukernel attn__ukernel_generic;
 #if defined(__x86_64__) || defined(__i386__)
 extern const attn__fwd_ukernel attn__ukernel_avx2;
 extern const attn__fwd_ukernel attn__ukernel_avx512;
-/* Parts of the AVX2 set that the AVX-512 set shares (ukernel_avx2.c; AVX2 + FMA only): K packing
- * in panels of w keys (w a multiple of 8), Q packing in panels of mr rows, the masked P·V and the
- * decode direct forms, all with S rows 128 floats apart (bc = 128). */
+/* Parts of the AVX2 set that the AVX-512 set shares (ukernel_avx2.c; AVX2 + FMA + F16C only): K
+ * packing in panels of w keys (w a multiple of 8), Q packing in panels of mr rows, the masked P·V,
+ * the decode direct forms, all with S rows 128 floats apart (bc = 128), and 16-bit widening. */
 void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
                               int cols, int64_t D, float *dst, int w);
 void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr);
@@ -140,6 +148,8 @@ void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int row
                           int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv);
 int attn__pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha, int rows,
                          int cols, int64_t Dv, int64_t dvp, float *acc);
+int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                          int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
 #endif
 
 static inline int64_t attn__round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

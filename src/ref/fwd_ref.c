@@ -101,8 +101,8 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   }
 }
 
-attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const float *k,
-                               const float *v, float *o, float *lse, float *probs) {
+attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const void *k,
+                                const void *v, float *o, float *lse, float *probs) {
   const attn_params *p = pr->p;
   size_t n = (size_t)(p->len_k > 0 ? p->len_k : 1);
   double *s = malloc(n * sizeof *s);
@@ -114,7 +114,7 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const float *q, const fl
                       "attn_forward: ref kernel could not allocate %zu bytes of row scratch",
                       n * (sizeof *s + 1));
   }
-  for (int64_t b = 0; b < p->batch; b++)
+  for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens 16-bit ones for ref */
     for (int64_t h = 0; h < p->heads_q; h++)
       for (int64_t i = 0; i < p->len_q; i++)
         ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis);

@@ -79,6 +79,39 @@ static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stri
   attn__pack_k_panels_avx2(src, row_stride, col_stride, j0, cols, D, dst, NR);
 }
 
+/* attn__widen_rows for contiguous 16-bit rows, 8 values per step: fp16 through F16C's vcvtph2ps,
+ * bf16 as a 16-bit shift; finiteness tracked in the same pass (exponent bits all ones). Exact, so
+ * bitwise the portable function's result, to which fp32 and strided rows go. */
+int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                          int64_t j0, int cols, int64_t n, int64_t ld, float *dst) {
+  if (t == ATTN_DTYPE_F32 || col_stride != 1)
+    return attn__widen_rows(t, src, row_stride, col_stride, j0, cols, n, ld, dst);
+  const __m256i expo = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
+  int tail_finite = 1;
+  const int64_t n8 = n & ~(int64_t)7;
+  for (int c = 0; c < cols; c++) {
+    const uint16_t *row = (const uint16_t *)src + (j0 + c) * row_stride;
+    float *out = dst + (int64_t)c * ld;
+    for (int64_t d = 0; d < n8; d += 8) {
+      const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(row + d));
+      const __m256 f = t == ATTN_DTYPE_F16
+                           ? _mm256_cvtph_ps(h)
+                           : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      _mm256_storeu_ps(out + d, f);
+      bad = _mm256_or_si256(
+          bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(f), expo), expo));
+    }
+    if (n8 < n) {
+      attn__widen(t, src, (j0 + c) * row_stride + n8, 1, n - n8, out + n8);
+      tail_finite &= attn__rows_finite(out + n8, 0, 1, n - n8);
+    }
+    for (int64_t d = n; d < ld; d++)
+      out[d] = 0.0f;
+  }
+  return tail_finite && _mm256_testz_si256(bad, bad);
+}
+
 /* Qp, micro-panel-major: rows r0..r0+mr-1 form a contiguous [D, mr] block, so the mr broadcasts
  * of one step of d read consecutive bytes (rows_p a multiple of mr). */
 void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr) {
@@ -418,10 +451,11 @@ const attn__fwd_ukernel attn__ukernel_avx2 = {
     attn__pv_masked_avx2,
     attn__qk_direct_avx2,
     attn__pv_direct_avx2,
+    attn__widen_rows_avx2,
 };
 
-attn_status attn__fwd_f32__avx2(const attn__problem *pr, const float *q, const float *k,
-                                const float *v, float *o, float *lse, float *probs) {
+attn_status attn__fwd_f32__avx2(const attn__problem *pr, const void *q, const void *k,
+                                const void *v, float *o, float *lse, float *probs) {
   return attn__fwd_tiled(&attn__ukernel_avx2, pr, q, k, v, o, lse, probs);
 }
 

@@ -169,10 +169,11 @@ const attn__fwd_ukernel attn__ukernel_avx512 = {
     attn__pv_masked_avx2,
     attn__qk_direct_avx2,
     attn__pv_direct_avx2,
+    attn__widen_rows_avx2,
 };
 
-attn_status attn__fwd_f32__avx512(const attn__problem *pr, const float *q, const float *k,
-                                  const float *v, float *o, float *lse, float *probs) {
+attn_status attn__fwd_f32__avx512(const attn__problem *pr, const void *q, const void *k,
+                                const void *v, float *o, float *lse, float *probs) {
   return attn__fwd_tiled(&attn__ukernel_avx512, pr, q, k, v, o, lse, probs);
 }
 

@@ -83,10 +83,11 @@ const attn__fwd_ukernel attn__ukernel_generic = {
     pv_masked_generic,
     NULL, /* qk_direct */
     NULL, /* pv_direct */
+    NULL, /* widen_rows: the portable attn__widen_rows */
 };
 
-attn_status attn__fwd_f32__generic(const attn__problem *pr, const float *q, const float *k,
-                                   const float *v, float *o, float *lse, float *probs) {
+attn_status attn__fwd_f32__generic(const attn__problem *pr, const void *q, const void *k,
+                                const void *v, float *o, float *lse, float *probs) {
   return attn__fwd_tiled(&attn__ukernel_generic, pr, q, k, v, o, lse, probs);
 }
 

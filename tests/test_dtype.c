@@ -1,0 +1,362 @@
+/*
+ * test_dtype.c — the 16-bit input types (fp16, bf16):
+ *   1. conversions: attn_to_f32 of all 65 536 fp16 patterns against an independent decoder (ldexp),
+ *      bf16 as the upper half of a float; attn_from_f32 round trips every pattern and rounds to
+ *      nearest even at, just above and just below every midpoint between neighbours (overflow to
+ *      inf at 65 520 for fp16), NaN stays NaN; the AVX2 widening equals the portable one bitwise;
+ *   2. every kernel on 16-bit Q, K, V (six type mixes) over shapes, layouts, features, decode and
+ *      few-item prefill: within the tolerance rule of the oracle on the same values, bitwise equal
+ *      to the same call on the values widened to fp32, bitwise equal on 1 and 3 threads, and NaN /
+ *      inf stored behind masks and key lengths (as 16-bit patterns) leaving it bitwise unchanged;
+ *   3. the backward on 16-bit inputs: against the ref backward and bitwise equal to fp32;
+ *   4. errors: an unknown type, byte extents and overlaps counted in 2-byte elements, scratch.
+ * Usage: test_dtype [seed]
+ */
+#include "harness.h"
+#include "internal.h"
+#include "kernels/tiled.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t seed_base;
+static int n_cases;
+
+/* ---- 1. conversions ---- */
+
+/* fp16 bits → value, written from the format's definition. */
+static float f16_oracle(uint16_t h) {
+  const int e = (h >> 10) & 31, m = h & 1023;
+  float v;
+  if (e == 31)
+    v = m ? NAN : INFINITY;
+  else if (e == 0)
+    v = ldexpf((float)m, -24);
+  else
+    v = ldexpf((float)(m + 1024), e - 25);
+  return (h & 0x8000) ? -v : v;
+}
+
+static float widen1(attn_dtype t, uint16_t h) {
+  float f;
+  attn_to_f32(t, &h, &f, 1);
+  return f;
+}
+
+static uint16_t round1(attn_dtype t, float f) {
+  uint16_t h;
+  attn_from_f32(t, &f, &h, 1);
+  return h;
+}
+
+static void test_conversions(void) {
+  int bad_widen = 0, bad_trip = 0, bad_tie = 0;
+  for (uint32_t i = 0; i < 65536; i++) {
+    const uint16_t h = (uint16_t)i;
+    const float f = widen1(ATTN_DTYPE_F16, h), want = f16_oracle(h);
+    uint32_t fb, wb;
+    memcpy(&fb, &f, 4), memcpy(&wb, &want, 4);
+    if (isnan(want) ? !isnan(f) || (fb >> 31) != (uint32_t)(h >> 15) : fb != wb) bad_widen++;
+    const float g = widen1(ATTN_DTYPE_BF16, h);
+    uint32_t gb;
+    memcpy(&gb, &g, 4);
+    if (gb != (uint32_t)h << 16) bad_widen++;
+    for (int t = ATTN_DTYPE_F16; t <= ATTN_DTYPE_BF16; t++) {
+      const float x = t == ATTN_DTYPE_F16 ? f : g;
+      const uint16_t back = round1((attn_dtype)t, x);
+      if (isnan(x) ? !isnan(widen1((attn_dtype)t, back)) : back != h) bad_trip++;
+    }
+  }
+  CHECKF(bad_widen == 0, "%d 16-bit patterns widen wrongly", bad_widen);
+  CHECKF(bad_trip == 0, "%d 16-bit values do not round-trip through fp32", bad_trip);
+
+  /* neighbours a < b (positive, finite): the midpoint goes to the one with an even pattern, and
+   * the floats beside it to the nearer one; the midpoint is exact in fp32 (≤ 12 bits) */
+  for (int t = ATTN_DTYPE_F16; t <= ATTN_DTYPE_BF16; t++) {
+    const uint16_t top = t == ATTN_DTYPE_F16 ? 0x7c00 : 0x7f80; /* +inf */
+    for (uint32_t i = 0; i + 1 < top; i++) {
+      const float a = widen1((attn_dtype)t, (uint16_t)i), b = widen1((attn_dtype)t, (uint16_t)(i + 1));
+      const float mid = a + (b - a) * 0.5f;
+      const uint16_t even = (i & 1) ? (uint16_t)(i + 1) : (uint16_t)i;
+      bad_tie += round1((attn_dtype)t, mid) != even;
+      bad_tie += round1((attn_dtype)t, nextafterf(mid, INFINITY)) != i + 1;
+      bad_tie += round1((attn_dtype)t, nextafterf(mid, -INFINITY)) != i;
+      bad_tie += round1((attn_dtype)t, -mid) != (uint16_t)(even | 0x8000);
+    }
+  }
+  CHECKF(bad_tie == 0, "%d roundings to nearest even are wrong", bad_tie);
+  CHECK(round1(ATTN_DTYPE_F16, 65504.0f) == 0x7bff);
+  CHECK(round1(ATTN_DTYPE_F16, 65519.996f) == 0x7bff); /* below the midpoint to 2^16 */
+  CHECK(round1(ATTN_DTYPE_F16, 65520.0f) == 0x7c00);   /* the midpoint: even, i.e. inf */
+  CHECK(round1(ATTN_DTYPE_F16, 1e30f) == 0x7c00 && round1(ATTN_DTYPE_F16, -INFINITY) == 0xfc00);
+  CHECK(round1(ATTN_DTYPE_BF16, 3.4028235e38f) == 0x7f80); /* FLT_MAX rounds up to inf */
+  CHECK(round1(ATTN_DTYPE_F16, 1e-30f) == 0 && round1(ATTN_DTYPE_F16, -1e-30f) == 0x8000);
+  CHECK(round1(ATTN_DTYPE_F16, 0x1p-25f) == 0);                    /* half the smallest: even 0 */
+  CHECK(round1(ATTN_DTYPE_F16, nextafterf(0x1p-25f, 1.0f)) == 1); /* above it: the smallest */
+  CHECK(isnan(widen1(ATTN_DTYPE_F16, round1(ATTN_DTYPE_F16, NAN))));
+  CHECK(isnan(widen1(ATTN_DTYPE_BF16, round1(ATTN_DTYPE_BF16, -NAN))));
+
+  float f[2] = {1, 2};
+  uint16_t h[2] = {7, 7};
+  CHECK(attn_from_f32(ATTN_DTYPE_COUNT_, f, h, 2) == -1 && h[0] == 7);
+  CHECK(attn_to_f32((attn_dtype)-1, h, f, 2) == -1 && f[0] == 1);
+  CHECK(attn_to_f32(ATTN_DTYPE_F16, NULL, f, 1) == -1 && attn_to_f32(ATTN_DTYPE_F16, NULL, f, 0) == 0);
+  CHECK(attn_from_f32(ATTN_DTYPE_F32, f, f + 1, 1) == 0 && f[1] == 1);
+  for (int t = 0; t < ATTN_DTYPE_COUNT_; t++)
+    CHECK(attn_dtype_from_name(attn_dtype_name((attn_dtype)t)) == (attn_dtype)t);
+  CHECK(attn_dtype_from_name("f64") == ATTN_DTYPE_COUNT_ && attn_dtype_from_name(NULL) == ATTN_DTYPE_COUNT_);
+  CHECK(strcmp(attn_dtype_name((attn_dtype)9), "unknown") == 0);
+}
+
+/* The AVX2 widening (vcvtph2ps, shifts) against the portable one on every pattern, as rows of 13
+ * values (a vector step and a tail), with a padded leading dimension. */
+static void test_widen_simd(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!attn_kernel_supported(ATTN_KERNEL_AVX2)) return;
+  enum { N = 13, LD = 16, ROWS = 65536 / N + 1 };
+  uint16_t *src = malloc(sizeof(uint16_t) * ROWS * N);
+  float *a = malloc(sizeof(float) * ROWS * LD), *b = malloc(sizeof(float) * ROWS * LD);
+  for (int i = 0; i < ROWS * N; i++)
+    src[i] = (uint16_t)i;
+  for (int t = ATTN_DTYPE_F16; t <= ATTN_DTYPE_BF16; t++) {
+    const int fa = attn__widen_rows_avx2((attn_dtype)t, src, N, 1, 0, ROWS, N, LD, a);
+    const int fb = attn__widen_rows((attn_dtype)t, src, N, 1, 0, ROWS, N, LD, b);
+    CHECKF(memcmp(a, b, sizeof(float) * ROWS * LD) == 0 && fa == fb && fa == 0,
+           "%s: the AVX2 widening differs from the portable one", attn_dtype_name((attn_dtype)t));
+    /* finite rows only (exponent field below all ones): both report finite */
+    const uint16_t one = t == ATTN_DTYPE_F16 ? 0x3c00 : 0x3f80;
+    uint16_t fin[2 * N];
+    for (int i = 0; i < 2 * N; i++)
+      fin[i] = (uint16_t)(one + i);
+    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 1);
+    fin[N + 12] = t == ATTN_DTYPE_F16 ? 0x7c00 : 0x7f80; /* inf in the tail */
+    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+  }
+  free(src), free(a), free(b);
+#endif
+}
+
+/* ---- 2. every kernel on 16-bit inputs ---- */
+
+static const attn_dtype mixes[][3] = {
+    {ATTN_DTYPE_F16, ATTN_DTYPE_F16, ATTN_DTYPE_F16},    {ATTN_DTYPE_F32, ATTN_DTYPE_F16, ATTN_DTYPE_F16},
+    {ATTN_DTYPE_F32, ATTN_DTYPE_BF16, ATTN_DTYPE_BF16},  {ATTN_DTYPE_BF16, ATTN_DTYPE_BF16, ATTN_DTYPE_BF16},
+    {ATTN_DTYPE_F16, ATTN_DTYPE_BF16, ATTN_DTYPE_F32},   {ATTN_DTYPE_F32, ATTN_DTYPE_F32, ATTN_DTYPE_BF16},
+};
+enum { N_MIXES = sizeof mixes / sizeof mixes[0] };
+
+/* Stores inf in K and NaN in V (as the inputs' types) at every key no query of batch b can see:
+ * beyond kv_len[b], and where a key-padding mask is 0. */
+static int poison_invisible(tcase *c) {
+  const attn_params *p = &c->p;
+  const int keypad = c->spec.mask == MASK_KEYPAD;
+  int n = 0;
+  for (int64_t b = 0; b < p->batch; b++)
+    for (int64_t j = 0; j < p->len_k; j++) {
+      int hidden = p->kv_len && j >= p->kv_len[b];
+      if (keypad) hidden |= p->mask[b * p->mask_stride[0] + j * p->mask_stride[3]] == 0;
+      if (!hidden) continue;
+      n++;
+      for (int which = 1; which <= 2; which++) {
+        const attn_dtype t = which == 1 ? p->k_dtype : p->v_dtype;
+        const tbuf *f = which == 1 ? &c->k : &c->v, *h = which == 1 ? &c->k16 : &c->v16;
+        const float bad = which == 1 ? INFINITY : NAN;
+        uint16_t bad16;
+        attn_from_f32(t == ATTN_DTYPE_F32 ? ATTN_DTYPE_F16 : t, &bad, &bad16, 1);
+        for (int64_t hk = 0; hk < p->heads_kv; hk++)
+          for (int64_t d = 0; d < f->size[3]; d++) {
+            const int64_t off = tbuf_index(f, b, hk, j, d);
+            if (t == ATTN_DTYPE_F32)
+              tbuf_f32(f)[off] = bad;
+            else
+              ((uint16_t *)(void *)h->base)[off] = bad16;
+          }
+      }
+    }
+  return n;
+}
+
+/* The case in type mix m on every kernel: the tolerance rule against the oracle (on the same
+ * values), bitwise equal to fp32 and across thread counts, and unchanged by poison behind masks. */
+static void check_mix(tspec s, int m, int want_probs) {
+  tcase c, poisoned;
+  tspec_min_rows(&s, 64);
+  s.seed = seed_base * 1000003u + (uint64_t)n_cases++;
+  tcase_make(&c, &s);
+  tcase_make(&poisoned, &s);
+  tcase_set_types(&c, mixes[m][0], mixes[m][1], mixes[m][2]);
+  tcase_set_types(&poisoned, mixes[m][0], mixes[m][1], mixes[m][2]);
+  const int n_poisoned = poison_invisible(&poisoned);
+  char label[512];
+  tcase_label(&c, label, sizeof label);
+  for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
+    const attn_kernel kernel = (attn_kernel)k;
+    if (!t_kernel_selected(kernel)) continue;
+    t_check_case(&c, kernel, 2, want_probs);
+    tresult typed = t_run_gather(&c, kernel, 2), three = t_run_gather(&c, kernel, 3);
+    c.p.q_dtype = c.p.k_dtype = c.p.v_dtype = ATTN_DTYPE_F32;
+    tresult wide = t_run_gather(&c, kernel, 2);
+    tcase_set_types(&c, mixes[m][0], mixes[m][1], mixes[m][2]);
+    CHECKF(tresult_same(&typed, &wide), "%s, q/k/v %s/%s/%s: not bitwise the fp32 result\n  case: %s",
+           attn_kernel_name(kernel), attn_dtype_name(mixes[m][0]), attn_dtype_name(mixes[m][1]),
+           attn_dtype_name(mixes[m][2]), label);
+    CHECKF(tresult_same(&typed, &three), "%s: 2 and 3 threads differ\n  case: %s",
+           attn_kernel_name(kernel), label);
+    if (n_poisoned) {
+      tresult pr = t_run_gather(&poisoned, kernel, 2);
+      CHECKF(tresult_same(&typed, &pr), "%s: inf/NaN behind masks changed the result\n  case: %s",
+             attn_kernel_name(kernel), label);
+      tresult_free(&pr);
+    }
+    tresult_free(&typed), tresult_free(&three), tresult_free(&wide);
+  }
+  tcase_free(&c);
+  tcase_free(&poisoned);
+}
+
+static void sweep_forward(void) {
+  static const int64_t shapes[][7] = {
+      {1, 1, 1, 1, 1, 1, 1},       {2, 2, 1, 63, 129, 17, 17},   {1, 4, 2, 130, 67, 64, 64},
+      {1, 2, 2, 200, 300, 128, 128}, {1, 3, 1, 97, 97, 80, 48},  {1, 1, 1, 33, 45, 256, 7},
+      {1, 2, 1, 5, 0, 8, 8},       {1, 2, 2, 7, 9, 16, 0}};
+  int n = 0;
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+    for (int layout = 0; layout < N_LAYOUTS; layout++, n++) {
+      const int64_t *x = shapes[i];
+      tspec s = tspec_shape(x[0], x[1], x[2], x[3], x[4], x[5], x[6]);
+      s.layout = layout;
+      s.causal = n % 3 == 1;
+      s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+      check_mix(s, n % N_MIXES, x[3] * x[4] <= 20000);
+    }
+  for (int f = 0; f < t_n_features; f++)
+    for (int shape = 0; shape < 2; shape++, n++) {
+      tspec s = shape ? tspec_shape(2, 4, 2, 9, 41, 64, 40) : tspec_shape(1, 2, 1, 37, 37, 32, 32);
+      s.align = shape ? ATTN_ALIGN_BOTTOM_RIGHT : ATTN_ALIGN_TOP_LEFT;
+      s.layout = n % N_LAYOUTS;
+      t_features[f].fn(&s);
+      check_mix(s, n % N_MIXES, 1);
+    }
+}
+
+/* Decode (the widened tiles through the direct forms) and few-item prefill (split keys). */
+static void sweep_long_keys(void) {
+  static const int64_t lq[] = {1, 4, 16}, lk[] = {1024, 1537};
+  static const int64_t heads[][2] = {{8, 2}, {8, 1}, {4, 4}};
+  int n = 0;
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 2; b++, n++) {
+      tspec s = tspec_shape(2, heads[n % 3][0], heads[n % 3][1], lq[a], lk[b], n % 2 ? 128 : 80,
+                            n % 3 ? 64 : 72);
+      s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.kv_len = 1;
+      s.layout = n % N_LAYOUTS;
+      check_mix(s, n % N_MIXES, 0);
+      s.causal = 0, s.kv_len = n % 2, s.mask = MASK_KEYPAD, s.bias = 1 + n % 3;
+      s.softcap = n % 2 ? 0.0f : 5.0f;
+      check_mix(s, (n + 3) % N_MIXES, 0);
+    }
+  tspec s = tspec_shape(1, 1, 1, 97, 2053, 64, 64); /* few items: keys split in chunks */
+  s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  for (int m = 0; m < N_MIXES; m++)
+    check_mix(s, m, 0);
+}
+
+/* ---- 3. the backward ---- */
+
+static void sweep_backward(void) {
+  int n = 0;
+  for (int f = 0; f < t_n_features; f++, n++) {
+    tspec s = tspec_shape(2, 4, 2, 21, 37, 24, 16);
+    s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+    s.layout = n % N_LAYOUTS;
+    s.seed = seed_base * 7919u + (uint64_t)n;
+    t_features[f].fn(&s);
+    tcase c;
+    tcase_make(&c, &s);
+    const int m = n % N_MIXES;
+    tcase_set_types(&c, mixes[m][0], mixes[m][1], mixes[m][2]);
+    for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
+      const attn_kernel kernel = (attn_kernel)k;
+      if (!t_kernel_selected(kernel)) continue;
+      t_check_backward(&c, kernel, 2, 1);
+      tgrad g;
+      tgrad_make(&g, &c, 1, kernel, s.seed);
+      tgrads typed = t_backward_gather(&c, &g, kernel, 2);
+      c.p.q_dtype = c.p.k_dtype = c.p.v_dtype = ATTN_DTYPE_F32;
+      tgrads wide = t_backward_gather(&c, &g, kernel, 2);
+      tcase_set_types(&c, mixes[m][0], mixes[m][1], mixes[m][2]);
+      CHECKF(tgrads_same(&typed, &wide), "%s backward, %s %s/%s/%s: not bitwise the fp32 result",
+             attn_kernel_name(kernel), t_features[f].name, attn_dtype_name(mixes[m][0]),
+             attn_dtype_name(mixes[m][1]), attn_dtype_name(mixes[m][2]));
+      tgrads_free(&typed), tgrads_free(&wide);
+      tgrad_free(&g);
+    }
+    tcase_free(&c);
+  }
+}
+
+/* ---- 4. errors ---- */
+
+static void test_errors(void) {
+  enum { L = 6, D = 4 };
+  uint16_t kv[2 * L * D + 8];
+  float q[L * D], o[L * D + 8], lse[L];
+  for (int i = 0; i < 2 * L * D + 8; i++)
+    kv[i] = 0x3c00; /* 1.0 in fp16 */
+  for (int i = 0; i < L * D; i++)
+    q[i] = 0.25f * (float)(i % 5);
+  attn_params p;
+  attn_params_init(&p, 1, 1, 1, L, L, D, D);
+  p.k_dtype = p.v_dtype = ATTN_DTYPE_F16;
+  memset(o, 0x5a, sizeof o);
+  unsigned char before[sizeof o];
+  memcpy(before, o, sizeof o);
+
+  p.v_dtype = (attn_dtype)3;
+  CHECK(attn_forward(&p, q, kv, kv + L * D, o, lse, NULL) == ATTN_STATUS_INVALID_ARGUMENT);
+  CHECKF(strstr(attn_last_error(), "v_dtype (3)") != NULL, "message: %s", attn_last_error());
+  CHECK(memcmp(o, before, sizeof o) == 0);
+  p.v_dtype = ATTN_DTYPE_F16;
+  p.q_dtype = (attn_dtype)-2;
+  CHECK(attn_backward(&p, q, kv, kv, o, lse, o, o, o, o, NULL) == ATTN_STATUS_INVALID_ARGUMENT);
+  CHECKF(strstr(attn_last_error(), "q_dtype (-2)") != NULL, "message: %s", attn_last_error());
+  p.q_dtype = ATTN_DTYPE_F32;
+
+  /* byte extents in 2-byte elements: O may start right after V's L·D halves, not one before */
+  float *after = (float *)(void *)(kv + 2 * L * D);
+  CHECKF(attn_forward(&p, q, kv, kv + L * D, after, NULL, NULL) == ATTN_STATUS_OK, "%s",
+         attn_last_error());
+  CHECK(after[0] == 1.0f); /* every V value is 1, so every output is 1 */
+  CHECK(attn_forward(&p, q, kv, kv + L * D, (float *)(void *)(kv + 2 * L * D - 2), NULL, NULL) ==
+        ATTN_STATUS_INVALID_ARGUMENT);
+  CHECKF(strstr(attn_last_error(), "overlaps input v") != NULL, "message: %s", attn_last_error());
+
+  /* ref reads fp32 copies of 16-bit inputs: its scratch grows by exactly their size */
+  size_t b32 = 0, b16 = 0;
+  p.kernel = ATTN_KERNEL_REF;
+  p.k_dtype = p.v_dtype = ATTN_DTYPE_F32;
+  CHECK(attn_forward_scratch_bytes(&p, 0, &b32) == ATTN_STATUS_OK);
+  p.k_dtype = p.v_dtype = ATTN_DTYPE_BF16;
+  CHECK(attn_forward_scratch_bytes(&p, 0, &b16) == ATTN_STATUS_OK);
+  CHECKF(b16 == b32 + 2 * L * D * sizeof(float), "ref scratch %zu vs %zu", b16, b32);
+  p.k_dtype = p.v_dtype = ATTN_DTYPE_F32;
+  CHECK(attn_backward_scratch_bytes(&p, 0, &b32) == ATTN_STATUS_OK);
+  p.q_dtype = ATTN_DTYPE_F16;
+  CHECK(attn_backward_scratch_bytes(&p, 0, &b16) == ATTN_STATUS_OK);
+  CHECKF(b16 == b32 + L * D * sizeof(float), "backward scratch %zu vs %zu", b16, b32);
+}
+
+int main(int argc, char **argv) {
+  seed_base = argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
+  printf("test_dtype: seed %llu\n", (unsigned long long)seed_base);
+  t_check_kernel_selection();
+  test_conversions();
+  test_widen_simd();
+  test_errors();
+  sweep_forward();
+  sweep_long_keys();
+  sweep_backward();
+  printf("  %d forward cases\n", n_cases);
+  return t_finish("test_dtype");
+}
