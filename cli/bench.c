@@ -273,9 +273,9 @@ int cmd_bench(int argc, char **argv) {
       machine_block_gflops(threads, &block, &block_best);
   }
   if (csv) {
-    printf(
-        "pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,kv_dtype,t_med_ms,t_min_ms,gflops,peak_pct,gbs,"
-        "bw_pct,scratch_kib,max_err,check\n");
+    printf("pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,kv_dtype,t_med_ms,t_min_ms,gflops,peak_pct,"
+           "gbs,"
+           "bw_pct,scratch_kib,max_err,check\n");
   } else {
     printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
     if (machine)
@@ -321,7 +321,8 @@ int cmd_bench(int argc, char **argv) {
     /* 16-bit K and V: rounded copies, and k, v overwritten by their values for the check */
     void *k_in = k, *v_in = v;
     if (kv_dtype != ATTN_DTYPE_F32) {
-      k_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64), v_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64);
+      k_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64),
+      v_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64);
       if (!k_in || !v_in) {
         fprintf(stderr, "attn bench: out of memory\n");
         return 1;
@@ -379,9 +380,9 @@ int cmd_bench(int argc, char **argv) {
       printf("%s%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
              ",%d,%d,%s,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
              backward ? "backward," : "forward,", attn_kernel_name(resolved), s->B, s->Hq, s->Hkv,
-             s->Lq, s->Lk, s->D, s->causal, threads, attn_dtype_name(kv_dtype), t_med * 1e3, t_min * 1e3, gflops,
-             pct(gflops, peak), gbs, decode ? pct(gbs, bandwidth) : 0.0, (double)scratch / 1024,
-             err, pass ? "PASS" : "FAIL");
+             s->Lq, s->Lk, s->D, s->causal, threads, attn_dtype_name(kv_dtype), t_med * 1e3,
+             t_min * 1e3, gflops, pct(gflops, peak), gbs, decode ? pct(gbs, bandwidth) : 0.0,
+             (double)scratch / 1024, err, pass ? "PASS" : "FAIL");
     else {
       char gbs_str[32] = "-";
       if (decode) snprintf(gbs_str, sizeof gbs_str, "%.1f", gbs);

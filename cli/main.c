@@ -34,9 +34,11 @@ static void usage(FILE *f) {
         "           [every option of attn run]\n"
         "  attn info\n"
         "  attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME]\n"
-        "             [--reps N] [--csv] [--long] [--quick] [--backward] [--no-machine]\n"
+        "             [--reps N] [--kv-dtype f32|f16|bf16] [--csv] [--long] [--quick]\n"
+        "             [--backward] [--no-machine]\n"
         "\n"
-        "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv] are little-endian float32 C-order .npy;\n"
+        "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv] are little-endian C-order .npy, float32\n"
+        "or float16 (each on its own: a float16 K and V is a 16-bit KV cache);\n"
         "O [B,Hq,Lq,Dv], LSE [B,Hq,Lq] and P [B,Hq,Lq,Lk] are written as float32 .npy.\n"
         "grad runs the forward, then the backward for dO = DO [B,Hq,Lq,Dv]: DQ, DK, DV have the\n"
         "shapes of Q, K, V; DB (needs --bias) has the bias file's shape.\n"
@@ -71,9 +73,9 @@ static int cmd_run(int argc, char **argv, int grad) {
                         outs[a].flag, outs[a].path);
   }
 
-  if ((rc = cli_load("--q", o.q, NPY_F32, 4, &in.q)) ||
-      (rc = cli_load("--k", o.k, NPY_F32, 4, &in.k)) ||
-      (rc = cli_load("--v", o.v, NPY_F32, 4, &in.v)))
+  if ((rc = cli_load("--q", o.q, CLI_F32 | CLI_F16, 4, &in.q)) ||
+      (rc = cli_load("--k", o.k, CLI_F32 | CLI_F16, 4, &in.k)) ||
+      (rc = cli_load("--v", o.v, CLI_F32 | CLI_F16, 4, &in.v)))
     goto done;
   attn_params p;
   if ((rc = cli_configure(&o, &in, &p, &kv_len))) goto done;
@@ -90,7 +92,7 @@ static int cmd_run(int argc, char **argv, int grad) {
                                      {bs[0], bs[1], bs[2], bs[3]}};
   const int ranks[N_OUTS] = {4, 3, 4, 4, 4, 4, 4};
   if (grad) {
-    if ((rc = cli_load("--dout", o.dout, NPY_F32, 4, &dout))) goto done;
+    if ((rc = cli_load("--dout", o.dout, CLI_F32, 4, &dout))) goto done;
     if (memcmp(dout.shape, shapes[0], sizeof shapes[0]) != 0) {
       char got[128], want[128];
       cli_shape_str(dout.shape, 4, got, sizeof got);

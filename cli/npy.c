@@ -87,12 +87,16 @@ int npy_read(const char *path, npy_array *a, char *err, size_t err_size) {
   if (strncmp(descr, "'<f4'", 5) == 0) {
     a->dtype = NPY_F32;
     esize = 4;
+  } else if (strncmp(descr, "'<f2'", 5) == 0) {
+    a->dtype = NPY_F16;
+    esize = 2;
   } else if (strncmp(descr, "'|u1'", 5) == 0 || strncmp(descr, "'|b1'", 5) == 0) {
     a->dtype = NPY_U8;
     esize = 1;
   } else {
     const char *end = *descr ? strchr(descr + 1, '\'') : NULL; /* the value may be empty */
-    FAIL("unsupported dtype %.*s (need little-endian float32 '<f4', or uint8/bool for masks)",
+    FAIL("unsupported dtype %.*s (need little-endian float32 '<f4' or float16 '<f2', or "
+         "uint8/bool for masks)",
          end ? (int)(end - descr + 1) : 8, descr);
   }
   if (strncmp(order, "False", 5) != 0)
@@ -126,10 +130,12 @@ fail:
 
 int npy_write(void *stream, const void *data, npy_dtype dtype, int ndim, const int64_t *shape) {
   FILE *f = stream;
-  const size_t esize = dtype == NPY_F32 ? 4 : 1;
+  const size_t esize = dtype == NPY_F32 ? 4 : dtype == NPY_F16 ? 2 : 1;
   char dict[256];
   int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                   dtype == NPY_F32 ? "<f4" : "|u1");
+                   dtype == NPY_F32   ? "<f4"
+                   : dtype == NPY_F16 ? "<f2"
+                                      : "|u1");
   int64_t count = 1;
   for (int d = 0; d < ndim; d++) {
     n += snprintf(dict + n, sizeof dict - (size_t)n, "%" PRId64 "%s", shape[d],

@@ -88,13 +88,20 @@ void cli_inputs_free(inputs *in) {
   npy_free(&in->alibi);
 }
 
-int cli_load(const char *flag, const char *path, npy_dtype dtype, int ndim, npy_array *a) {
+int cli_load(const char *flag, const char *path, unsigned dtypes, int ndim, npy_array *a) {
   char err[256];
   if (npy_read(path, a, err, sizeof err) != 0)
     return cli_fail(EXIT_BAD_INPUT, "%s %s: %s", flag, path, err);
-  if (a->dtype != dtype)
-    return cli_fail(EXIT_BAD_INPUT, "%s %s: dtype must be %s", flag, path,
-                    dtype == NPY_F32 ? "float32" : "uint8 or bool");
+  if (!(dtypes >> a->dtype & 1u)) {
+    static const char *const names[] = {
+        [NPY_F32] = "float32", [NPY_U8] = "uint8 or bool", [NPY_F16] = "float16"};
+    char want[64] = "";
+    for (int t = 0; t < (int)(sizeof names / sizeof names[0]); t++)
+      if (dtypes >> t & 1u)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s", *want ? " or " : "",
+                 names[t]);
+    return cli_fail(EXIT_BAD_INPUT, "%s %s: dtype must be %s", flag, path, want);
+  }
   if (a->ndim != ndim)
     return cli_fail(EXIT_BAD_INPUT, "%s %s: expected a %d-D array, got %d-D", flag, path, ndim,
                     a->ndim);
@@ -234,6 +241,9 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
                     ", v has %" PRId64 ", %" PRId64,
                     ks[1], ks[2], vs[1], vs[2]);
   attn_params_init(p, qs[0], qs[1], ks[1], qs[2], ks[2], qs[3], vs[3]);
+  p->q_dtype = in->q.dtype == NPY_F16 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32;
+  p->k_dtype = in->k.dtype == NPY_F16 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32;
+  p->v_dtype = in->v.dtype == NPY_F16 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32;
   const int64_t full[4] = {qs[0], qs[1], qs[2], ks[2]};
 
   if (o->scale) {
@@ -280,19 +290,19 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
     p->kv_len = *kv_len;
   }
   if (o->mask) {
-    if (cli_load("--mask", o->mask, NPY_U8, 4, &in->mask) ||
+    if (cli_load("--mask", o->mask, CLI_U8, 4, &in->mask) ||
         cli_broadcast_strides("--mask", &in->mask, full, p->mask_stride))
       return EXIT_BAD_INPUT;
     p->mask = in->mask.data;
   }
   if (o->bias) {
-    if (cli_load("--bias", o->bias, NPY_F32, 4, &in->bias) ||
+    if (cli_load("--bias", o->bias, CLI_F32, 4, &in->bias) ||
         cli_broadcast_strides("--bias", &in->bias, full, p->bias_stride))
       return EXIT_BAD_INPUT;
     p->bias = in->bias.data;
   }
   if (o->alibi) {
-    if (cli_load("--alibi", o->alibi, NPY_F32, 1, &in->alibi)) return EXIT_BAD_INPUT;
+    if (cli_load("--alibi", o->alibi, CLI_F32, 1, &in->alibi)) return EXIT_BAD_INPUT;
     if (in->alibi.shape[0] != qs[1])
       return cli_fail(EXIT_BAD_INPUT, "--alibi: %" PRId64 " slopes given but Hq = %" PRId64,
                       in->alibi.shape[0], qs[1]);

@@ -26,7 +26,11 @@ typedef struct inputs {
 } inputs;
 void cli_inputs_free(inputs *in);
 /* Reads path into *a and checks dtype and rank; messages name the flag. */
-int cli_load(const char *flag, const char *path, npy_dtype dtype, int ndim, npy_array *a);
+/* Reads a .npy file that must have ndim dimensions and one of the dtypes in the mask `dtypes`
+ * (CLI_F32, CLI_F16, CLI_U8 or'ed; Q, K and V may be float16: cli_configure sets their attn_dtype).
+ */
+enum { CLI_F32 = 1u << NPY_F32, CLI_U8 = 1u << NPY_U8, CLI_F16 = 1u << NPY_F16 };
+int cli_load(const char *flag, const char *path, unsigned dtypes, int ndim, npy_array *a);
 void cli_shape_str(const int64_t *s, int n, char *buf, size_t size);
 
 /* Strict numbers for every command's options: the whole string must be the number. */

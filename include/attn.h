@@ -78,11 +78,12 @@
  * outputs that depend on it; the library never silently cleans NaN.
  *
  * Numbers: Q, K and V are fp32, or fp16 / bf16 (q_dtype, k_dtype, v_dtype below); the mask is
- * uint8, the bias, ALiBi slopes and every output fp32; accumulation fp32 or better. Results are bitwise identical from run to run
- * and for any thread count on the same machine and kernel; different kernels may differ in the
- * last bits. Weights are fp32 in the fused kernels: a visible key whose weight is below fp32's
- * range (e^-104 of the row's largest) weighs exactly 0 there, so an infinite V value at such a
- * key gives NaN (0·inf) where the fp64 ref kernel, whose weight is still positive, gives ±inf.
+ * uint8, the bias, ALiBi slopes and every output fp32; accumulation fp32 or better. Results are
+ * bitwise identical from run to run and for any thread count on the same machine and kernel;
+ * different kernels may differ in the last bits. Weights are fp32 in the fused kernels: a visible
+ * key whose weight is below fp32's range (e^-104 of the row's largest) weighs exactly 0 there, so
+ * an infinite V value at such a key gives NaN (0·inf) where the fp64 ref kernel, whose weight is
+ * still positive, gives ±inf.
  *
  * Errors: a call that cannot be honoured returns a status and writes nothing (outputs keep their
  * previous bytes). attn_last_error() gives a message naming the function, the parameter, its value
@@ -252,8 +253,8 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
  * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
  * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */
-ATTN_API attn_status attn_forward(const attn_params *p, const void *q, const void *k,
-                                  const void *v, float *o, float *lse, float *probs);
+ATTN_API attn_status attn_forward(const attn_params *p, const void *q, const void *k, const void *v,
+                                  float *o, float *lse, float *probs);
 
 /* The extra memory (bytes) attn_forward allocates for this call (with_probs: whether P will be
  * requested): tile scratch, V-row counts, packed K and split-key partials for the fused kernels,

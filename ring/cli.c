@@ -109,9 +109,9 @@ static void gather(const float *local, float *global, int64_t B, int64_t H, int6
 static int prepare(const run_opts *o, inputs *in, npy_array *dout, attn_params *p, int64_t **kv_len,
                    out_file *outs, int64_t h[N_HEADER]) {
   int rc;
-  if ((rc = cli_load("--q", o->q, NPY_F32, 4, &in->q)) ||
-      (rc = cli_load("--k", o->k, NPY_F32, 4, &in->k)) ||
-      (rc = cli_load("--v", o->v, NPY_F32, 4, &in->v)) || (rc = cli_configure(o, in, p, kv_len)))
+  if ((rc = cli_load("--q", o->q, CLI_F32, 4, &in->q)) ||
+      (rc = cli_load("--k", o->k, CLI_F32, 4, &in->k)) ||
+      (rc = cli_load("--v", o->v, CLI_F32, 4, &in->v)) || (rc = cli_configure(o, in, p, kv_len)))
     return rc;
   const char *refused[][2] = {{"--mask", o->mask},   {"--bias", o->bias},   {"--window", o->window},
                               {"--alibi", o->alibi}, {"--probs", o->probs}, {"--dbias", o->dbias}};
@@ -129,7 +129,7 @@ static int prepare(const run_opts *o, inputs *in, npy_array *dout, attn_params *
     return cli_fail(EXIT_BAD_INPUT, "the length L (%lld) must be a multiple of %lld (%s%d ranks)",
                     (long long)p->len_q, (long long)per, p->causal ? "2 x " : "", ranks);
   if (o->grad) {
-    if ((rc = cli_load("--dout", o->dout, NPY_F32, 4, dout))) return rc;
+    if ((rc = cli_load("--dout", o->dout, CLI_F32, 4, dout))) return rc;
     const int64_t want[4] = {p->batch, p->heads_q, p->len_q, p->dim_v};
     if (memcmp(dout->shape, want, sizeof want) != 0) {
       char got[128], w[128];

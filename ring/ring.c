@@ -130,6 +130,12 @@ static attn_status check_local(const attn_params *p, int ranks) {
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: mask, bias, window and ALiBi are not supported across shards "
                      "(they need per-pair data or key positions a shard's call does not see)");
+  if (p->q_dtype != ATTN_DTYPE_F32 || p->k_dtype != ATTN_DTYPE_F32 || p->v_dtype != ATTN_DTYPE_F32)
+    return ring_fail(ATTN_STATUS_UNSUPPORTED,
+                     "attn_ring: q_dtype, k_dtype and v_dtype (%s, %s, %s) must be f32: the ring "
+                     "passes fp32 K/V blocks between ranks",
+                     attn_dtype_name(p->q_dtype), attn_dtype_name(p->k_dtype),
+                     attn_dtype_name(p->v_dtype));
   if (p->len_q != p->len_k)
     return ring_fail(ATTN_STATUS_INVALID_ARGUMENT,
                      "attn_ring: len_q (%" PRId64 ") must equal len_k (%" PRId64

@@ -113,8 +113,8 @@ static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *b
   if (!widened_counts(p, n) || !attn__add_ok(n[0], n[1], &total) ||
       !attn__add_ok(total, n[2], &total) || !attn__mul_ok(total, 4, &total) ||
       (uint64_t)total > SIZE_MAX - *bytes)
-    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "%s: the fp32 copies of the 16-bit inputs overflow",
-                      fn);
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "%s: the fp32 copies of the 16-bit inputs overflow", fn);
   *bytes += (size_t)total;
   return ATTN_STATUS_OK;
 }
@@ -127,8 +127,8 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
   *w = (widened){q, k, v, {NULL, NULL, NULL}};
   int64_t n[3];
   if (!widened_counts(c, n))
-    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "%s: the fp32 copies of the 16-bit inputs overflow",
-                      fn);
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "%s: the fp32 copies of the 16-bit inputs overflow", fn);
   const void *src[3] = {q, k, v};
   const void **dst[3] = {&w->q, &w->k, &w->v};
   attn_dtype *type[3] = {&c->q_dtype, &c->k_dtype, &c->v_dtype};
@@ -145,7 +145,10 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
         free(w->buf[j]);
       return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                         "%s: could not allocate %lld bytes for the fp32 copy of %s (%s)", fn,
-                        (long long)n[i] * 4, i == 0 ? "q" : i == 1 ? "k" : "v",
+                        (long long)n[i] * 4,
+                        i == 0   ? "q"
+                        : i == 1 ? "k"
+                                 : "v",
                         attn_dtype_name(*type[i]));
     }
   }
@@ -220,9 +223,9 @@ attn_status attn_backward(const attn_params *p, const void *q, const void *k, co
   widened w; /* the backward kernels read fp32 only */
   st = widen_inputs("attn_backward", &c, or_empty(q), or_empty(k), or_empty(v), &w);
   if (st != ATTN_STATUS_OK) return st;
-  const attn__bwd_tensors nn = {w.q,           w.k,            w.v,          or_empty(o),
-                                or_empty(lse), or_empty(dout), or_empty(dq), or_empty(dk),
-                                or_empty(dv),  dbias};
+  const attn__bwd_tensors nn = {
+      w.q,          w.k,          w.v,          or_empty(o), or_empty(lse), or_empty(dout),
+      or_empty(dq), or_empty(dk), or_empty(dv), dbias};
   st = attn__kernel_bwd(pr.kernel)(&pr, &nn);
   widened_free(&w);
   return st;

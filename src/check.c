@@ -229,7 +229,8 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
   attn_status st = check_params(fn, p, pr);
   if (st != ATTN_STATUS_OK) return st;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
-  const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype), ke = (int64_t)attn__dtype_size(p->k_dtype),
+  const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype),
+                ke = (int64_t)attn__dtype_size(p->k_dtype),
                 ve = (int64_t)attn__dtype_size(p->v_dtype);
   enum { Q, K, V, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
@@ -268,7 +269,8 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
   int64_t db[4] = {B, Hq, Lq, Lk}; /* dbias: size 1 where the bias is broadcast */
   for (int d = 0; d < 4; d++)
     if (p->bias_stride[d] == 0) db[d] = 1;
-  const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype), ke = (int64_t)attn__dtype_size(p->k_dtype),
+  const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype),
+                ke = (int64_t)attn__dtype_size(p->k_dtype),
                 ve = (int64_t)attn__dtype_size(p->v_dtype);
   enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {

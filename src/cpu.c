@@ -57,8 +57,8 @@ char *attn_cpu_features(char *buf, size_t size) {
     }
   }
   snprintf(buf, size, "%s%s%s%s%s%s%s%s%s", sse42 ? "sse4.2 " : "", avx ? "avx " : "",
-           avx2 ? "avx2 " : "", fma ? "fma " : "", f16c ? "f16c " : "", f512 ? "avx512f " : "", dq512 ? "avx512dq " : "",
-           bw512 ? "avx512bw " : "", vl512 ? "avx512vl " : "");
+           avx2 ? "avx2 " : "", fma ? "fma " : "", f16c ? "f16c " : "", f512 ? "avx512f " : "",
+           dq512 ? "avx512dq " : "", bw512 ? "avx512bw " : "", vl512 ? "avx512vl " : "");
   size_t n = strlen(buf);
   if (n > 0 && buf[n - 1] == ' ') buf[n - 1] = '\0';
   return buf;

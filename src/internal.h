@@ -80,8 +80,8 @@ static inline int64_t attn__pos_shift(const attn_params *p, int64_t b) {
 typedef attn_status (*attn__fwd_fn)(const attn__problem *pr, const void *q, const void *k,
                                     const void *v, float *o, float *lse, float *probs);
 
-attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const void *k,
-                               const void *v, float *o, float *lse, float *probs);
+attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const void *k, const void *v,
+                               float *o, float *lse, float *probs);
 attn_status attn__fwd_f32__generic(const attn__problem *pr, const void *q, const void *k,
                                    const void *v, float *o, float *lse, float *probs);
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const void *q, const void *k,

@@ -404,8 +404,7 @@ attn_status t_run(tcase *c, attn_kernel kernel, int threads, touts *out) {
   c->p.kernel = kernel;
   c->p.threads = threads;
   return attn_forward(&c->p, tcase_input(c, 0), tcase_input(c, 1), tcase_input(c, 2),
-                      tbuf_f32(&out->o),
-                      out->has_lse ? tbuf_f32(&out->lse) : NULL,
+                      tbuf_f32(&out->o), out->has_lse ? tbuf_f32(&out->lse) : NULL,
                       out->has_probs ? tbuf_f32(&out->probs) : NULL);
 }
 

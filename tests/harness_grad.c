@@ -70,9 +70,9 @@ attn_status t_run_backward(tcase *c, tgrad *g, attn_kernel kernel, int threads) 
   c->p.kernel = kernel;
   c->p.threads = threads;
   return attn_backward(&c->p, tcase_input(c, 0), tcase_input(c, 1), tcase_input(c, 2),
-                       tbuf_f32(&g->o),
-                       tbuf_f32(&g->lse), tbuf_f32(&g->dout), tbuf_f32(&g->dq), tbuf_f32(&g->dk),
-                       tbuf_f32(&g->dv), g->has_dbias ? tbuf_f32(&g->dbias) : NULL);
+                       tbuf_f32(&g->o), tbuf_f32(&g->lse), tbuf_f32(&g->dout), tbuf_f32(&g->dq),
+                       tbuf_f32(&g->dk), tbuf_f32(&g->dv),
+                       g->has_dbias ? tbuf_f32(&g->dbias) : NULL);
 }
 
 tgrads t_backward_gather(tcase *c, tgrad *g, attn_kernel kernel, int threads) {

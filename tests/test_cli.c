@@ -97,15 +97,23 @@ static float *read_f32(const char *name, int ndim, const int64_t *shape) {
   return a.data;
 }
 
-/* Writes the case's inputs, runs the CLI with the matching flags and checks the outputs. */
-static void check_case(const tspec *s, const char *extra) {
+/* Writes the case's inputs (float16 .npy files for those whose bit is set in f16: 1 = Q, 2 = K,
+ * 4 = V), runs the CLI with the matching flags and checks the outputs against the oracle on the
+ * same values. */
+static void check_case_f16(const tspec *s, const char *extra, int f16) {
   tcase c;
   tcase_make(&c, s); /* LAYOUT_BHLD: the tensors are packed C-order arrays */
   const int64_t qs[4] = {s->B, s->Hq, s->Lq, s->D}, ks[4] = {s->B, s->Hkv, s->Lk, s->D},
                 vs[4] = {s->B, s->Hkv, s->Lk, s->Dv};
-  write_npy("q.npy", tbuf_f32(&c.q), NPY_F32, 4, qs);
-  write_npy("k.npy", tbuf_f32(&c.k), NPY_F32, 4, ks);
-  write_npy("v.npy", tbuf_f32(&c.v), NPY_F32, 4, vs);
+  const attn_dtype t[3] = {f16 & 1 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32,
+                           f16 & 2 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32,
+                           f16 & 4 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32};
+  tcase_set_types(&c, t[0], t[1], t[2]); /* c.q, c.k, c.v now hold the float16 values */
+  const char *names[3] = {"q.npy", "k.npy", "v.npy"};
+  const int64_t *shapes[3] = {qs, ks, vs};
+  for (int i = 0; i < 3; i++)
+    write_npy(names[i], tcase_input(&c, i), t[i] == ATTN_DTYPE_F16 ? NPY_F16 : NPY_F32, 4,
+              shapes[i]);
   char flags[1024] = "";
   size_t n = 0;
 #define ADD(...) n += (size_t)snprintf(flags + n, sizeof flags - n, __VA_ARGS__)
@@ -167,6 +175,8 @@ static void check_case(const tspec *s, const char *extra) {
   tcase_free(&c);
 }
 
+static void check_case(const tspec *s, const char *extra) { check_case_f16(s, extra, 0); }
+
 static void test_good_runs(void) {
   tspec base = tspec_shape(2, 4, 2, 37, 53, 16, 12);
   tspec s = base;
@@ -194,6 +204,10 @@ static void test_good_runs(void) {
   s = base, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.kv_len = 1, s.mask = MASK_KEYPAD,
   s.bias = BIAS_NEGINF, s.softcap = 8.0f, s.alibi = 1, s.window_left = 20;
   check_case(&s, "--threads 0");
+  check_case_f16(&s, "", 6); /* a float16 KV cache */
+  s = base, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  check_case_f16(&s, "--kernel ref", 7);
+  check_case_f16(&s, "--kernel generic", 1);
 }
 
 /* ---- bad input: exit 2, one line on stderr, no output created or touched ---- */
@@ -229,6 +243,7 @@ static void test_bench_options(void) {
   expect_bad("bench shape empty item", "bench --no-machine --shape 1,2,,64,64,64", "--shape");
   expect_bad("bench shape causal typo", "bench --no-machine --shape 1,2,2,64,64,64,casual",
              "--shape");
+  expect_bad("bench kv dtype", "bench --no-machine --kv-dtype f64", "--kv-dtype 'f64'");
 }
 
 static void test_bad_inputs(void) {
@@ -242,6 +257,7 @@ static void test_bad_inputs(void) {
   write_npy("v.npy", data, NPY_F32, 4, vs);
   write_npy("mask_bad.npy", bytes, NPY_U8, 4, m_bad);
   write_npy("mask_f32.npy", data, NPY_F32, 4, m_ok);
+  write_npy("bias_f16.npy", bytes, NPY_F16, 4, m_ok); /* Q, K, V may be float16; a bias not */
   const int64_t q3[3] = {2, 5, 4};
   write_npy("q3d.npy", data, NPY_F32, 3, q3);
   write_raw("garbage.npy", "this is not an array", 20);
@@ -308,6 +324,7 @@ static void test_bad_inputs(void) {
       {"bad align", "--align middle", "--align 'middle'"},
       {"mask shape", "--mask MASKBAD", "does not broadcast"},
       {"mask dtype", "--mask MASKF32", "dtype must be uint8 or bool"},
+      {"bias dtype", "--bias BIASF16", "dtype must be float32"},
       {"unknown flag", "--foo 1", "unknown option '--foo'"},
       {"unknown kernel", "--kernel avx9000", "--kernel 'avx9000'"},
       {"kv-len count", "--kv-len 3,4", "must list 1 integers"},
@@ -329,6 +346,8 @@ static void test_bad_inputs(void) {
       snprintf(extra, sizeof extra, "--mask %s", path("mask_bad.npy"));
     else if (strstr(e, "MASKF32"))
       snprintf(extra, sizeof extra, "--mask %s", path("mask_f32.npy"));
+    else if (strstr(e, "BIASF16"))
+      snprintf(extra, sizeof extra, "--bias %s", path("bias_f16.npy"));
     else if (strstr(e, "NOPE"))
       snprintf(extra, sizeof extra, "--alibi %s", path("nope.npy"));
     else

@@ -159,7 +159,11 @@ static void check_errors(void) {
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "window"),
          "window is unsupported across shards: %s", attn_ring_last_error());
-  p.window_left = -1, p.causal = 1, p.len_q = p.len_k = LL - 1;
+  p.window_left = -1, p.k_dtype = ATTN_DTYPE_BF16;
+  st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
+  CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "k_dtype"),
+         "16-bit K is unsupported across shards: %s", attn_ring_last_error());
+  p.k_dtype = ATTN_DTYPE_F32, p.causal = 1, p.len_q = p.len_k = LL - 1;
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_INVALID_ARGUMENT && strstr(attn_ring_last_error(), "even"),
          "causal needs an even local length: %s", attn_ring_last_error());

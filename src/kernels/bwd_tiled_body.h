@@ -390,7 +390,8 @@ static void prepare_item(void *ctx, int64_t item, int worker) {
   uint32_t nonfinite_q = 0, nonfinite_do = 0;
   for (int64_t r = 0; r < BR && qb * BR + r < p->len_q; r++) {
     const int64_t i = qb * BR + r;
-    const float *q = (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
+    const float *q =
+        (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
     const float *o = t->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
     const float *d_o =
         t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];

@@ -104,36 +104,26 @@ typedef struct tile_scratch {
   float *acc;             /* [br, dvp] unnormalised output */
   float *m, *l, *alpha;   /* [br] running max, running sum, this tile's rescale factor */
   unsigned char *vis;     /* [br, bc] 1 where the pair is visible */
-  int *grp; /* [2·br] on a ragged tile: column range of each row group (group_cols) */
-  float *kc; /* [bc, D] a 16-bit K tile widened to fp32 (empty for fp32 K) */
-  float *vc; /* [bc, Dv] a 16-bit V tile widened for the decode forms (empty for fp32 V) */
+  int *grp;  /* [2·br] on a ragged tile: column range of each row group (group_cols) */
+  float *kc; /* [bc, D] a 16-bit K tile widened to fp32 for pack_k (empty for fp32 K) */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 17 };
+enum { N_PARTS = 16 };
 static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int64_t dvp,
                           size_t offs[N_PARTS], size_t *total) {
   const int64_t br = uk->br, bc = uk->bc, D = p->dim;
-  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis, grp, kc, vc */
-  const int64_t counts[N_PARTS] = {br,
-                                   br,
-                                   br,
-                                   br,
-                                   br * D,
-                                   uk->pack_q ? br * D : 0,
-                                   bc * D,
-                                   bc * dvp,
-                                   br * bc,
-                                   br * dvp,
-                                   br,
-                                   br,
-                                   br,
-                                   br * bc,
-                                   2 * br,
-                                   p->k_dtype != ATTN_DTYPE_F32 ? bc * D : 0,
-                                   p->v_dtype != ATTN_DTYPE_F32 ? bc * p->dim_v : 0};
-  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4, 4};
+  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis, grp, kc */
+  const int64_t counts[N_PARTS] = {br,      br,
+                                   br,      br,
+                                   br * D,  uk->pack_q ? br * D : 0,
+                                   bc * D,  bc * dvp,
+                                   br * bc, br * dvp,
+                                   br,      br,
+                                   br,      br * bc,
+                                   2 * br,  p->k_dtype != ATTN_DTYPE_F32 ? bc * D : 0};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -167,7 +157,6 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.vis = base + o[13];
   t.grp = (int *)(void *)(base + o[14]);
   t.kc = (float *)(void *)(base + o[15]);
-  t.vc = (float *)(void *)(base + o[16]);
   return t;
 }
 
@@ -235,8 +224,7 @@ static void pack_k_tile(const fwd_job *job, float *kc, int64_t b, int64_t hk, in
     job->uk->pack_k(kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, dst);
     return;
   }
-  widen_rows(job->uk, p->k_dtype, kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, p->dim,
-             kc);
+  widen_rows(job->uk, p->k_dtype, kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, p->dim, kc);
   job->uk->pack_k(kc, p->dim, 1, 0, cols, p->dim, dst);
 }
 
@@ -393,40 +381,28 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
 
   const void *kbase = elem(job->k, p->k_dtype, b * p->k_stride[0] + hk * p->k_stride[1]);
   const void *vbase = elem(job->v, p->v_dtype, b * p->v_stride[0] + hk * p->v_stride[1]);
-  /* decode blocks read K and V in place when the set can and rows are contiguous (16-bit K and V:
-   * each tile widened into kc and vc first, then read there); the choice depends on shapes,
-   * strides and types only, and a non-finite V still uses qk_direct's scores */
-  const int wide_k = p->k_dtype != ATTN_DTYPE_F32, wide_v = p->v_dtype != ATTN_DTYPE_F32;
-  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc &&
-                     (wide_k || p->k_stride[3] == 1) && (wide_v || p->v_stride[3] == 1) && Dv > 0;
+  /* decode blocks read K and V in place (16-bit values widened in registers) when the set can
+   * and rows are contiguous; the choice depends on shapes and strides only, and a non-finite V
+   * still uses qk_direct's scores */
+  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
+                     p->v_stride[3] == 1 && Dv > 0;
   const int64_t *v_bad =
       job->v_counts ? job->v_bad + (b * p->heads_kv + hk) * (p->len_k + 1) : NULL;
   const int group = (int)attn__round_up(GROUP_ROWS, uk->mr);
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1, ragged = 0;
-    /* fp32 K and V rows of the tile in place; in decode blocks, a 16-bit tile widened */
-    const float *kd = NULL, *vd = NULL;
-    int64_t kd_rs = D, vd_rs = Dv;
-    if (!wide_k) {
-      kd = (const float *)kbase + j0 * p->k_stride[2], kd_rs = p->k_stride[2];
-    } else if (direct) {
-      widen_rows(uk, p->k_dtype, kbase, p->k_stride[2], p->k_stride[3], j0, cols, D, D, ts->kc);
-      kd = ts->kc;
-    }
-    if (!wide_v) {
-      vd = (const float *)vbase + j0 * p->v_stride[2], vd_rs = p->v_stride[2];
-    } else if (direct) {
-      widen_rows(uk, p->v_dtype, vbase, p->v_stride[2], p->v_stride[3], j0, cols, Dv, Dv, ts->vc);
-      vd = ts->vc;
-    }
+    /* the tile's first K and V rows, in place */
+    const void *kt0 = elem(kbase, p->k_dtype, j0 * p->k_stride[2]);
+    const void *vt0 = elem(vbase, p->v_dtype, j0 * p->v_stride[2]);
     if (direct) {
-      uk->qk_direct(ts->qs, kd, kd_rs, rows, cols, D, ts->s, vd, vd_rs, Dv);
+      uk->qk_direct(ts->qs, p->k_dtype, kt0, p->k_stride[2], rows, cols, D, ts->s, p->v_dtype, vt0,
+                    p->v_stride[2], Dv);
     } else {
       const float *kt = k_tile(job, ts, b, hk, j0, cols);
       if (job->v_rows_ok) { /* V in place: its finiteness from the counts, or a scan of the tile */
         v_finite = v_bad ? v_bad[j0 + cols] == v_bad[j0]
-                         : attn__rows_finite(vd, p->v_stride[2], cols, Dv);
+                         : attn__rows_finite(vt0, p->v_stride[2], cols, Dv);
         if (!v_finite) /* the masked path reads the packed copy */
           pack_v_tile(job, vbase, j0, cols, ts->vs);
       } else {
@@ -458,13 +434,14 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       /* V is read in place; the kernel reports a non-finite value, and then acc (saved in vs,
        * free in this mode) is restored and the tile takes the packed, masked path */
       memcpy(ts->vs, ts->acc, sizeof(float) * (size_t)rows * (size_t)dvp);
-      v_finite = uk->pv_direct(ts->s, vd, vd_rs, ts->alpha, rows, cols, Dv, dvp, ts->acc);
+      v_finite = uk->pv_direct(ts->s, p->v_dtype, vt0, p->v_stride[2], ts->alpha, rows, cols, Dv,
+                               dvp, ts->acc);
       if (!v_finite) {
         memcpy(ts->acc, ts->vs, sizeof(float) * (size_t)rows * (size_t)dvp);
         pack_v_tile(job, vbase, j0, cols, ts->vs);
       }
-    } else if (v_finite) { /* V in place, or its packed copy */
-      const float *vt = job->v_rows_ok ? vd : ts->vs;
+    } else if (v_finite) {                             /* V in place, or its packed copy */
+      const float *vt = job->v_rows_ok ? vt0 : ts->vs; /* in place: fp32 */
       const int64_t ldv = job->v_rows_ok ? p->v_stride[2] : dvp;
       if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
       for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {

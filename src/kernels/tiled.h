@@ -53,16 +53,18 @@ typedef struct attn__fwd_ukernel {
   void (*pv_masked)(const float *p, const float *vs, const float *alpha, const unsigned char *vis,
                     int rows_p, int cols, int64_t dvp, float *acc);
   /* Optional direct forms for decode blocks (NULL: always pack). They read K and V rows in place
-   * (row stride in elements, unit column stride), vectorised along D, for rows [0, rows) only
-   * (no padding rows); qk_direct reads Qs [rows, D] row-major and writes S columns [0, cols).
-   * pv_direct returns 1 if every V value was finite, and must then give bitwise the pv_masked
-   * result (same per-element operations in the same order); on 0, acc is unspecified (the driver
+   * (row stride in elements of the types kt and vt, unit column stride; 16-bit values widened
+   * exactly as they are read), vectorised along D, for rows [0, rows) only (no padding rows);
+   * qk_direct reads Qs [rows, D] row-major and writes S columns [0, cols). pv_direct returns 1 if
+   * every V value was finite, and must then give bitwise the pv_masked result on the widened V
+   * (same per-element operations in the same order); on 0, acc is unspecified (the driver
    * restores it from a copy kept in the V tile's scratch, so a set with direct forms needs
    * br ≤ bc, and takes the packed, masked path). */
-  void (*qk_direct)(const float *qs, const float *k, int64_t k_row_stride, int rows, int cols,
-                    int64_t D, float *s, const float *v, int64_t v_row_stride, int64_t Dv);
-  int (*pv_direct)(const float *p, const float *v, int64_t v_row_stride, const float *alpha,
-                   int rows, int cols, int64_t Dv, int64_t dvp, float *acc);
+  void (*qk_direct)(const float *qs, attn_dtype kt, const void *k, int64_t k_row_stride, int rows,
+                    int cols, int64_t D, float *s, attn_dtype vt, const void *v,
+                    int64_t v_row_stride, int64_t Dv);
+  int (*pv_direct)(const float *p, attn_dtype vt, const void *v, int64_t v_row_stride,
+                   const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp, float *acc);
   /* Optional (NULL: attn__widen_rows): the same function in the set's instructions, for 16-bit
    * K and V tiles; exact, so bitwise attn__widen_rows's result. */
   int (*widen_rows)(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
@@ -144,10 +146,12 @@ void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_
 void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr);
 void attn__pv_masked_avx2(const float *p, const float *vs, const float *alpha,
                           const unsigned char *vis, int rows_p, int cols, int64_t dvp, float *acc);
-void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,
-                          int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv);
-int attn__pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha, int rows,
-                         int cols, int64_t Dv, int64_t dvp, float *acc);
+void attn__qk_direct_avx2(const float *qs, attn_dtype kt, const void *k, int64_t k_rs, int rows,
+                          int cols, int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs,
+                          int64_t Dv);
+int attn__pv_direct_avx2(const float *p, attn_dtype vt, const void *v, int64_t v_rs,
+                         const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp,
+                         float *acc);
 int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
                           int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
 #endif

@@ -32,7 +32,8 @@ static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
   const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / w->pr->group;
   const int64_t klen = attn__klen(p, b), pos = i + attn__pos_shift(p, b);
   const double scale = w->pr->scale, cap = p->softcap;
-  const float *qi = (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
+  const float *qi =
+      (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
   const float *doi =
       t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
   const float *kb = (const float *)t->k + b * p->k_stride[0] + hk * p->k_stride[1];

@@ -101,8 +101,8 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   }
 }
 
-attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const void *k,
-                                const void *v, float *o, float *lse, float *probs) {
+attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const void *k, const void *v,
+                               float *o, float *lse, float *probs) {
   const attn_params *p = pr->p;
   size_t n = (size_t)(p->len_k > 0 ? p->len_k : 1);
   double *s = malloc(n * sizeof *s);

@@ -288,25 +288,54 @@ static inline __m256i lanes_below(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* Rows [r, r + R) of the decode qk below, R ≤ 4 a constant after inlining: two keys per pass (2R
- * accumulators), K and Q vectors loaded once per step of 8 along D. */
-static inline __attribute__((always_inline)) void qk_direct_rows(int R, const float *q,
-                                                                 const float *k0, const float *k1,
-                                                                 int two, int64_t D, float *o) {
+/* 8 values of a row of type t from element i on, as floats; only the first n (≤ 8) are read, the
+ * other lanes are 0. t is a constant after inlining. */
+static inline __attribute__((always_inline)) __m256 load8(attn_dtype t, const void *row, int64_t i,
+                                                          int64_t n) {
+  if (t == ATTN_DTYPE_F32) {
+    const float *r = (const float *)row + i;
+    return n >= 8 ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, lanes_below(n));
+  }
+  const uint16_t *r = (const uint16_t *)row + i;
+  __m128i h;
+  if (n >= 8) {
+    h = _mm_loadu_si128((const __m128i *)(const void *)r);
+  } else { /* a row's last values: nothing beyond its end is read */
+    uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t j = 0; j < n; j++)
+      tmp[j] = r[j];
+    h = _mm_loadu_si128((const __m128i *)(const void *)tmp);
+  }
+  return t == ATTN_DTYPE_F16 ? _mm256_cvtph_ps(h)
+                             : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* Element `offset` of a row base of type t. */
+static inline const void *at(attn_dtype t, const void *base, int64_t offset) {
+  return (const char *)base + offset * (t == ATTN_DTYPE_F32 ? 4 : 2);
+}
+
+/* Rows [r, r + R) of the decode qk below, R ≤ 4 and the K type t constants after inlining: two
+ * keys per pass (2R accumulators), K and Q vectors loaded once per step of 8 along D (16-bit K
+ * widened in registers). */
+static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dtype t,
+                                                                 const float *q, const void *k0,
+                                                                 const void *k1, int two, int64_t D,
+                                                                 float *o) {
   const int64_t D8 = D & ~(int64_t)7;
   const __m256i tail = lanes_below(D - D8);
   __m256 a[4][2];
   for (int i = 0; i < R; i++)
     a[i][0] = a[i][1] = _mm256_setzero_ps();
   for (int64_t d = 0; d < D8; d += 8) {
-    const __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d);
+    const __m256 x0 = load8(t, k0, d, 8), x1 = load8(t, k1, d, 8);
     for (int i = 0; i < R; i++) {
       const __m256 y = _mm256_loadu_ps(q + i * D + d);
       a[i][0] = _mm256_fmadd_ps(y, x0, a[i][0]), a[i][1] = _mm256_fmadd_ps(y, x1, a[i][1]);
     }
   }
   if (D8 < D) {
-    const __m256 x0 = _mm256_maskload_ps(k0 + D8, tail), x1 = _mm256_maskload_ps(k1 + D8, tail);
+    const __m256 x0 = load8(t, k0, D8, D - D8), x1 = load8(t, k1, D8, D - D8);
     for (int i = 0; i < R; i++) {
       const __m256 y = _mm256_maskload_ps(q + i * D + D8, tail);
       a[i][0] = _mm256_fmadd_ps(y, x0, a[i][0]), a[i][1] = _mm256_fmadd_ps(y, x1, a[i][1]);
@@ -318,40 +347,42 @@ static inline __attribute__((always_inline)) void qk_direct_rows(int R, const fl
   }
 }
 
-/* Decode form of qk: S[r][c] = Qs[r]·K[c] for rows [0, rows), K rows read in place (row stride
- * k_rs), vectorised along D. Two keys and up to four query rows per pass (4 rows: 6 loads per 8
- * multiply-adds). Per S element the lanes hold partial sums over d ≡ lane (mod 8), reduced by
- * hsum8: the same operations in the same order whatever the grouping. */
-void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int rows, int cols,
-                          int64_t D, float *s, const float *v, int64_t v_rs, int64_t Dv) {
+/* The decode qk for K of type t (a constant after inlining). */
+static inline __attribute__((always_inline)) void
+qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int rows, int cols,
+                int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs, int64_t Dv) {
   /* K rows are prefetched 4 keys ahead: the hardware prefetcher alone left decode at 0.75–0.88×
    * of this speed (Lq = 1, Lk = 32768, Hkv = 8, D = 64 and 128; 6, 8 or 16 keys ahead did
    * worse). Non-temporal: each K row is read once, and NTA rather than T0 gave 1.025 and 1.04
    * (medians of alternating rounds at D = 128 and 64; V the same way: no gain) */
   enum { AHEAD = 4 };
+  const int64_t k_bytes = D * (t == ATTN_DTYPE_F32 ? 4 : 2);
+  const int64_t v_bytes = Dv * (vt == ATTN_DTYPE_F32 ? 4 : 2);
   for (int c = 0; c < cols; c += 2) {
     const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
-    const float *k0 = k + c * k_rs, *k1 = two ? k0 + k_rs : k0;
-    for (int64_t d = 0; d < D; d += 16) { /* prefetches never fault, even past K's end */
-      _mm_prefetch((const char *)(k0 + AHEAD * k_rs + d), _MM_HINT_NTA);
-      _mm_prefetch((const char *)(k0 + (AHEAD + 1) * k_rs + d), _MM_HINT_NTA);
+    const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
+    const char *ka = at(t, k0, AHEAD * k_rs), *kb = at(t, k0, (AHEAD + 1) * k_rs);
+    for (int64_t b = 0; b < k_bytes; b += 64) { /* prefetches never fault, even past K's end */
+      _mm_prefetch(ka + b, _MM_HINT_NTA);
+      _mm_prefetch(kb + b, _MM_HINT_NTA);
     }
-    for (int64_t d = 0; d < Dv; d += 16) { /* V rows c, c + 1 start streaming in for pv */
-      _mm_prefetch((const char *)(v + c * v_rs + d), _MM_HINT_T0);
-      _mm_prefetch((const char *)(v + (c + two) * v_rs + d), _MM_HINT_T0);
+    const char *v0 = at(vt, v, c * v_rs), *v1 = at(vt, v, (c + two) * v_rs);
+    for (int64_t b = 0; b < v_bytes; b += 64) { /* V rows c, c + 1 start streaming in for pv */
+      _mm_prefetch(v0 + b, _MM_HINT_T0);
+      _mm_prefetch(v1 + b, _MM_HINT_T0);
     }
     int r = 0;
     for (; r + 4 <= rows; r += 4)
-      qk_direct_rows(4, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      qk_direct_rows(4, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
     switch (rows - r) {
     case 3:
-      qk_direct_rows(3, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      qk_direct_rows(3, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
       break;
     case 2:
-      qk_direct_rows(2, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      qk_direct_rows(2, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
       break;
     case 1:
-      qk_direct_rows(1, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      qk_direct_rows(1, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
       break;
     default:
       break;
@@ -359,14 +390,29 @@ void attn__qk_direct_avx2(const float *qs, const float *k, int64_t k_rs, int row
   }
 }
 
-/* Rows [r, r + R) of the decode pv below for columns [d0, d0 + 16), R ≤ 4 a constant after
- * inlining. Returns the running finiteness check: Σ V·0 over the V vectors read (two chains). */
+/* Decode form of qk: S[r][c] = Qs[r]·K[c] for rows [0, rows), K rows read in place (row stride
+ * k_rs elements of type kt; 16-bit values widened in registers), vectorised along D. Two keys and
+ * up to four query rows per pass (4 rows: 6 loads per 8 multiply-adds). Per S element the lanes
+ * hold partial sums over d ≡ lane (mod 8), reduced by hsum8. V (type vt) is only prefetched. */
+void attn__qk_direct_avx2(const float *qs, attn_dtype kt, const void *k, int64_t k_rs, int rows,
+                          int cols, int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs,
+                          int64_t Dv) {
+  if (kt == ATTN_DTYPE_F32)
+    qk_direct_typed(ATTN_DTYPE_F32, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+  else if (kt == ATTN_DTYPE_F16)
+    qk_direct_typed(ATTN_DTYPE_F16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+  else
+    qk_direct_typed(ATTN_DTYPE_BF16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+}
+
+/* Rows [r, r + R) of the decode pv below for columns [d0, d0 + 16), R ≤ 4 and the V type t
+ * constants after inlining. Returns the running finiteness check: Σ V·0 over the V vectors read
+ * (two chains). */
 static inline __attribute__((always_inline)) __m256
-pv_direct_rows(int R, const float *p, const float *v, int64_t v_rs, const float *alpha, int cols,
-               int64_t n, int64_t dvp, float *o) {
+pv_direct_rows(int R, attn_dtype t, const float *p, const void *v, int64_t v_rs, const float *alpha,
+               int cols, int64_t n, int64_t dvp, float *o) {
   const __m256 zero = _mm256_setzero_ps();
-  const __m256i m0 = lanes_below(n < 8 ? n : 8), m1 = lanes_below(n < 8 ? 0 : n < 16 ? n - 8 : 8);
-  const int full = n >= 16;
+  const int64_t n0 = n < 8 ? n : 8, n1 = n < 8 ? 0 : n < 16 ? n - 8 : 8;
   __m256 a[4][2], check0 = zero, check1 = zero;
   for (int i = 0; i < R; i++) {
     const __m256 al = _mm256_broadcast_ss(alpha + i);
@@ -374,9 +420,8 @@ pv_direct_rows(int R, const float *p, const float *v, int64_t v_rs, const float 
     a[i][1] = _mm256_mul_ps(_mm256_load_ps(o + i * dvp + 8), al);
   }
   for (int c = 0; c < cols; c++) {
-    const float *vr = v + c * v_rs;
-    const __m256 v0 = full ? _mm256_loadu_ps(vr) : _mm256_maskload_ps(vr, m0);
-    const __m256 v1 = full ? _mm256_loadu_ps(vr + 8) : _mm256_maskload_ps(vr + 8, m1);
+    const void *vr = at(t, v, c * v_rs);
+    const __m256 v0 = load8(t, vr, 0, n0), v1 = load8(t, vr, 8, n1);
     check0 = _mm256_fmadd_ps(v0, zero, check0);
     check1 = _mm256_fmadd_ps(v1, zero, check1);
     for (int i = 0; i < R; i++) {
@@ -389,20 +434,16 @@ pv_direct_rows(int R, const float *p, const float *v, int64_t v_rs, const float 
   return _mm256_add_ps(check0, check1);
 }
 
-/* Decode form of pv: acc [rows, dvp] = α·acc + P · V for rows [0, rows), V rows read in place
- * (row stride v_rs), 16 columns × up to four rows per pass. Per output element: acc·α, then one
- * fused multiply-add per key in key order — the sequence pv_masked_avx2 performs, so the two
- * agree bitwise whenever V is finite. Returns 1 if every V value read was finite; otherwise acc
- * is unspecified and the caller redoes the tile with pv_masked. The check is Σ V·0, NaN exactly
- * when some V is ±inf or NaN: one multiply-add per V vector, no second pass over V. */
-int attn__pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const float *alpha, int rows,
-                         int cols, int64_t Dv, int64_t dvp, float *acc) {
+/* The decode pv for V of type t (a constant after inlining). */
+static inline __attribute__((always_inline)) int
+pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const float *alpha,
+                int rows, int cols, int64_t Dv, int64_t dvp, float *acc) {
   __m256 check = _mm256_setzero_ps();
   for (int64_t d0 = 0; d0 < Dv; d0 += 16) {
     int r = 0;
 #define ATTN__PV(R)                                                                                \
-  check = _mm256_add_ps(check, pv_direct_rows(R, p + r * BC, v + d0, v_rs, alpha + r, cols,        \
-                                              Dv - d0, dvp, acc + (int64_t)r * dvp + d0))
+  check = _mm256_add_ps(check, pv_direct_rows(R, t, p + r * BC, at(t, v, d0), v_rs, alpha + r,     \
+                                              cols, Dv - d0, dvp, acc + (int64_t)r * dvp + d0))
     for (; r + 4 <= rows; r += 4)
       ATTN__PV(4);
     switch (rows - r) {
@@ -421,6 +462,23 @@ int attn__pv_direct_avx2(const float *p, const float *v, int64_t v_rs, const flo
 #undef ATTN__PV
   }
   return _mm256_movemask_ps(_mm256_cmp_ps(check, check, _CMP_UNORD_Q)) == 0;
+}
+
+/* Decode form of pv: acc [rows, dvp] = α·acc + P · V for rows [0, rows), V rows read in place
+ * (row stride v_rs elements of type vt; 16-bit values widened in registers), 16 columns × up to
+ * four rows per pass. Per output element: acc·α, then one fused multiply-add per key in key order
+ * — the sequence pv_masked_avx2 performs on the widened V, so the two agree bitwise whenever V is
+ * finite. Returns 1 if every V value read was finite; otherwise acc is unspecified and the caller
+ * redoes the tile with pv_masked. The check is Σ V·0, NaN exactly when some V is ±inf or NaN: one
+ * multiply-add per V vector, no second pass over V. */
+int attn__pv_direct_avx2(const float *p, attn_dtype vt, const void *v, int64_t v_rs,
+                         const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp,
+                         float *acc) {
+  if (vt == ATTN_DTYPE_F32)
+    return pv_direct_typed(ATTN_DTYPE_F32, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  if (vt == ATTN_DTYPE_F16)
+    return pv_direct_typed(ATTN_DTYPE_F16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  return pv_direct_typed(ATTN_DTYPE_BF16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
 }
 
 void attn__exp2_avx2(const float *t, float *y, int64_t n) {

@@ -87,7 +87,7 @@ const attn__fwd_ukernel attn__ukernel_generic = {
 };
 
 attn_status attn__fwd_f32__generic(const attn__problem *pr, const void *q, const void *k,
-                                const void *v, float *o, float *lse, float *probs) {
+                                   const void *v, float *o, float *lse, float *probs) {
   return attn__fwd_tiled(&attn__ukernel_generic, pr, q, k, v, o, lse, probs);
 }
 
