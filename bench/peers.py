@@ -12,6 +12,9 @@ torch and numpy are benchmark-only dependencies: this script installs them into 
 the Python package index) when they are missing and re-runs itself there. The library, the CLI and
 the tests never need them.
 
+Shapes with a 16-bit K/V type (bf16, f16) run attn with `--kv-dtype` (Q fp32, K and V 16-bit) and
+torch with Q, K and V all in that type (its SDPA takes one dtype); numpy has no bf16 and is skipped.
+
 usage: bench/peers.py [--threads N] [--reps N] [--quick] [--backward] [--attn PATH]
 """
 import argparse
@@ -35,6 +38,10 @@ SHAPES = [
     (4, 8, 8, 512, 512, 64, False),
     (1, 32, 8, 1, 32768, 128, True),
     (1, 1, 1, 64, 32768, 128, True),
+    # a 16-bit KV cache: decode, and a prefill
+    (1, 32, 8, 1, 32768, 128, True, "bf16"),
+    (1, 32, 8, 1, 32768, 128, True, "f16"),
+    (1, 2, 2, 4096, 4096, 64, False, "bf16"),
 ]
 # the training shapes of `attn bench --backward`
 SHAPES_BACKWARD = [
@@ -47,7 +54,8 @@ SHAPES_BACKWARD = [
     (4, 8, 8, 512, 512, 64, False),
 ]
 QUICK_BACKWARD = [(1, 2, 2, 512, 512, 64, False), (1, 2, 2, 512, 512, 64, True)]
-QUICK = [(1, 2, 2, 512, 512, 64, False), (1, 2, 2, 512, 512, 64, True), (1, 8, 2, 1, 4096, 128, True)]
+QUICK = [(1, 2, 2, 512, 512, 64, False), (1, 2, 2, 512, 512, 64, True), (1, 8, 2, 1, 4096, 128, True),
+         (1, 8, 2, 1, 4096, 128, True, "bf16")]
 
 
 def ensure_venv():
@@ -81,10 +89,11 @@ def time_call(fn, reps):
 
 
 def attn_time(attn, shape, threads, reps, backward):
-    B, Hq, Hkv, Lq, Lk, D, causal = shape
+    B, Hq, Hkv, Lq, Lk, D, causal, *kv = shape
     spec = f"{B},{Hq},{Hkv},{Lq},{Lk},{D}" + (",causal" if causal else "")
     out = subprocess.run([attn, "bench", "--csv", "--no-machine", "--shape", spec, "--threads",
-                          str(threads), "--reps", str(reps)] + (["--backward"] if backward else []),
+                          str(threads), "--reps", str(reps)] + (["--backward"] if backward else [])
+                         + (["--kv-dtype", kv[0]] if kv else []),
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"peers: attn bench failed: {out.stderr.strip()}")
@@ -127,13 +136,17 @@ def main():
     else:
         shapes = QUICK if args.quick else SHAPES
     for shape in shapes:
-        B, Hq, Hkv, Lq, Lk, D, causal = shape
+        B, Hq, Hkv, Lq, Lk, D, causal, *kv = shape
+        kv = kv[0] if kv else None
         q = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
         k = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
         v = rng.uniform(-1, 1, (B, Hkv, Lk, D)).astype(np.float32)
         do = rng.uniform(-1, 1, (B, Hq, Lq, D)).astype(np.float32)
 
         tq, tk, tv = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
+        if kv:
+            tdt = {"bf16": torch.bfloat16, "f16": torch.float16}[kv]
+            tq, tk, tv = tq.to(tdt), tk.to(tdt), tv.to(tdt)
         # attn's bench aligns causal bottom-right; torch's is_causal is top-left. They agree when
         # Lq = Lk, and a single query (decode) sees every key; otherwise torch gets its own
         # bottom-right causal bias (torch.nn.attention.bias.causal_lower_right)
@@ -190,10 +203,14 @@ def main():
                 ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
                 return (ds @ kk) * scale, (ds.transpose(0, 1, 3, 2) @ q) * scale, dv
 
-        t_numpy = time_call(run_numpy, max(1, args.reps // 2))
         name = f"B={B} Hq={Hq} Hkv={Hkv} L={Lq}x{Lk} D={D}" + (" causal" if causal else "")
-        r_numpy = t_numpy / t_attn
         worst = r_torch if worst is None else min(worst, r_torch)
+        if kv:  # numpy has no bf16
+            print(f"{name + ' ' + kv + ' K/V':44} {t_attn * 1e3:9.2f} {t_torch * 1e3:9.2f} "
+                  f"{'-':>9} {r_torch:9.2f}x {'-':>10}", flush=True)
+            continue
+        t_numpy = time_call(run_numpy, max(1, args.reps // 2))
+        r_numpy = t_numpy / t_attn
         print(f"{name:44} {t_attn * 1e3:9.2f} {t_torch * 1e3:9.2f} {t_numpy * 1e3:9.2f} "
               f"{r_torch:9.2f}x {r_numpy:9.2f}x", flush=True)
     print(f"attn kernel: {kernel}; slowest ratio against torch: {worst:.2f}x")
