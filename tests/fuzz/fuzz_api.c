@@ -1,17 +1,18 @@
 /*
  * fuzz_api.c — libFuzzer target for the library's entry points. The input bytes choose a call:
  * sizes (valid and not), strides per tensor (packed, [B, L, H, D], padded, negative, zero, huge),
- * every option with valid and invalid values, input data (NaN and inf included). Every tensor is
+ * every option with valid and invalid values, the types of Q, K and V (fp32, fp16, bf16, invalid),
+ * input data (NaN and inf included). Every tensor is
  * allocated to exactly its extent, so AddressSanitizer sees any read or write outside it. Then:
  *   - attn_forward_scratch_bytes / attn_backward_scratch_bytes agree with the calls on validity;
  *   - a refused call leaves every output byte as it was and says why, naming the function;
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
  *     tolerance: the sweeps in test_kernels hold the tight one) and is bitwise the same with 1
- *     and 3 threads; attn_merge of its (O, LSE) with itself gives O and LSE + log 2 (in place
- *     too); an accepted backward (dBias too, when the call has a bias) is bitwise the same with 1
- *     and 3 threads and, on data without NaN or inf, matches the ref backward within the same
- *     loose tolerance.
- * Any violation aborts, which libFuzzer reports with the input that caused it.
+ *     and 3 threads, and with 16-bit inputs bitwise the call on their fp32 widening; attn_merge of
+ * its (O, LSE) with itself gives O and LSE + log 2 (in place too); an accepted backward (dBias too,
+ * when the call has a bias) is bitwise the same with 1 and 3 threads and, on data without NaN or
+ * inf, matches the ref backward within the same loose tolerance. Any violation aborts, which
+ * libFuzzer reports with the input that caused it.
  */
 #include "attn.h"
 
@@ -45,11 +46,12 @@ static void dump(const attn_params *p) {
   dump4("o", p->o_stride, 4), dump4("lse", p->lse_stride, 3), dump4("P", p->probs_stride, 4);
   fprintf(stderr,
           "\n causal %d align %d window %lld,%lld softcap %g scale %s%g alibi %s "
-          "kv_len %s mask %s bias %s threads %d kernel %d\n",
+          "kv_len %s mask %s bias %s threads %d kernel %d types %d %d %d\n",
           p->causal, (int)p->align, (long long)p->window_left, (long long)p->window_right,
           (double)p->softcap, p->has_scale ? "" : "default ", (double)p->scale,
           p->alibi_slopes ? "yes" : "no", p->kv_len ? "yes" : "no", p->mask ? "yes" : "no",
-          p->bias ? "yes" : "no", p->threads, (int)p->kernel);
+          p->bias ? "yes" : "no", p->threads, (int)p->kernel, (int)p->q_dtype, (int)p->k_dtype,
+          (int)p->v_dtype);
   if (p->mask) dump4("mask", p->mask_stride, 4);
   if (p->bias) dump4("bias", p->bias_stride, 4);
   if (p->kv_len)
@@ -135,16 +137,27 @@ static int make(tensor *t, int nd, const int64_t *n, const int64_t *s, size_t es
   return 1;
 }
 
-static void fill(bytes *b, tensor *t, float scale, int specials) {
-  float *x = t->buf;
+/* Bytes per element of an input of type t (an invalid type is refused before any read). */
+static size_t esize_of(attn_dtype t) { return t == ATTN_DTYPE_F16 || t == ATTN_DTYPE_BF16 ? 2 : 4; }
+
+/* Fills the whole extent (fp32, or rounded to the 16-bit type t). */
+static void fill(bytes *b, tensor *t, float scale, int specials, attn_dtype type) {
+  const size_t n = t->size / esize_of(type);
+  if (n == 0) return; /* no element: no allocation either */
+  float *x = esize_of(type) == 4 ? t->buf : malloc(n * sizeof(float));
+  if (!x) abort();
   uint32_t st = 0x9e3779b9u ^ next(b) ^ (uint32_t)t->size;
-  for (size_t i = 0; i < t->size / sizeof(float); i++) {
+  for (size_t i = 0; i < n; i++) {
     st = st * 1664525u + 1013904223u;
     x[i] = scale * ((float)(st >> 8) / 16777216.0f * 2.0f - 1.0f);
   }
-  if (specials && t->size >= sizeof(float)) { /* a NaN or an inf somewhere */
+  if (specials && n > 0) { /* a NaN or an inf somewhere */
     const unsigned k = next(b);
-    x[(k * 7919u) % (t->size / sizeof(float))] = (k & 1) ? NAN : INFINITY;
+    x[(k * 7919u) % n] = (k & 1) ? NAN : INFINITY;
+  }
+  if (x != t->buf) {
+    attn_from_f32(type, x, t->buf, n);
+    free(x);
   }
 }
 
@@ -231,6 +244,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const unsigned kern = (opt >> 16) % 8;
   p.kernel = kern < 5 ? (attn_kernel)kern : kern == 5 ? ATTN_KERNEL_COUNT_ : ATTN_KERNEL_AUTO;
   const int want_lse = (opt >> 19) & 1, want_probs = (opt >> 20) % 4 == 0;
+  /* input types: mostly fp32, sometimes 16-bit, rarely not a type at all */
+  static const attn_dtype types[] = {ATTN_DTYPE_F32,  ATTN_DTYPE_F32,  ATTN_DTYPE_F32,
+                                     ATTN_DTYPE_F16,  ATTN_DTYPE_BF16, ATTN_DTYPE_F16,
+                                     ATTN_DTYPE_BF16, (attn_dtype)3};
+  const unsigned tb = next(&b) | next(&b) << 8;
+  p.q_dtype = types[tb % 8], p.k_dtype = types[tb / 8 % 8], p.v_dtype = types[tb / 64 % 8];
+  const int wide =
+      p.q_dtype != ATTN_DTYPE_F32 || p.k_dtype != ATTN_DTYPE_F32 || p.v_dtype != ATTN_DTYPE_F32;
 
   int64_t kv_len[3];
   float slopes[9];
@@ -251,8 +272,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const unsigned mb = next(&b);
   if (mb % 4 == 0) pick_strides(&b, 4, nm, p.mask_stride);
   if (mb % 5 == 0) pick_strides(&b, 4, nm, p.bias_stride);
-  if (!make(&q, 4, nq, p.q_stride, 4) || !make(&k, 4, nk, p.k_stride, 4) ||
-      !make(&v, 4, nv, p.v_stride, 4) || (mb % 4 == 0 && !make(&mask, 4, nm, p.mask_stride, 1)) ||
+  if (!make(&q, 4, nq, p.q_stride, esize_of(p.q_dtype)) ||
+      !make(&k, 4, nk, p.k_stride, esize_of(p.k_dtype)) ||
+      !make(&v, 4, nv, p.v_stride, esize_of(p.v_dtype)) ||
+      (mb % 4 == 0 && !make(&mask, 4, nm, p.mask_stride, 1)) ||
       (mb % 5 == 0 && !make(&bias, 4, nm, p.bias_stride, 4))) {
     /* too large for the harness (or overflowing): only the validation without pointers */
     size_t bytes_needed;
@@ -262,12 +285,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   const int specials = next(&b) % 6 == 0;
   inf_in_data = specials;
-  fill(&b, &q, 1.0f, specials), fill(&b, &k, 1.0f, specials), fill(&b, &v, 1.0f, specials);
+  fill(&b, &q, 1.0f, specials, p.q_dtype), fill(&b, &k, 1.0f, specials, p.k_dtype);
+  fill(&b, &v, 1.0f, specials, p.v_dtype);
   if (mask.buf)
     for (size_t i = 0; i < mask.size; i++)
       ((uint8_t *)mask.buf)[i] = (uint8_t)((i * 2654435761u >> 7) % 3 != 0);
   if (bias.buf) {
-    fill(&b, &bias, 3.0f, 0);
+    fill(&b, &bias, 3.0f, 0, ATTN_DTYPE_F32);
     float *x = bias.buf;
     for (size_t i = 0; i < bias.size / 4; i += 5)
       x[i] = -INFINITY;
@@ -285,7 +309,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     drop_out(&a), drop_out(&r), drop(&q), drop(&k), drop(&v), drop(&mask), drop(&bias);
     return 0;
   }
-  float *o_ptr = alias && q.buf && a.o.size <= q.size ? fp(&q) : fp(&a.o);
+  float *o_ptr =
+      alias && q.buf && a.o.size <= q.size && esize_of(p.q_dtype) == 4 ? fp(&q) : fp(&a.o);
   const attn_status st = attn_forward(&p, fp(&q), fp(&k), fp(&v), o_ptr, fp(&a.lse), fp(&a.probs));
   REQUIRE((st == ATTN_STATUS_OK) == (st_scratch == ATTN_STATUS_OK) ||
               st == ATTN_STATUS_INVALID_ARGUMENT, /* pointers are checked by the call only */
@@ -311,6 +336,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (size_t i = 0; i < a.probs.size / 4; i++)
       REQUIRE(close_enough(((float *)a.probs.buf)[i], ((float *)r.probs.buf)[i]),
               "P[%zu] = %g, ref %g", i, ((float *)a.probs.buf)[i], ((float *)r.probs.buf)[i]);
+    if (wide) { /* the same call on the fp32 widening of the 16-bit inputs: the same bits */
+      tensor w[3];
+      const tensor *in[3] = {&q, &k, &v};
+      const attn_dtype t[3] = {p.q_dtype, p.k_dtype, p.v_dtype};
+      const int64_t *shapes[3] = {nq, nk, nv}, *strides[3] = {p.q_stride, p.k_stride, p.v_stride};
+      memset(w, 0, sizeof w);
+      int ok = 1;
+      for (int i = 0; i < 3; i++) {
+        ok &= make(&w[i], 4, shapes[i], strides[i], 4);
+        if (ok && w[i].buf) attn_to_f32(t[i], in[i]->buf, w[i].buf, w[i].size / 4);
+      }
+      call_out c;
+      memset(&c, 0, sizeof c);
+      if (ok && make_out(&c, &p, want_lse, want_probs)) {
+        attn_params pw = p;
+        pw.q_dtype = pw.k_dtype = pw.v_dtype = ATTN_DTYPE_F32;
+        REQUIRE(attn_forward(&pw, fp(&w[0]), fp(&w[1]), fp(&w[2]), fp(&c.o), fp(&c.lse),
+                             fp(&c.probs)) == ATTN_STATUS_OK,
+                "the fp32 widening refused: %s", attn_last_error());
+        REQUIRE((!c.o.buf || !memcmp(c.o.buf, a.o.buf, c.o.size)) &&
+                    (!c.lse.buf || !memcmp(c.lse.buf, a.lse.buf, c.lse.size)) &&
+                    (!c.probs.buf || !memcmp(c.probs.buf, a.probs.buf, c.probs.size)),
+                "16-bit inputs (%d %d %d) differ from their fp32 widening", (int)p.q_dtype,
+                (int)p.k_dtype, (int)p.v_dtype);
+      }
+      drop_out(&c);
+      for (int i = 0; i < 3; i++)
+        drop(&w[i]);
+    }
     if (p.kernel != ATTN_KERNEL_REF && p.threads != 1) {
       attn_params p1 = p, p3 = p;
       p1.threads = 1, p3.threads = 3;
@@ -375,7 +429,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int g = 0; g < ng; g++)
           ok &= make(&grads[t][g], 4, shapes[g], strides[g], 4);
       if (ok) {
-        fill(&b, &dout, 1.0f, 0);
+        fill(&b, &dout, 1.0f, 0, ATTN_DTYPE_F32);
         for (int t = 0; t < 2; t++)
           for (int g = 0; g < ng; g++)
             if (grads[t][g].buf) memset(grads[t][g].buf, 0x5a, grads[t][g].size);
