@@ -61,8 +61,8 @@ fuzz: deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-dev; }
 	CC=clang cmake -S . -B $(FUZZBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=fuzzer -DATTN_WERROR=ON \
 	  -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_EXAMPLES=OFF
-	cmake --build $(FUZZBUILD) -j $(JOBS) --target fuzz_api fuzz_npy fuzz_safetensors fuzz_tokenizer
-	@for t in api npy safetensors tokenizer; do \
+	cmake --build $(FUZZBUILD) -j $(JOBS) --target fuzz_api fuzz_merge fuzz_npy fuzz_safetensors fuzz_tokenizer
+	@for t in api merge npy safetensors tokenizer; do \
 	  rm -rf $(FUZZBUILD)/corpus_$$t && mkdir -p $(FUZZBUILD)/corpus_$$t && \
 	  cp tests/fuzz/corpus/$$t/* $(FUZZBUILD)/corpus_$$t/ 2>/dev/null; \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
@@ -81,10 +81,12 @@ demo: deps build
 	@echo "open $(BUILD)/demo/index.html to see the heatmaps and the similarity matrix"
 	@for ex in bidirectional causal cross kv_cache train; do echo; echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; done
 
-# Speed: attn's own table (% of the FMA peak measured in the same run), then the same shapes
+# Speed: attn's own table (% of the FMA peak measured in the same run; again for a bf16 KV
+# cache), then the same shapes
 # through PyTorch SDPA and numpy (installed into .venv-bench on first use; benchmark-only).
 bench: deps build
 	./$(BUILD)/attn bench
+	./$(BUILD)/attn bench --kv-dtype bf16 --shape 1,32,8,1,32768,128,causal --shape 1,2,2,4096,4096,64
 	python3 bench/peers.py
 	./$(BUILD)/attn bench --backward
 	python3 bench/peers.py --backward

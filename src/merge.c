@@ -52,9 +52,8 @@ static void merge_item(void *ctx, int64_t item, int worker) {
       for (int k = 0; k < job->n; k++) {
         if (w[k] == 0.0) continue; /* an empty part, or one negligible against the others */
         const double wk = w[k] / sum;
-        const float *ok = job->o_parts[k] + oo;
-        for (int64_t d = 0; d < Dv; d++)
-          acc[d] += wk * ok[d * p->o_stride[3]];
+        for (int64_t d = 0; d < Dv; d++) /* indexed, not offset: O may be NULL when Dv = 0 */
+          acc[d] += wk * job->o_parts[k][oo + d * p->o_stride[3]];
       }
     for (int64_t d = 0; d < Dv; d++) /* after every read: o may be one of the parts */
       job->x->o[oo + d * p->o_stride[3]] = (float)acc[d];
@@ -71,17 +70,15 @@ static void merge_backward_item(void *ctx, int64_t item, int worker) {
     const int64_t lo = off3(p->lse_stride, b, h, i), oo = off3(p->o_stride, b, h, i);
     const attn__merge_tensors *x = job->x;
     const double lse = x->lse[lo], dl = x->dlse ? x->dlse[lo] : 0.0;
-    const float *of = x->o + oo, *dout = x->dout + off3(p->dout_stride, b, h, i);
+    const int64_t go = off3(p->dout_stride, b, h, i), so = p->o_stride[3], sg = p->dout_stride[3];
     for (int k = 0; k < job->n; k++) {
       const double lk = job->lse_parts[k][lo];
       const double wk = lk == -INFINITY || lse == -INFINITY ? 0.0 : exp(lk - lse);
-      const float *ok = job->o_parts[k] + oo;
-      float *dok = x->do_parts[k] + off3(p->dout_stride, b, h, i);
       double dot = 0.0;
-      for (int64_t d = 0; d < Dv; d++) {
-        const double g = dout[d * p->dout_stride[3]];
-        dok[d * p->dout_stride[3]] = (float)(wk * g);
-        if (wk != 0.0) dot += g * ((double)ok[d * p->o_stride[3]] - of[d * p->o_stride[3]]);
+      for (int64_t d = 0; d < Dv; d++) { /* indexed: O, dO may be NULL when Dv = 0 */
+        const double g = x->dout[go + d * sg];
+        x->do_parts[k][go + d * sg] = (float)(wk * g);
+        if (wk != 0.0) dot += g * ((double)job->o_parts[k][oo + d * so] - x->o[oo + d * so]);
       }
       if (x->dlse_parts) x->dlse_parts[k][lo] = (float)(wk * (dot + dl));
     }

@@ -307,9 +307,10 @@ static void sweep_backward(void) {
 
 static void test_errors(void) {
   enum { L = 6, D = 4 };
-  uint16_t kv[2 * L * D + 8];
+  /* K, V as fp16, then room for an fp32 O [L, D] (2·L·D halves) right after them */
+  _Alignas(16) uint16_t kv[4 * L * D];
   float q[L * D], o[L * D + 8], lse[L];
-  for (int i = 0; i < 2 * L * D + 8; i++)
+  for (int i = 0; i < 4 * L * D; i++)
     kv[i] = 0x3c00; /* 1.0 in fp16 */
   for (int i = 0; i < L * D; i++)
     q[i] = 0.25f * (float)(i % 5);

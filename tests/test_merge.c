@@ -262,6 +262,21 @@ static void check_rules_and_errors(void) {
   CHECK(attn_merge_backward(&p, 2, op, lp, o1, l1, o0, NULL, NULL, NULL) ==
             ATTN_STATUS_INVALID_ARGUMENT &&
         strstr(attn_last_error(), "do_parts"));
+
+  /* Dv = 0: every O-shaped tensor has no element and may be NULL; only the LSEs merge (found by
+   * fuzz_merge: the merge once offset the NULL pointers, undefined behaviour under UBSan) */
+  p.dim_v = 0;
+  const float *none[2] = {NULL, NULL};
+  float lz0[2] = {0.0f, -INFINITY}, lz1[2] = {0.0f, 2.0f}, lz[2], dl[2], dl0[2], dl1[2];
+  const float *lzp[2] = {lz0, lz1};
+  float *no_do[2] = {NULL, NULL}, *dlp[2] = {dl0, dl1};
+  CHECK(attn_merge(&p, 2, none, lzp, NULL, lz) == ATTN_STATUS_OK);
+  CHECK(fabsf(lz[0] - logf(2.0f)) < 1e-6f && lz[1] == 2.0f);
+  dl[0] = 1.0f, dl[1] = 3.0f;
+  float unused; /* dout has no element, but marks the call as a backward: it must not be NULL */
+  CHECK(attn_merge_backward(&p, 2, none, lzp, NULL, lz, &unused, dl, no_do, dlp) == ATTN_STATUS_OK);
+  CHECK(fabsf(dl0[0] - 0.5f) < 1e-6f && fabsf(dl1[0] - 0.5f) < 1e-6f); /* W_k·dLSE */
+  CHECK(dl0[1] == 0.0f && dl1[1] == 3.0f);
 }
 
 int main(void) {
