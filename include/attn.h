@@ -137,12 +137,12 @@ typedef enum attn_align {
 
 /*
  * Element types of the inputs Q, K and V (attn_params q_dtype, k_dtype, v_dtype; each input on its
- * own, e.g. an fp32 Q against an fp16 KV cache). A 16-bit tensor is passed as its bit patterns (an
- * array of uint16_t); strides stay in elements. Every fp16 and bf16 value is
- * exactly a float, so a call on 16-bit inputs gives bitwise the result of the same call on those
- * values widened to fp32 (attn_to_f32), on every kernel: what changes is the memory read — half
- * the bytes of K and V, which is what decode against a long KV cache is bound by. NaN and inf are
- * NaN and inf in every type, and the masking rules hold as for fp32.
+ * own, e.g. an fp32 Q against an fp16 KV cache). A 16-bit tensor is passed as its bit patterns
+ * (an array of uint16_t); strides stay in elements. Every fp16 and bf16 value is exactly a float,
+ * so a call on 16-bit inputs gives bitwise the result of the same call on those values widened to
+ * fp32 (attn_to_f32), on every kernel: what changes is the memory read — half the bytes of K and
+ * V, which is what decode against a long KV cache is bound by. NaN and inf are NaN and inf in
+ * every type, and the masking rules hold as for fp32. (attn_ring takes fp32 only.)
  */
 typedef enum attn_dtype {
   ATTN_DTYPE_F32 = 0,  /* float (the default) */

@@ -130,6 +130,7 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "%s: the fp32 copies of the 16-bit inputs overflow", fn);
   const void *src[3] = {q, k, v};
+  const char *const names[3] = {"q", "k", "v"};
   const void **dst[3] = {&w->q, &w->k, &w->v};
   attn_dtype *type[3] = {&c->q_dtype, &c->k_dtype, &c->v_dtype};
   int64_t *stride[3] = {c->q_stride, c->k_stride, c->v_stride};
@@ -145,11 +146,7 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
         free(w->buf[j]);
       return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                         "%s: could not allocate %lld bytes for the fp32 copy of %s (%s)", fn,
-                        (long long)n[i] * 4,
-                        i == 0   ? "q"
-                        : i == 1 ? "k"
-                                 : "v",
-                        attn_dtype_name(*type[i]));
+                        (long long)n[i] * 4, names[i], attn_dtype_name(*type[i]));
     }
   }
   for (int i = 0; i < 3; i++) {
