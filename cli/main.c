@@ -3,7 +3,7 @@
  *
  *   attn run --q Q.npy --k K.npy --v V.npy --out O.npy [options]   attention on .npy files
  *   attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy --dv DV.npy
- *             [--dbias DB.npy] [options of run]                    its gradients (backward)
+ *             [--dbias DB.npy] [--dsinks DS.npy] [options of run]  its gradients (backward)
  *   attn info                                                      version, CPU, kernels
  *
  * Exit status: 0 success; 2 bad usage or bad input (one line on stderr, no output file created or
@@ -28,9 +28,11 @@ static void usage(FILE *f) {
         "  attn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse LSE.npy] [--probs P.npy]\n"
         "           [--scale S] [--causal] [--align top-left|bottom-right] [--window LEFT,RIGHT]\n"
         "           [--kv-len N0,N1,...] [--mask M.npy] [--bias B.npy] [--softcap C]\n"
-        "           [--alibi SLOPES.npy] [--threads N] [--kernel auto|ref|generic|avx2|avx512]\n"
+        "           [--alibi SLOPES.npy] [--sinks SINKS.npy] [--threads N]\n"
+        "           [--kernel auto|ref|generic|avx2|avx512]\n"
         "  attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy\n"
-        "           --dv DV.npy [--dbias DB.npy] [--out O.npy] [--lse LSE.npy] [--probs P.npy]\n"
+        "           --dv DV.npy [--dbias DB.npy] [--dsinks DS.npy] [--out O.npy] [--lse LSE.npy]\n"
+        "           [--probs P.npy]\n"
         "           [every option of attn run]\n"
         "  attn info\n"
         "  attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME]\n"
@@ -43,12 +45,13 @@ static void usage(FILE *f) {
         "grad runs the forward, then the backward for dO = DO [B,Hq,Lq,Dv]: DQ, DK, DV have the\n"
         "shapes of Q, K, V; DB (needs --bias) has the bias file's shape.\n"
         "Mask (uint8/bool, non-zero = visible) and bias (float32) are 4-D and broadcast to\n"
-        "[B,Hq,Lq,Lk] (each dimension 1 or full); ALiBi slopes are float32 [Hq].\n"
+        "[B,Hq,Lq,Lk] (each dimension 1 or full); ALiBi slopes and sinks are float32 [Hq];\n"
+        "DS (--dsinks, needs --sinks) is the sinks' gradient, float32 [Hq].\n"
         "Exit status: 0 ok, 2 bad input (nothing written), 1 runtime failure.\n",
         f);
 }
 
-enum { N_OUTS = 7 };
+enum { N_OUTS = 8 };
 static int cmd_run(int argc, char **argv, int grad) {
   cli_command = grad ? "attn grad" : "attn run";
   run_opts o = {0};
@@ -59,12 +62,12 @@ static int cmd_run(int argc, char **argv, int grad) {
   out_file outs[N_OUTS] = {{"--out", NULL, NULL, NULL},   {"--lse", NULL, NULL, NULL},
                            {"--probs", NULL, NULL, NULL}, {"--dq", NULL, NULL, NULL},
                            {"--dk", NULL, NULL, NULL},    {"--dv", NULL, NULL, NULL},
-                           {"--dbias", NULL, NULL, NULL}};
+                           {"--dbias", NULL, NULL, NULL}, {"--dsinks", NULL, NULL, NULL}};
   int64_t *kv_len = NULL;
   float *bufs[N_OUTS] = {NULL};
   int rc = cli_parse_run_args(argc, argv, &o, usage);
   if (rc) return rc;
-  const char *paths[N_OUTS] = {o.out, o.lse, o.probs, o.dq, o.dk, o.dv, o.dbias};
+  const char *paths[N_OUTS] = {o.out, o.lse, o.probs, o.dq, o.dk, o.dv, o.dbias, o.dsinks};
   for (int a = 0; a < N_OUTS; a++) {
     outs[a].path = paths[a];
     for (int b = 0; b < a; b++)
@@ -89,8 +92,13 @@ static int cmd_run(int argc, char **argv, int grad) {
                                      {B, Hq, Lq, D},
                                      {B, Hkv, Lk, D},
                                      {B, Hkv, Lk, Dv},
-                                     {bs[0], bs[1], bs[2], bs[3]}};
-  const int ranks[N_OUTS] = {4, 3, 4, 4, 4, 4, 4};
+                                     {bs[0], bs[1], bs[2], bs[3]},
+                                     {Hq, 1, 1, 1}};
+  const int ranks[N_OUTS] = {4, 3, 4, 4, 4, 4, 4, 1};
+  if (o.dsinks && !o.sinks) {
+    rc = cli_fail(EXIT_BAD_INPUT, "--dsinks needs --sinks: there are no sinks to differentiate");
+    goto done;
+  }
   if (grad) {
     if ((rc = cli_load("--dout", o.dout, CLI_F32, 4, &dout))) goto done;
     if (memcmp(dout.shape, shapes[0], sizeof shapes[0]) != 0) {
@@ -119,6 +127,8 @@ static int cmd_run(int argc, char **argv, int grad) {
   if (st == ATTN_STATUS_OK && grad)
     st = attn_backward(&p, in.q.data, in.k.data, in.v.data, bufs[0], bufs[1], dout.data, bufs[3],
                        bufs[4], bufs[5], bufs[6]);
+  if (st == ATTN_STATUS_OK && grad && bufs[7])
+    st = attn_backward_sinks(&p, bufs[0], bufs[1], dout.data, bufs[7]);
   if (st != ATTN_STATUS_OK) {
     int code = (st == ATTN_STATUS_OUT_OF_MEMORY || st == ATTN_STATUS_INTERNAL) ? EXIT_RUNTIME
                                                                                : EXIT_BAD_INPUT;

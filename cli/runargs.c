@@ -86,6 +86,7 @@ void cli_inputs_free(inputs *in) {
   npy_free(&in->mask);
   npy_free(&in->bias);
   npy_free(&in->alibi);
+  npy_free(&in->sinks);
 }
 
 int cli_load(const char *flag, const char *path, unsigned dtypes, int ndim, npy_array *a) {
@@ -183,6 +184,7 @@ int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*cli_usage)(FIL
       {"--mask", &o->mask},
       {"--bias", &o->bias},
       {"--alibi", &o->alibi},
+      {"--sinks", &o->sinks},
       {"--scale", &o->scale},
       {"--align", &o->align},
       {"--window", &o->window},
@@ -195,8 +197,9 @@ int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*cli_usage)(FIL
       {"--dk", &o->dk},
       {"--dv", &o->dv},
       {"--dbias", &o->dbias},
+      {"--dsinks", &o->dsinks},
   };
-  const size_t n_valued = sizeof valued / sizeof valued[0] - (o->grad ? 0 : 5);
+  const size_t n_valued = sizeof valued / sizeof valued[0] - (o->grad ? 0 : 6); /* grad's own */
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--causal") == 0) {
@@ -307,6 +310,13 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
       return cli_fail(EXIT_BAD_INPUT, "--alibi: %" PRId64 " slopes given but Hq = %" PRId64,
                       in->alibi.shape[0], qs[1]);
     p->alibi_slopes = in->alibi.data;
+  }
+  if (o->sinks) {
+    if (cli_load("--sinks", o->sinks, CLI_F32, 1, &in->sinks)) return EXIT_BAD_INPUT;
+    if (in->sinks.shape[0] != qs[1])
+      return cli_fail(EXIT_BAD_INPUT, "--sinks: %" PRId64 " sinks given but Hq = %" PRId64,
+                      in->sinks.shape[0], qs[1]);
+    p->sinks = in->sinks.data;
   }
   if (o->threads) {
     int64_t t;

@@ -22,7 +22,7 @@ int cli_fail(int code, const char *fmt, ...)
     ;
 
 typedef struct inputs {
-  npy_array q, k, v, mask, bias, alibi;
+  npy_array q, k, v, mask, bias, alibi, sinks;
 } inputs;
 void cli_inputs_free(inputs *in);
 /* Reads path into *a and checks dtype and rank; messages name the flag. */
@@ -42,14 +42,14 @@ int cli_parse_shape(const char *s, int64_t *vals, int n, int *causal);
 
 /* The options of attn run (and, with grad = 1, attn grad). */
 typedef struct run_opts {
-  const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi;
+  const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi, *sinks;
   const char *scale, *align, *window, *kv_len, *softcap, *threads, *kernel;
-  const char *dout, *dq, *dk, *dv, *dbias; /* attn grad */
+  const char *dout, *dq, *dk, *dv, *dbias, *dsinks; /* attn grad */
   int causal, grad;
 } run_opts;
 int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*usage)(FILE *));
-/* Fills p from the options and the loaded Q, K, V (loading mask, bias, ALiBi); *kv_len gets the
- * malloc'ed lengths if given. */
+/* Fills p from the options and the loaded Q, K, V (loading mask, bias, ALiBi, sinks); *kv_len gets
+ * the malloc'ed lengths if given. */
 int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_len);
 /* malloc of a·b·c·d floats, NULL on overflow. */
 float *cli_alloc_floats(int64_t a, int64_t b, int64_t c, int64_t d);

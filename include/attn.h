@@ -68,10 +68,17 @@
  *   Then over the visible keys only: LSE_i = log Σ_j exp(s_ij), P_ij = exp(s_ij − LSE_i),
  *   O_i = Σ_j P_ij · v_j. Invisible keys have P_ij = 0.
  *
- * Rows with no visible key: O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN. A visible key
- * whose score is −inf (only infinite Q or K values make one) gets weight exactly 0 (its V enters
- * O as 0·V, as in a plain softmax: an infinite V there makes NaN); a row whose every visible score
- * is −inf has LSE = log 0 = −inf and is an empty row. A +inf or NaN score makes its row NaN.
+ * Attention sinks (sinks[h], optional; gpt-oss, StreamingLLM): every row of head h also sees one
+ * virtual key whose score is sinks[h] as given (no scale, softcap, ALiBi or bias) and whose value
+ * is zero: LSE_i = log(exp(sinks[h]) + Σ_j exp(s_ij)), P_ij = exp(s_ij − LSE_i) (P does not list
+ * the sink; a row's P sums to 1 − exp(sinks[h] − LSE_i)), O_i = Σ_j P_ij · v_j. A sink of −inf
+ * is no sink. A row with no visible key then has LSE = sinks[h], O = +0, P = 0.
+ *
+ * Rows with no visible key (and no sink): O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN. A
+ * visible key whose score is −inf (only infinite Q or K values make one) gets weight exactly 0 (its
+ * V enters O as 0·V, as in a plain softmax: an infinite V there makes NaN); a row whose every
+ * visible score is −inf has LSE = log 0 = −inf and is an empty row. A +inf or NaN score makes its
+ * row NaN.
  *
  * NaN: K, V and bias values of invisible keys are never read into the result (NaN or inf stored
  * there leaves the output bitwise unchanged). NaN in a visible value propagates to exactly the
@@ -197,6 +204,7 @@ typedef struct attn_params {
   float scale;               /* must be finite; 0 and negative are allowed */
   float softcap;             /* 0 = off; > 0: s = softcap · tanh(s / softcap) */
   const float *alibi_slopes; /* [heads_q] finite slopes, or NULL */
+  const float *sinks;        /* [heads_q] sink logits, each finite or −inf (none), or NULL */
 
   /* Visibility. */
   int causal;             /* 0 or 1 */
@@ -284,8 +292,9 @@ ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_p
  *     broadcast over; written with dbias_stride (set it to match, e.g. attn_strides_packed for
  *     [1, 1, Lq, Lk]). Entries of pairs that are never visible are 0.
  * Every feature of the forward is differentiated: masks, windows, kv_len, alignment, bias,
- * softcap (through tanh), ALiBi (a constant: slopes get no gradient), GQA, Dv ≠ D, strides.
- * Rows with no visible key (LSE = −inf) get dQ = 0 and add nothing to dK, dV or dBias; NaN or inf
+ * softcap (through tanh), ALiBi (a constant: slopes get no gradient), GQA, Dv ≠ D, strides, and
+ * sinks (through the LSE; the sinks' own gradient is attn_backward_sinks below).
+ * Rows with no visible key get dQ = 0 and add nothing to dK, dV or dBias; NaN or inf
  * stored at invisible positions of K, V or the bias never reaches a gradient (bitwise as if it
  * were not there). Deterministic: bitwise identical results for any thread count (fixed reduction
  * order, no atomics). Extra memory: O(threads · tile) plus Δ (B·Hq·Lq floats) and a partial dQ
@@ -301,6 +310,16 @@ ATTN_API attn_status attn_backward(const attn_params *p, const void *q, const vo
                                    const float *dout, float *dq, float *dk, float *dv,
                                    float *dbias);
 
+/*
+ * The gradient of the sink logits (p->sinks is required), from the forward's o, lse and
+ * dout = ∂L/∂O (o_stride, lse_stride, dout_stride):
+ *     dsinks[h] = −Σ_{b,i} exp(sinks[h] − LSE[b,h,i]) · Σ_d dO[b,h,i,d]·O[b,h,i,d]
+ * (the sink's weight times −Δ, summed over the rows of head h), overwritten, [heads_q] contiguous.
+ * 0 for a sink of −inf. Summed in double in (b, i) order: deterministic. Errors as attn_backward.
+ */
+ATTN_API attn_status attn_backward_sinks(const attn_params *p, const float *o, const float *lse,
+                                         const float *dout, float *dsinks);
+
 /* The extra memory (bytes) attn_backward allocates for this call (with_dbias: whether dbias will
  * be requested). Validates p like attn_backward, without pointers. */
 ATTN_API attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias,
@@ -313,7 +332,8 @@ ATTN_API attn_status attn_backward_scratch_bytes(const attn_params *p, int with_
  * of one call over the union of the keys:
  *     LSE = log Σ_k exp(LSE_k),   O = Σ_k exp(LSE_k − LSE) · O_k      (per row, fp64 inside)
  * Parts with LSE_k = −inf (no visible key) contribute nothing, so an empty part never matters and
- * a row empty in every part gives O = +0, LSE = −inf; a NaN LSE_k makes the row NaN.
+ * a row empty in every part gives O = +0, LSE = −inf; a NaN LSE_k makes the row NaN. With
+ * attention sinks, give p->sinks to exactly one part's call (the sink is one more key).
  *   p: the parameters of the per-part calls; only batch, heads_q, len_q, dim_v, o_stride,
  *     lse_stride (for every part and for the outputs), threads and the validity of the rest are
  *     used. n_parts in [0, ATTN_MAX_MERGE_PARTS].

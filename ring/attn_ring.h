@@ -20,8 +20,9 @@
  * tensors, scale, softcap, causal, align, kv_len (global key lengths per batch item), threads,
  * kernel. Grouped-query heads, per-batch key lengths and both alignments are honoured across
  * shards. Not supported across shards (ATTN_STATUS_UNSUPPORTED): mask, bias, window, ALiBi — each
- * needs per-pair data or key positions that a shard's call does not see; and 16-bit inputs (the
- * ring passes fp32 K/V blocks). L/N must be even for causal (two chunks per rank).
+ * needs per-pair data or key positions that a shard's call does not see; sinks (every block's
+ * call would count the sink); and 16-bit inputs (the ring passes fp32 K/V blocks). L/N must be even
+ * for causal (two chunks per rank).
  *
  * Errors: every rank checks its arguments and the ranks compare shapes and options; if any rank
  * fails, every rank returns the same status with a message (attn_last_error()) — never a hang, as

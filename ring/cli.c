@@ -9,7 +9,8 @@
  * against it. Rank 0 reads the inputs, checks them, scatters each rank's shard of the sequence
  * (attn_ring_shard_rows), and gathers and writes the outputs (temporary files renamed at the
  * end); the other ranks are silent. Self-attention only (Lq = Lk = L, L a multiple of N, and of 2N
- * for --causal); --mask, --bias, --window, --alibi, --probs and --dbias are refused (exit 2).
+ * for --causal); --mask, --bias, --window, --alibi, --sinks, --probs, --dbias and --dsinks are
+ * refused (exit 2).
  * Exit status as attn: 0, 2 bad input (nothing written), 1 runtime failure; the same on every rank.
  */
 #include "attn_ring.h"
@@ -26,7 +27,8 @@ static void usage(FILE *f) {
   fputs("usage: mpirun -np N attn-ring run|grad [the options of attn run / attn grad]\n"
         "       mpirun -np N attn-ring bench [--shape B,H,L,D[,causal]] [--reps N] [--threads N]\n"
         "  self-attention over N ranks: Lq = Lk = L, L a multiple of N (of 2N with --causal);\n"
-        "  --mask, --bias, --window, --alibi, --probs and --dbias are not available.\n",
+        "  --mask, --bias, --window, --alibi, --sinks, --probs, --dbias and --dsinks are not\n"
+        "  available.\n",
         f);
 }
 
@@ -113,9 +115,11 @@ static int prepare(const run_opts *o, inputs *in, npy_array *dout, attn_params *
       (rc = cli_load("--k", o->k, CLI_F32, 4, &in->k)) ||
       (rc = cli_load("--v", o->v, CLI_F32, 4, &in->v)) || (rc = cli_configure(o, in, p, kv_len)))
     return rc;
-  const char *refused[][2] = {{"--mask", o->mask},   {"--bias", o->bias},   {"--window", o->window},
-                              {"--alibi", o->alibi}, {"--probs", o->probs}, {"--dbias", o->dbias}};
-  for (int i = 0; i < 6; i++)
+  const char *refused[][2] = {{"--mask", o->mask},     {"--bias", o->bias},
+                              {"--window", o->window}, {"--alibi", o->alibi},
+                              {"--probs", o->probs},   {"--dbias", o->dbias},
+                              {"--sinks", o->sinks},   {"--dsinks", o->dsinks}};
+  for (int i = 0; i < 8; i++)
     if (refused[i][1])
       return cli_fail(EXIT_BAD_INPUT,
                       "%s is not available across ranks (per-pair data, key positions or the "

@@ -130,6 +130,10 @@ static attn_status check_local(const attn_params *p, int ranks) {
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: mask, bias, window and ALiBi are not supported across shards "
                      "(they need per-pair data or key positions a shard's call does not see)");
+  if (p->sinks)
+    return ring_fail(ATTN_STATUS_UNSUPPORTED,
+                     "attn_ring: sinks are not supported across shards (each block's call would "
+                     "count the sink again)");
   if (p->q_dtype != ATTN_DTYPE_F32 || p->k_dtype != ATTN_DTYPE_F32 || p->v_dtype != ATTN_DTYPE_F32)
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: q_dtype, k_dtype and v_dtype (%s, %s, %s) must be f32: the ring "

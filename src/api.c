@@ -228,6 +228,18 @@ attn_status attn_backward(const attn_params *p, const void *q, const void *k, co
   return st;
 }
 
+attn_status attn_backward_sinks(const attn_params *p, const float *o, const float *lse,
+                                const float *dout, float *dsinks) {
+  attn__problem pr;
+  attn__clear_error();
+  attn_status st = attn__check_sinks_backward("attn_backward_sinks", p, o, lse, dout, dsinks, &pr);
+  if (st != ATTN_STATUS_OK) return st;
+  attn_params c;
+  copy_params(p, &c); /* zero strides for tensors with no element: never offset from NULL */
+  pr.p = &c;
+  return attn__backward_sinks(&pr, or_empty(o), or_empty(lse), or_empty(dout), dsinks);
+}
+
 attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias, size_t *bytes) {
   attn__problem pr;
   attn__clear_error();

@@ -158,6 +158,12 @@ static attn_status check_options(const char *fn, const attn_params *p) {
         return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                           "%s: alibi_slopes[%" PRId64 "] (%g) must be finite", fn, h,
                           (double)p->alibi_slopes[h]);
+  if (p->sinks)
+    for (int64_t h = 0; h < p->heads_q; h++)
+      if (isnan(p->sinks[h]) || p->sinks[h] == INFINITY)
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: sinks[%" PRId64 "] (%g) must be finite or -inf (no sink)", fn, h,
+                          (double)p->sinks[h]);
   int uses_position =
       p->causal || p->window_left >= 0 || p->window_right >= 0 || p->alibi_slopes != NULL;
   int positions_differ = p->len_q != p->len_k || p->kv_len != NULL;
@@ -306,6 +312,27 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
   if ((st = check_tensors(fn, t, present, N_TENSORS, DQ, check_pointers)) != ATTN_STATUS_OK)
     return st;
   return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
+}
+
+attn_status attn__check_sinks_backward(const char *fn, const attn_params *p, const float *o,
+                                       const float *lse, const float *dout, const float *dsinks,
+                                       attn__problem *pr) {
+  attn_status st = check_params(fn, p, pr);
+  if (st != ATTN_STATUS_OK) return st;
+  if (!p->sinks)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: p->sinks is NULL: there are no sinks to differentiate", fn);
+  const int64_t B = p->batch, Hq = p->heads_q, Lq = p->len_q, Dv = p->dim_v;
+  static const int64_t unit[4] = {1, 0, 0, 0};
+  enum { O, LSE, DOUT, DSINKS, N_TENSORS };
+  tensor_desc t[N_TENSORS] = {
+      [O] = {"o", "o_stride", o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
+      [DOUT] = {"dout", "dout_stride", dout, 4, {B, Hq, Lq, Dv}, p->dout_stride, 4, 0, 0, 0, 0, 0},
+      [DSINKS] = {"dsinks", "(contiguous)", dsinks, 1, {Hq, 1, 1, 1}, unit, 4, 1, 0, 0, 0, 0},
+  };
+  const int present[N_TENSORS] = {1, 1, 1, 1};
+  return check_tensors(fn, t, present, N_TENSORS, DSINKS, 1);
 }
 
 attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__merge_tensors *x,

@@ -51,6 +51,11 @@ typedef struct attn__bwd_tensors {
 attn_status attn__check_backward(const char *fn, const attn_params *p, const attn__bwd_tensors *t,
                                  int check_pointers, attn__problem *pr);
 
+/* Validates every argument of attn_backward_sinks. */
+attn_status attn__check_sinks_backward(const char *fn, const attn_params *p, const float *o,
+                                       const float *lse, const float *dout, const float *dsinks,
+                                       attn__problem *pr);
+
 /* The tensors of one attn_merge (dout == NULL) or attn_merge_backward call. */
 typedef struct attn__merge_tensors {
   int n_parts;
@@ -128,6 +133,10 @@ attn__fwd_fn attn__kernel_fwd(attn_kernel kernel);
 attn__scratch_fn attn__kernel_scratch(attn_kernel kernel);
 attn__bwd_fn attn__kernel_bwd(attn_kernel kernel);
 attn__scratch_fn attn__kernel_bwd_scratch(attn_kernel kernel);
+
+/* attn_backward_sinks on validated tensors (sinks.c). */
+attn_status attn__backward_sinks(const attn__problem *pr, const float *o, const float *lse,
+                                 const float *dout, float *dsinks);
 
 /* attn_merge and attn_merge_backward on validated tensors (merge.c). */
 attn_status attn__merge(const attn__problem *pr, const attn__merge_tensors *x);

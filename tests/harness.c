@@ -274,6 +274,13 @@ void tcase_make(tcase *c, const tspec *s) {
       c->alibi[h] = 0.5f / (float)(1 << (h % 8)); /* 2^-h/2 */
     p->alibi_slopes = c->alibi;
   }
+  if (s->sinks) {
+    static const float values[4] = {0.75f, -INFINITY, 3.0f, -2.0f};
+    c->sinks = malloc(sizeof(float) * (size_t)(s->Hq + 1));
+    for (int64_t h = 0; h < s->Hq; h++)
+      c->sinks[h] = values[h % 4];
+    p->sinks = c->sinks;
+  }
   if (s->kv_len) {
     c->kv_len = malloc(sizeof(int64_t) * (size_t)(s->B + 1));
     for (int64_t b = 0; b < s->B; b++)
@@ -367,6 +374,7 @@ void tcase_free(tcase *c) {
   tbuf_free(&c->mask); /* zeroed when absent; allocated even when it has no elements */
   tbuf_free(&c->bias);
   free(c->alibi);
+  free(c->sinks);
   free(c->kv_len);
 }
 
@@ -375,10 +383,10 @@ const char *tcase_label(const tcase *c, char *buf, size_t size) {
   snprintf(buf, size,
            "B=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 " Lq=%" PRId64 " Lk=%" PRId64 " D=%" PRId64
            " Dv=%" PRId64 " layout=%d causal=%d align=%d window=(%" PRId64 ",%" PRId64
-           ") kv_len=%d mask=%d bias=%d softcap=%g alibi=%d scale=%s%g seed=%" PRIu64,
+           ") kv_len=%d mask=%d bias=%d softcap=%g alibi=%d sinks=%d scale=%s%g seed=%" PRIu64,
            s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->Dv, s->layout, s->causal, (int)s->align,
            s->window_left, s->window_right, s->kv_len, s->mask, s->bias, (double)s->softcap,
-           s->alibi, s->has_scale ? "" : "default/", (double)s->scale, s->seed);
+           s->alibi, s->sinks, s->has_scale ? "" : "default/", (double)s->scale, s->seed);
   return buf;
 }
 
@@ -495,7 +503,9 @@ void oracle_forward(const attn_params *p, const float *q, const float *k, const 
             m = x;
         }
         if (has_nan) m = NAN;
-        if (n_vis == 0) {
+        const double sink = p->sinks ? (double)p->sinks[h] : -INFINITY; /* a score, value 0 */
+        if (!has_nan && sink > m) m = sink;
+        if (n_vis == 0 && sink == -INFINITY) {
           for (int64_t d = 0; d < Dv; d++)
             o[row * Dv + d] = 0.0;
           if (lse) lse[row] = -INFINITY;
@@ -504,7 +514,7 @@ void oracle_forward(const attn_params *p, const float *q, const float *k, const 
               probs[row * Lk + j] = 0.0;
           continue;
         }
-        double z = 0;
+        double z = sink == -INFINITY ? 0 : exp(sink - m);
         for (int64_t j = 0; j < Lk; j++)
           if (vis[j]) z += exp(s[j] - m);
         for (int64_t d = 0; d < Dv; d++) {
@@ -572,6 +582,10 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
             m = x;
         }
         if (has_nan) m = NAN;
+        const float sink = p->sinks ? p->sinks[h] : -INFINITY; /* one more score, value 0 */
+        const int rows_out = n_vis > 0 || sink != -INFINITY;   /* else: the empty row */
+        if (order != 2 && !has_nan && sink > m) m = sink;
+        if (order != 2 && sink != -INFINITY) z = expf(sink - m);
         if (order == 2) { /* online softmax, one key at a time (Milakov & Gimelshein) */
           float mo = -INFINITY;
           for (int64_t d = 0; d < Dv; d++)
@@ -587,8 +601,15 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
                                                   j * p->v_stride[2] + d * p->v_stride[3]];
             mo = mn;
           }
+          if (sink != -INFINITY && !isnan(mo)) { /* the sink, last */
+            const float mn = sink > mo ? sink : mo, alpha = expf(mo - mn);
+            z = z * alpha + expf(sink - mn);
+            for (int64_t d = 0; d < Dv; d++)
+              o[row * Dv + d] *= alpha;
+            m = mo = mn;
+          }
           for (int64_t d = 0; d < Dv; d++)
-            o[row * Dv + d] = n_vis ? o[row * Dv + d] / z : 0.0f;
+            o[row * Dv + d] = rows_out ? o[row * Dv + d] / z : 0.0f;
         } else {
           for (int64_t j = 0; j < Lk; j++)
             if (vis[j]) z += expf(s[j] - m);
@@ -598,10 +619,10 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
               if (vis[j])
                 acc += expf(s[j] - m) * v[b * p->v_stride[0] + hk * p->v_stride[1] +
                                           j * p->v_stride[2] + d * p->v_stride[3]];
-            o[row * Dv + d] = n_vis ? acc / z : 0.0f;
+            o[row * Dv + d] = rows_out ? acc / z : 0.0f;
           }
         }
-        if (lse) lse[row] = n_vis ? m + logf(z) : -INFINITY;
+        if (lse) lse[row] = rows_out ? m + logf(z) : -INFINITY;
         if (probs)
           for (int64_t j = 0; j < Lk; j++)
             probs[row * Lk + j] = vis[j] ? expf(s[j] - m) / z : 0.0f;
@@ -769,6 +790,7 @@ static void f_bias_bcast(tspec *s) { s->bias = BIAS_BCAST; }
 static void f_bias_neginf(tspec *s) { s->bias = BIAS_NEGINF; }
 static void f_softcap(tspec *s) { s->softcap = 1.5f, s->q_mul = 3.0f; }
 static void f_alibi(tspec *s) { s->alibi = 1; }
+static void f_sinks(tspec *s) { s->sinks = 1; }
 static void f_scale(tspec *s) { s->has_scale = 1, s->scale = -0.7f; }
 
 const t_feature t_features[] = {
@@ -787,6 +809,7 @@ const t_feature t_features[] = {
     {"bias_neginf", f_bias_neginf},
     {"softcap", f_softcap},
     {"alibi", f_alibi},
+    {"sinks", f_sinks},
     {"scale", f_scale},
 };
 const int t_n_features = (int)(sizeof t_features / sizeof t_features[0]);

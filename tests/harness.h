@@ -112,6 +112,7 @@ typedef struct tspec {
   int bias;   /* BIAS_* */
   float softcap;
   int alibi;
+  int sinks; /* per-head sink logits (0.75, −inf, 3, −2 repeating) */
   int has_scale;
   float scale;
   float q_mul, k_mul; /* input magnitudes (1 = N(0,1)) */
@@ -143,7 +144,7 @@ typedef struct tcase {
   attn_params p;
   tbuf q, k, v, mask, bias;
   tbuf q16, k16, v16; /* 16-bit copies (tcase_set_types), run when p's q/k/v_dtype say so */
-  float *alibi;
+  float *alibi, *sinks;
   int64_t *kv_len;
 } tcase;
 

@@ -176,6 +176,8 @@ void baseline_backward(const attn_params *p, int order, const float *q, const fl
                                 : 0.0f;
           m = isnan(s[j]) || isnan(m) ? NAN : (s[j] > m ? s[j] : m);
         }
+        const float sink = p->sinks ? p->sinks[h] : -INFINITY; /* one more score, value 0 */
+        if (!isnan(m) && sink > m) m = sink;
         if (m == -INFINITY) continue;
         const int rev = order == 1;
         float sum = 0.0f, delta = 0.0f;
@@ -183,6 +185,7 @@ void baseline_backward(const attn_params *p, int order, const float *q, const fl
           const int64_t j = rev ? Lk - 1 - j0 : j0;
           if (vis[j]) sum += pw[j] = expf(s[j] - m);
         }
+        if (sink != -INFINITY) sum += expf(sink - m);
         const float lse = m + logf(sum);
         for (int64_t j0 = 0; j0 < Lk; j0++) {
           const int64_t j = rev ? Lk - 1 - j0 : j0;

@@ -96,6 +96,27 @@ static void check_ref_fd(tspec s) {
     tbuf bias_view = c.bias;
     ok &= fd_check(&c, &bias_view, r.dbias, w, o, "dBias");
   }
+  if (c.p.sinks) { /* attn_backward_sinks against central differences in each sink */
+    float ds[64];
+    CHECKF(attn_backward_sinks(&c.p, tbuf_f32(&g.o), tbuf_f32(&g.lse), tbuf_f32(&g.dout), ds) ==
+               ATTN_STATUS_OK,
+           "attn_backward_sinks: %s", attn_last_error());
+    for (int64_t h = 0; h < s.Hq && h < 64; h++) {
+      const float x0 = c.sinks[h];
+      double fd = 0;
+      if (x0 != -INFINITY) {
+        const double eps = 0x1p-10;
+        c.sinks[h] = x0 + (float)eps;
+        const double lp = loss(&c, w, o);
+        c.sinks[h] = x0 - (float)eps;
+        const double lm = loss(&c, w, o);
+        c.sinks[h] = x0;
+        fd = (lp - lm) / (2 * eps);
+      }
+      CHECKF(fabs(fd - ds[h]) <= 2e-4 * (1 + fabs(fd)) && (x0 != -INFINITY || ds[h] == 0.0f),
+             "dsinks[%lld] = %.9g, finite difference %.9g", (long long)h, (double)ds[h], fd);
+    }
+  }
   CHECKF(ok, "ref backward equals finite differences of the fp64 forward");
   free(w), free(o);
   tgrads_free(&r);
@@ -115,7 +136,7 @@ static void test_ref_fd(void) {
   }
   tspec s = tspec_shape(1, 4, 2, 4, 7, 5, 2); /* GQA, everything at once */
   s.causal = 1, s.align = ATTN_ALIGN_TOP_LEFT, s.window_left = 3, s.mask = MASK_FULL;
-  s.bias = BIAS_BCAST, s.softcap = 2.0f, s.alibi = 1, s.kv_len = 1;
+  s.bias = BIAS_BCAST, s.softcap = 2.0f, s.alibi = 1, s.kv_len = 1, s.sinks = 1;
   check_ref_fd(s);
 }
 
@@ -177,7 +198,7 @@ static void sweep_features(void) {
         s.layout = n % N_LAYOUTS;
         s.align = (attn_align)align;
         s.causal = 1, s.window_left = 40, s.window_right = 10, s.kv_len = 1;
-        s.mask = mk, s.bias = bk, s.softcap = 5.0f, s.alibi = 1;
+        s.mask = mk, s.bias = bk, s.softcap = 5.0f, s.alibi = 1, s.sinks = n % 2;
         check_all(&s, 1);
       }
   }

@@ -140,6 +140,10 @@ static void check_case_f16(const tspec *s, const char *extra, int f16) {
     ADD(" --alibi %s", path("alibi.npy"));
   }
   if (s->has_scale) ADD(" --scale %.9g", (double)s->scale);
+  if (s->sinks) {
+    write_npy("sinks.npy", c.sinks, NPY_F32, 1, &s->Hq);
+    ADD(" --sinks %s", path("sinks.npy"));
+  }
 #undef ADD
   unlink(path("o.npy")), unlink(path("lse.npy")), unlink(path("p.npy"));
   int rc = run_attn("run --q %s --k %s --v %s --out %s --lse %s --probs %s%s %s", path("q.npy"),
@@ -200,6 +204,8 @@ static void test_good_runs(void) {
   s = base, s.alibi = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
   check_case(&s, "");
   s = base, s.has_scale = 1, s.scale = -0.3f;
+  check_case(&s, "");
+  s = base, s.sinks = 1, s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
   check_case(&s, "");
   s = base, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.kv_len = 1, s.mask = MASK_KEYPAD,
   s.bias = BIAS_NEGINF, s.softcap = 8.0f, s.alibi = 1, s.window_left = 20;
@@ -394,6 +400,11 @@ static void check_grad(const tspec *s) {
     snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --bias %s --dbias %s",
              path("bias.npy"), path("db.npy"));
   }
+  if (s->sinks) {
+    write_npy("sinks.npy", c.sinks, NPY_F32, 1, &s->Hq);
+    snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --sinks %s --dsinks %s",
+             path("sinks.npy"), path("ds.npy"));
+  }
   int rc = run_attn("grad --q %s --k %s --v %s --dout %s --dq %s --dk %s --dv %s --out %s%s",
                     path("q.npy"), path("k.npy"), path("v.npy"), path("do.npy"), path("dq.npy"),
                     path("dk.npy"), path("dv.npy"), path("o.npy"), flags);
@@ -412,6 +423,13 @@ static void check_grad(const tspec *s) {
     CHECK(dv && memcmp(dv, want.dv, want.nv * sizeof(float)) == 0);
     CHECK(o && memcmp(o, o_lib, (size_t)tbuf_count(&g.o) * sizeof(float)) == 0);
     CHECK(!s->bias || (db && memcmp(db, want.dbias, want.nb * sizeof(float)) == 0));
+    if (s->sinks) { /* the library's attn_backward_sinks on the same O, LSE and dO */
+      float *ds = read_f32("ds.npy", 1, &s->Hq), want_ds[16];
+      CHECK(s->Hq <= 16 && attn_backward_sinks(&c.p, tbuf_f32(&g.o), tbuf_f32(&g.lse),
+                                               tbuf_f32(&g.dout), want_ds) == ATTN_STATUS_OK);
+      CHECK(ds && memcmp(ds, want_ds, sizeof(float) * (size_t)s->Hq) == 0);
+      free(ds);
+    }
     free(dq), free(dk), free(dv), free(o), free(db), free(o_lib);
   }
   CHECK(tmp_files_left() == 0);
@@ -424,6 +442,8 @@ static void test_grad(void) {
   tspec s = tspec_shape(2, 4, 2, 37, 53, 16, 12);
   check_grad(&s);
   s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.bias = BIAS_BCAST;
+  check_grad(&s);
+  s.sinks = 1;
   check_grad(&s);
   /* bad grad input: exit 2, nothing written */
   const int64_t qs[4] = {1, 2, 5, 4}, ks[4] = {1, 2, 7, 4}, os[4] = {1, 2, 5, 4},
@@ -447,6 +467,9 @@ static void test_grad(void) {
   snprintf(args, sizeof args, "grad %s --dout %s --dq %%s --dk %s --dv %s --dbias %s", base,
            path("do.npy"), path("new.npy"), path("dv_new.npy"), path("db_new.npy"));
   expect_bad("--dbias without --bias", args, "--bias");
+  snprintf(args, sizeof args, "grad %s --dout %s --dq %%s --dk %s --dv %s --dsinks %s", base,
+           path("do.npy"), path("new.npy"), path("dv_new.npy"), path("db_new.npy"));
+  expect_bad("--dsinks without --sinks", args, "--sinks");
   snprintf(args, sizeof args, "run %s --out %%s --dq %s", base, path("new.npy"));
   expect_bad("run does not take gradient flags", args, "--dq");
   CHECK(access(path("dv_new.npy"), F_OK) != 0 && access(path("db_new.npy"), F_OK) != 0);

@@ -85,7 +85,7 @@ static void sweep_features(void) {
         s.layout = n % N_LAYOUTS;
         s.align = (attn_align)align;
         s.causal = 1, s.window_left = 40, s.window_right = 10, s.kv_len = 1;
-        s.mask = mk, s.bias = bk, s.softcap = 5.0f, s.alibi = 1;
+        s.mask = mk, s.bias = bk, s.softcap = 5.0f, s.alibi = 1, s.sinks = n % 2;
         check_all_kernels(&s, 1);
       }
   }
@@ -147,7 +147,7 @@ static void sweep_decode(void) {
       s.layout = n % N_LAYOUTS;
       check_all_kernels(&s, 0);
       s.causal = 0, s.window_left = 700, s.window_right = 0, s.mask = 1 + n % 4;
-      s.bias = 1 + n % 3, s.alibi = n % 2, s.softcap = n % 3 ? 0.0f : 6.0f;
+      s.bias = 1 + n % 3, s.alibi = n % 2, s.softcap = n % 3 ? 0.0f : 6.0f, s.sinks = n % 2;
       check_all_kernels(&s, 0);
     }
 }
@@ -171,6 +171,7 @@ static void sweep_few_items(void) {
       check_all_kernels(&s, 0);
       s.causal = 0, s.window_left = 300 + 200 * (n % 3), s.window_right = 7 * (n % 2);
       s.mask = 1 + n % 4, s.bias = 1 + n % 3, s.alibi = n % 2, s.softcap = n % 3 ? 0.0f : 6.0f;
+      s.sinks = (n + 1) % 2;
       check_all_kernels(&s, 0);
     }
 }

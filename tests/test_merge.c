@@ -293,7 +293,9 @@ int main(void) {
     t.align = ATTN_ALIGN_BOTTOM_RIGHT;
     t.layout = f % N_LAYOUTS;
     t_features[f].fn(&t);
-    if (t.alibi) continue; /* ALiBi needs key positions, which a part's call does not have */
+    /* ALiBi needs key positions, which a part's call does not have; a sink belongs to one part
+     * only (checked below) */
+    if (t.alibi || t.sinks) continue;
     check_merge(t, 4, cuts4);
     check_split_backward(t, 3, cuts3);
   }

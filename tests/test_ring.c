@@ -163,7 +163,13 @@ static void check_errors(void) {
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "k_dtype"),
          "16-bit K is unsupported across shards: %s", attn_ring_last_error());
-  p.k_dtype = ATTN_DTYPE_F32, p.causal = 1, p.len_q = p.len_k = LL - 1;
+  p.k_dtype = ATTN_DTYPE_F32;
+  const float sinks[H] = {0.5f, -1.0f};
+  p.sinks = sinks;
+  st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
+  CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "sinks"),
+         "sinks are unsupported across shards: %s", attn_ring_last_error());
+  p.sinks = NULL, p.causal = 1, p.len_q = p.len_k = LL - 1;
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_INVALID_ARGUMENT && strstr(attn_ring_last_error(), "even"),
          "causal needs an even local length: %s", attn_ring_last_error());

@@ -3,7 +3,8 @@
  * every kernel, plus metamorphic properties that need no oracle: empty rows; NaN/inf behind every
  * kind of mask; visible NaN propagation; −FLT_MAX bias is data; causal prefix property; GQA =
  * explicit head repetition; infinite scores; P rows sum to 1; causal flag = explicit mask; default
- * scale = explicit scale; batched = per item; Lk = 1; scale 0 averages.
+ * scale = explicit scale; batched = per item; Lk = 1; scale 0 averages; attention sinks (−inf =
+ * none, bitwise; empty rows give LSE = sink; P sums to 1 − the sink's weight; invalid values).
  */
 #include "harness.h"
 
@@ -467,6 +468,83 @@ static void test_probs_and_simple(attn_kernel kern) {
   tcase_free(&c);
 }
 
+/* ---- attention sinks ---- */
+static void test_sinks(attn_kernel kern) {
+  tspec s = tspec_shape(2, 4, 2, 37, 150, 16, 8);
+  s.kv_len = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT; /* batch 0 has kv_len 0 */
+  s.mask = MASK_FULL;                                            /* and fully masked rows */
+  tcase c;
+  tcase_make(&c, &s);
+  const float *none = NULL;
+  tresult plain = t_run_gather(&c, kern, 2);
+  float sinks[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  c.p.sinks = sinks; /* every sink −inf: no sink, bitwise */
+  tresult off = t_run_gather(&c, kern, 2);
+  CHECKF(tresult_same(&plain, &off), "sinks of -inf differ from no sinks (%s)",
+         attn_kernel_name(kern));
+  sinks[0] = 0.5f, sinks[1] = -3.0f, sinks[2] = 2.0f, sinks[3] = 80.0f;
+  tresult r = t_run_gather(&c, kern, 2);
+  size_t bad_empty = 0, bad_sum = 0, bad_big = 0, n_empty = 0;
+  for (int64_t b = 0; b < 2; b++)
+    for (int64_t h = 0; h < 4; h++)
+      for (int64_t i = 0; i < 37; i++) {
+        const size_t row = (size_t)((b * 4 + h) * 37 + i);
+        double sum = 0, omax = 0;
+        for (size_t j = 0; j < 150; j++)
+          sum += r.probs[row * 150 + j];
+        for (size_t d = 0; d < 8; d++)
+          omax = fmax(omax, fabs(r.o[row * 8 + d]));
+        if (plain.lse[row] == -INFINITY) { /* no visible key: LSE = sink, O = +0, P = 0 */
+          n_empty++;
+          bad_empty += r.lse[row] != sinks[h] || sum != 0.0 || omax != 0.0;
+          for (size_t d = 0; d < 8; d++)
+            bad_empty += signbit(r.o[row * 8 + d]) != 0;
+          continue;
+        }
+        /* P sums to 1 minus the sink's weight; the sink's weight is exp(sink − LSE) */
+        bad_sum += fabs(sum - (1.0 - exp((double)sinks[h] - r.lse[row]))) > 1e-5;
+        /* LSE = log(exp(LSE without the sink) + exp(sink)) */
+        const double want = log(exp((double)plain.lse[row] - sinks[h]) + 1.0) + sinks[h];
+        bad_sum += fabs(r.lse[row] - want) > 1e-5 * (1 + fabs(want));
+        if (h == 3) bad_big += omax > 1e-20; /* a sink of 80 takes nearly all the weight */
+      }
+  CHECKF(n_empty > 0 && bad_empty == 0, "%zu of %zu empty rows wrong with sinks (%s)", bad_empty,
+         n_empty, attn_kernel_name(kern));
+  CHECKF(bad_sum == 0, "%zu rows' P or LSE wrong with sinks (%s)", bad_sum, attn_kernel_name(kern));
+  CHECKF(bad_big == 0, "%zu rows under a sink of 80 have |O| > 1e-20 (%s)", bad_big,
+         attn_kernel_name(kern));
+  /* invalid sinks: named, nothing written */
+  touts out;
+  touts_make(&out, &c, 1, 0);
+  const float bad_values[2] = {NAN, INFINITY};
+  for (int v = 0; v < 2; v++) {
+    sinks[2] = bad_values[v];
+    CHECK(t_run(&c, kern, 1, &out) == ATTN_STATUS_INVALID_ARGUMENT &&
+          strstr(attn_last_error(), "sinks[2]") != NULL);
+    CHECK(tbuf_check_output(&out.o, "o", 0));
+  }
+  sinks[2] = 2.0f;
+  /* attn_backward_sinks: needs sinks and a dsinks that overlaps nothing */
+  float ds[4] = {7, 7, 7, 7};
+  c.p.sinks = none;
+  CHECK(attn_backward_sinks(&c.p, r.o, r.lse, r.o, ds) == ATTN_STATUS_INVALID_ARGUMENT &&
+        strstr(attn_last_error(), "sinks is NULL") && ds[0] == 7);
+  c.p.sinks = sinks;
+  attn_params packed = c.p; /* r holds packed outputs */
+  attn_strides_packed(packed.o_stride, 4, 37, 8);
+  attn_strides_packed(packed.dout_stride, 4, 37, 8);
+  packed.lse_stride[0] = 4 * 37, packed.lse_stride[1] = 37, packed.lse_stride[2] = 1;
+  CHECK(attn_backward_sinks(&packed, r.o, r.lse, r.o, NULL) == ATTN_STATUS_INVALID_ARGUMENT &&
+        strstr(attn_last_error(), "dsinks is NULL"));
+  CHECK(attn_backward_sinks(&packed, r.o, r.lse, r.o, r.o + 3) == ATTN_STATUS_INVALID_ARGUMENT &&
+        strstr(attn_last_error(), "overlaps"));
+  CHECK(attn_backward_sinks(&packed, r.o, r.lse, r.o, ds) == ATTN_STATUS_OK);
+  CHECK(!isnan(ds[3]) && !isinf(ds[3])); /* the gradient of the sink of 80 is a number */
+  touts_free(&out);
+  tresult_free(&plain), tresult_free(&off), tresult_free(&r);
+  tcase_free(&c);
+}
+
 int main(void) {
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
     const attn_kernel kern = (attn_kernel)k;
@@ -483,6 +561,7 @@ int main(void) {
     test_gqa(kern);
     test_equivalences(kern);
     test_probs_and_simple(kern);
+    test_sinks(kern);
   }
   return t_finish("test_rules");
 }

@@ -21,7 +21,8 @@
  * On a ragged tile (rows that see different keys of it: the causal diagonal, window edges) steps
  * 2, 4 and 5 run per group of GROUP_ROWS rows over the nr-aligned columns the group can see, so
  * the triangle of a causal diagonal tile that no row sees is not computed (2–3 % of a causal call).
- * then O = acc / l and LSE = m + log l, with the empty-row rule (l = 0 → O = +0, LSE = −inf).
+ * then O = acc / l and LSE = m + log l, with the empty-row rule (l = 0 → O = +0, LSE = −inf); an
+ * attention sink is folded in first (fold_sink: one more term of l, with no value).
  * If P is requested, a second sweep recomputes S per tile and writes exp(S − m) / l.
  *
  * Extra memory: one scratch block per worker, O(br·D + bc·(D + Dv) + br·bc + br·Dv), never
@@ -483,9 +484,21 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   }
 }
 
-/* Writes O = acc / l and LSE = m + log l for one row; empty rows give O = +0, LSE = −inf. */
+/* Folds head h's attention sink (one more score, with a zero value) into a finished row's max m
+ * and sum l; returns the factor exp(m_old − m) for the row's accumulator (1 without a sink). */
+static float fold_sink(const attn_params *p, int64_t h, float *m, float *l) {
+  if (!p->sinks || p->sinks[h] == -INFINITY || isnan(*m)) return 1.0f;
+  const float sink = p->sinks[h], m_new = *m > sink ? *m : sink;
+  const float a = expf(*m - m_new); /* m = −inf (nothing visible): 0 */
+  *l = *l * a + expf(sink - m_new);
+  *m = m_new;
+  return a;
+}
+
+/* Writes O = a·acc / l and LSE = m + log l for one row (a from fold_sink); empty rows give O = +0,
+ * LSE = −inf. */
 static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const float *acc,
-                      float m, float l) {
+                      float a, float m, float l) {
   const attn_params *p = job->pr->p;
   float *orow = job->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
   float row_lse;
@@ -493,6 +506,10 @@ static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const
     for (int64_t d = 0; d < p->dim_v; d++)
       orow[d * p->o_stride[3]] = 0.0f;
     row_lse = -INFINITY;
+  } else if (a != 1.0f) { /* a sink above the row's maximum rescales it */
+    for (int64_t d = 0; d < p->dim_v; d++)
+      orow[d * p->o_stride[3]] = acc[d] * a / l;
+    row_lse = m + logf(l);
   } else {
     if (p->o_stride[3] == 1) /* the common layout: the divisions in vectors */
       for (int64_t d = 0; d < p->dim_v; d++)
@@ -549,8 +566,10 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
     ts.row_h[r] = h, ts.row_i[r] = i0 + r;
   int64_t blo, bhi;
   run_rows(job, &ts, b, hk, rows, 0, Lk, &blo, &bhi);
-  for (int r = 0; r < rows; r++)
-    write_row(job, b, h, i0 + r, ts.acc + (int64_t)r * job->dvp, ts.m[r], ts.l[r]);
+  for (int r = 0; r < rows; r++) { /* m, l with the sink folded in: the P sweep uses them too */
+    const float a = fold_sink(p, h, &ts.m[r], &ts.l[r]);
+    write_row(job, b, h, i0 + r, ts.acc + (int64_t)r * job->dvp, a, ts.m[r], ts.l[r]);
+  }
 
   if (!job->probs) return;
   /* P sweep: zeros outside [blo, bhi), exp(S − m) / l inside (more accurate than exp(S − LSE)
@@ -643,7 +662,9 @@ static void merge_item(void *ctx, int64_t item, int worker) {
         for (int64_t d = 0; d < Dv; d++)
           ts.acc[d] += pc[d] * w;
       }
-    write_row(job, b, hk * group + R / Lq, R % Lq, ts.acc, m, l);
+    const int64_t h = hk * group + R / Lq;
+    const float a = fold_sink(p, h, &m, &l);
+    write_row(job, b, h, R % Lq, ts.acc, a, m, l);
   }
 }
 

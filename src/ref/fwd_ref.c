@@ -72,14 +72,19 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
       m = sij;
   }
 
+  /* the sink: one more score in the softmax, with a zero value */
+  const double sink = p->sinks ? (double)p->sinks[h] : -INFINITY;
+  if (sink != -INFINITY && !isnan(m) && sink > m) m = sink;
+
   /* 2. softmax over the visible keys: P = exp(s − m) / Σ exp(s − m). (Not exp(s − LSE): when
    * |s| is huge, e.g. a −1e30 bias, LSE = m + log Σ rounds to m and every weight would be 1.) */
   double sum = 0.0, row_lse = -INFINITY;
-  if (any_visible) {
+  if (any_visible || sink != -INFINITY) {
     for (int64_t j = 0; j < Lk; j++)
       if (vis[j] && s[j] != -INFINITY) sum += exp(s[j] - m);
+    if (sink != -INFINITY) sum += exp(sink - m);
     row_lse = m + log(sum);
-  } else { /* no visible key, or only −inf scores (LSE = log 0): the empty row */
+  } else { /* no visible key, or only −inf scores (LSE = log 0), and no sink: the empty row */
     for (int64_t j = 0; j < Lk; j++)
       vis[j] = 0;
   }

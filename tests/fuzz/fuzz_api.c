@@ -1,9 +1,9 @@
 /*
  * fuzz_api.c — libFuzzer target for the library's entry points. The input bytes choose a call:
  * sizes (valid and not), strides per tensor (packed, [B, L, H, D], padded, negative, zero, huge),
- * every option with valid and invalid values, the types of Q, K and V (fp32, fp16, bf16, invalid),
- * input data (NaN and inf included). Every tensor is
- * allocated to exactly its extent, so AddressSanitizer sees any read or write outside it. Then:
+ * every option with valid and invalid values (sinks included), the types of Q, K and V (fp32, fp16,
+ * bf16, invalid), input data (NaN and inf included). Every tensor is allocated to exactly its
+ * extent, so AddressSanitizer sees any read or write outside it. Then:
  *   - attn_forward_scratch_bytes / attn_backward_scratch_bytes agree with the calls on validity;
  *   - a refused call leaves every output byte as it was and says why, naming the function;
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
@@ -254,7 +254,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       p.q_dtype != ATTN_DTYPE_F32 || p.k_dtype != ATTN_DTYPE_F32 || p.v_dtype != ATTN_DTYPE_F32;
 
   int64_t kv_len[3];
-  float slopes[9];
+  float slopes[9], sinks[9];
   tensor q, k, v, mask, bias, dout;
   memset(&q, 0, sizeof q), memset(&k, 0, sizeof k), memset(&v, 0, sizeof v);
   memset(&mask, 0, sizeof mask), memset(&bias, 0, sizeof bias), memset(&dout, 0, sizeof dout);
@@ -268,6 +268,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       slopes[h] = (float)(next(&b) % 8) * 0.125f;
     if (next(&b) % 8 == 0) slopes[0] = NAN;
     p.alibi_slopes = slopes;
+  }
+  if (next(&b) % 4 == 0) { /* sinks: finite, none (−inf), and rarely invalid (NaN, +inf) */
+    static const float values[] = {0.5f, -INFINITY, 3.0f, -2.0f, 40.0f, NAN, INFINITY};
+    for (int64_t h = 0; h < hq && h < 9; h++)
+      sinks[h] = values[next(&b) % (next(&b) % 8 == 0 ? 7 : 5)];
+    p.sinks = sinks;
   }
   const unsigned mb = next(&b);
   if (mb % 4 == 0) pick_strides(&b, 4, nm, p.mask_stride);
