@@ -257,7 +257,7 @@ attn_status attn_merge(const attn_params *p, int n_parts, const float *const *o_
                        const float *const *lse_parts, float *o, float *lse) {
   attn__problem pr;
   attn__clear_error();
-  const attn__merge_tensors t = {n_parts, o_parts, lse_parts, o, lse, NULL, NULL, NULL, NULL};
+  const attn__merge_tensors t = {0, n_parts, o_parts, lse_parts, o, lse, NULL, NULL, NULL, NULL};
   attn_status st = attn__check_merge("attn_merge", p, &t, 1, &pr);
   return st != ATTN_STATUS_OK ? st : attn__merge(&pr, &t);
 }
@@ -268,11 +268,9 @@ attn_status attn_merge_backward(const attn_params *p, int n_parts, const float *
                                 float *const *dlse_parts) {
   attn__problem pr;
   attn__clear_error();
-  if (!dout) /* dout is what marks a backward call: never let it pass as a forward one */
-    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                      "attn_merge_backward: dout is NULL: the backward needs dL/dO");
-  const attn__merge_tensors t = {n_parts, o_parts, lse_parts, (float *)o, (float *)lse,
-                                 dout,    dlse,    do_parts,  dlse_parts};
+  /* dout may be NULL only when it has no element, like every tensor (checked) */
+  const attn__merge_tensors t = {1,    n_parts, o_parts,  lse_parts, (float *)o, (float *)lse,
+                                 dout, dlse,    do_parts, dlse_parts};
   attn_status st = attn__check_merge("attn_merge_backward", p, &t, 1, &pr);
   return st != ATTN_STATUS_OK ? st : attn__merge_backward(&pr, &t);
 }

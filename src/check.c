@@ -343,7 +343,7 @@ attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__
   if (n < 0 || n > ATTN_MAX_MERGE_PARTS)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: n_parts (%d) must be in [0, %d]", fn, n,
                       ATTN_MAX_MERGE_PARTS);
-  const int bwd = x->dout != NULL || x->do_parts != NULL;
+  const int bwd = x->backward;
   const char *arrays[4][2] = {{"o_parts", (const char *)x->o_parts},
                               {"lse_parts", (const char *)x->lse_parts},
                               {"do_parts", (const char *)x->do_parts},

@@ -56,8 +56,9 @@ attn_status attn__check_sinks_backward(const char *fn, const attn_params *p, con
                                        const float *lse, const float *dout, const float *dsinks,
                                        attn__problem *pr);
 
-/* The tensors of one attn_merge (dout == NULL) or attn_merge_backward call. */
+/* The tensors of one attn_merge (backward = 0) or attn_merge_backward (backward = 1) call. */
 typedef struct attn__merge_tensors {
+  int backward;
   int n_parts;
   const float *const *o_parts, *const *lse_parts;
   float *o, *lse;           /* attn_merge outputs (o may be o_parts[k], lse lse_parts[k]) */
