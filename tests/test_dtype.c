@@ -200,6 +200,9 @@ static void check_mix(tspec s, int m, int want_probs) {
     const attn_kernel kernel = (attn_kernel)k;
     if (!t_kernel_selected(kernel)) continue;
     t_check_case(&c, kernel, 2, want_probs);
+    /* ref runs single-threaded on fp32 copies that api.c makes of 16-bit inputs: the bitwise
+     * checks below would compare that copy with itself (and cost a third of the test's time) */
+    if (kernel == ATTN_KERNEL_REF) continue;
     tresult typed = t_run_gather(&c, kernel, 2), three = t_run_gather(&c, kernel, 3);
     c.p.q_dtype = c.p.k_dtype = c.p.v_dtype = ATTN_DTYPE_F32;
     tresult wide = t_run_gather(&c, kernel, 2);
