@@ -230,6 +230,17 @@ int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*cli_usage)(FIL
 }
 
 /* Fills p from the options and the loaded inputs; *kv_len gets malloc'ed lengths if given. */
+/* A float32 [Hq] file of one value per query head (ALiBi slopes, sinks) into *dst. */
+static int load_per_head(const char *flag, const char *path, int64_t heads_q, npy_array *a,
+                         const float **dst) {
+  if (cli_load(flag, path, CLI_F32, 1, a)) return EXIT_BAD_INPUT;
+  if (a->shape[0] != heads_q)
+    return cli_fail(EXIT_BAD_INPUT, "%s: %" PRId64 " values given but Hq = %" PRId64, flag,
+                    a->shape[0], heads_q);
+  *dst = a->data;
+  return 0;
+}
+
 int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_len) {
   const int64_t *qs = in->q.shape, *ks = in->k.shape, *vs = in->v.shape;
   if (ks[0] != qs[0] || vs[0] != qs[0])
@@ -304,20 +315,9 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
       return EXIT_BAD_INPUT;
     p->bias = in->bias.data;
   }
-  if (o->alibi) {
-    if (cli_load("--alibi", o->alibi, CLI_F32, 1, &in->alibi)) return EXIT_BAD_INPUT;
-    if (in->alibi.shape[0] != qs[1])
-      return cli_fail(EXIT_BAD_INPUT, "--alibi: %" PRId64 " slopes given but Hq = %" PRId64,
-                      in->alibi.shape[0], qs[1]);
-    p->alibi_slopes = in->alibi.data;
-  }
-  if (o->sinks) {
-    if (cli_load("--sinks", o->sinks, CLI_F32, 1, &in->sinks)) return EXIT_BAD_INPUT;
-    if (in->sinks.shape[0] != qs[1])
-      return cli_fail(EXIT_BAD_INPUT, "--sinks: %" PRId64 " sinks given but Hq = %" PRId64,
-                      in->sinks.shape[0], qs[1]);
-    p->sinks = in->sinks.data;
-  }
+  if ((o->alibi && load_per_head("--alibi", o->alibi, qs[1], &in->alibi, &p->alibi_slopes)) ||
+      (o->sinks && load_per_head("--sinks", o->sinks, qs[1], &in->sinks, &p->sinks)))
+    return EXIT_BAD_INPUT;
   if (o->threads) {
     int64_t t;
     if (cli_parse_i64(o->threads, &t) != 0 || t < 0 || t > ATTN_MAX_THREADS)
