@@ -77,8 +77,8 @@
  * Rows with no visible key (and no sink): O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN. A
  * visible key whose score is −inf (only infinite Q or K values make one) gets weight exactly 0 (its
  * V enters O as 0·V, as in a plain softmax: an infinite V there makes NaN); a row whose every
- * visible score is −inf has LSE = log 0 = −inf and is an empty row. A +inf or NaN score makes its
- * row NaN.
+ * visible score is −inf (and no sink) has LSE = log 0 = −inf and is an empty row. A +inf or NaN
+ * score makes its row NaN.
  *
  * NaN: K, V and bias values of invisible keys are never read into the result (NaN or inf stored
  * there leaves the output bitwise unchanged). NaN in a visible value propagates to exactly the
