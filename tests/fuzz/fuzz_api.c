@@ -15,19 +15,13 @@
  * libFuzzer reports with the input that caused it.
  */
 #include "attn.h"
+#include "fuzz_draw.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct bytes {
-  const uint8_t *d;
-  size_t n, i;
-} bytes;
-
-static unsigned next(bytes *b) { return b->i < b->n ? b->d[b->i++] : 0; }
 
 static const attn_params *current; /* printed when a check fails */
 
@@ -70,71 +64,11 @@ static void dump(const attn_params *p) {
     }                                                                                              \
   } while (0)
 
-enum { MAX_ELEMS = 1 << 20, MAX_PAIRS = 1 << 17 };
+enum { MAX_PAIRS = 1 << 17 };
 
 static int64_t pick_len(bytes *b) {
   static const int64_t lens[] = {0, 1, 2, 3, 5, 7, 16, 17, 31, 64, 65, 97, 130, 1030};
   return lens[next(b) % (sizeof lens / sizeof lens[0])];
-}
-
-/* Strides for a tensor of shape n[0..nd): packed, [B, L, H, D]-like (dims 1 and 2 swapped),
- * padded rows, one dimension broadcast (0) or reversed (negative), or one stride arbitrary. */
-static void pick_strides(bytes *b, int nd, const int64_t *n, int64_t *s) {
-  int64_t acc = 1;
-  for (int d = nd - 1; d >= 0; d--)
-    s[d] = acc, acc *= n[d] > 0 ? n[d] : 1;
-  const unsigned mode = next(b) % 10, d = next(b) % (unsigned)nd;
-  if (mode == 4 && nd == 4) { /* [B, L, H, D] in memory */
-    s[3] = 1, s[1] = n[3] > 0 ? n[3] : 1, s[2] = s[1] * (n[1] > 0 ? n[1] : 1);
-    s[0] = s[2] * (n[2] > 0 ? n[2] : 1);
-  } else if (mode == 5) { /* rows padded */
-    for (int e = 0; e < nd - 1; e++)
-      s[e] += (int64_t)(next(b) % 5) * (e == nd - 2 ? 1 : s[e + 1]);
-  } else if (mode == 6) {
-    s[d] = 0;
-  } else if (mode == 7) {
-    s[d] = -s[d];
-  } else if (mode == 8) {
-    s[d] = (int64_t)(next(b) % 9) - 4;
-  } else if (mode == 9) {
-    s[d] = (int64_t)1 << (40 + next(b) % 23); /* extents that overflow, or nearly */
-  }
-}
-
-/* Offsets [lo, hi] an element of the tensor can have; 0 if it has no element, -1 if the extent
- * does not fit the harness. */
-static int extent(int nd, const int64_t *n, const int64_t *s, int64_t *lo, int64_t *hi) {
-  *lo = *hi = 0;
-  for (int d = 0; d < nd; d++)
-    if (n[d] == 0) return 0;
-  for (int d = 0; d < nd; d++) {
-    int64_t span;
-    if (__builtin_mul_overflow(n[d] - 1, s[d], &span)) return -1;
-    if (span < 0 ? __builtin_add_overflow(*lo, span, lo) : __builtin_add_overflow(*hi, span, hi))
-      return -1;
-  }
-  int64_t span;
-  return !__builtin_sub_overflow(*hi, *lo, &span) && span < MAX_ELEMS ? 1 : -1;
-}
-
-typedef struct tensor {
-  void *buf;   /* the allocation: exactly the extent */
-  void *base;  /* element 0 */
-  size_t size; /* bytes */
-} tensor;
-
-/* Allocates the tensor's extent (NULL base when it has no element); returns 0 if it cannot. */
-static int make(tensor *t, int nd, const int64_t *n, const int64_t *s, size_t esize) {
-  int64_t lo, hi;
-  memset(t, 0, sizeof *t);
-  const int e = extent(nd, n, s, &lo, &hi);
-  if (e < 0) return 0;
-  if (e == 0) return 1;
-  t->size = (size_t)(hi - lo + 1) * esize;
-  t->buf = malloc(t->size);
-  if (!t->buf) return 0;
-  t->base = (char *)t->buf - lo * (int64_t)esize;
-  return 1;
 }
 
 /* Bytes per element of an input of type t (an invalid type is refused before any read). */
@@ -161,8 +95,6 @@ static void fill(bytes *b, tensor *t, float scale, int specials, attn_dtype type
   }
 }
 
-static void drop(tensor *t) { free(t->buf); }
-
 typedef struct call_out {
   tensor o, lse, probs;
 } call_out;
@@ -175,21 +107,11 @@ static int make_out(call_out *c, const attn_params *p, int want_lse, int want_pr
   if (!make(&c->o, 4, no, p->o_stride, 4)) return 0;
   if (want_lse && !make(&c->lse, 3, nl, p->lse_stride, 4)) return 0;
   if (want_probs && !make(&c->probs, 4, np, p->probs_stride, 4)) return 0;
-  if (c->o.buf) memset(c->o.buf, 0x5a, c->o.size);
-  if (c->lse.buf) memset(c->lse.buf, 0x5a, c->lse.size);
-  if (c->probs.buf) memset(c->probs.buf, 0x5a, c->probs.size);
-  return 1;
-}
-
-static int untouched(const tensor *t) {
-  for (size_t i = 0; i < t->size; i++)
-    if (((const unsigned char *)t->buf)[i] != 0x5a) return 0;
+  poison(&c->o), poison(&c->lse), poison(&c->probs);
   return 1;
 }
 
 static void drop_out(call_out *c) { drop(&c->o), drop(&c->lse), drop(&c->probs); }
-
-static float *fp(const tensor *t) { return t->base; }
 
 /* Set while the data hold an inf: then a kernel's NaN where ref has ±inf is the header's fp32
  * rule (a weight that underflows to 0 meets an infinite V: 0·inf), not a defect. */
@@ -438,7 +360,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fill(&b, &dout, 1.0f, 0, ATTN_DTYPE_F32);
         for (int t = 0; t < 2; t++)
           for (int g = 0; g < ng; g++)
-            if (grads[t][g].buf) memset(grads[t][g].buf, 0x5a, grads[t][g].size);
+            poison(&grads[t][g]);
         /* a requested dBias with no element is still requested: a non-NULL pointer */
         float *db[2] = {ng < 4            ? NULL
                         : grads[0][3].buf ? fp(&grads[0][3])
@@ -474,7 +396,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             attn_params pref = p;
             pref.kernel = ATTN_KERNEL_REF;
             for (int g = 0; g < ng; g++)
-              if (grads[1][g].buf) memset(grads[1][g].buf, 0x5a, grads[1][g].size);
+              poison(&grads[1][g]);
             REQUIRE(attn_backward(&pref, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
                                   fp(&grads[1][0]), fp(&grads[1][1]), fp(&grads[1][2]),
                                   db[1]) == ATTN_STATUS_OK,

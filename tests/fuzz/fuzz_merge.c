@@ -1,9 +1,10 @@
 /*
  * fuzz_merge.c — libFuzzer target for attn_merge and attn_merge_backward. The input bytes choose
  * sizes (valid and not), the number of parts (0 to 6, sometimes out of range), strides per tensor
- * (packed, padded, zero, negative), log-sum-exps of every kind (finite, large, −inf for an empty
- * part, NaN) and outputs fresh, in place over part 0 (allowed) or overlapping a part otherwise
- * (refused). Every tensor is allocated to exactly its extent. Then:
+ * (fuzz_draw.h's: packed, [B, L, H, D], padded, zero, negative, arbitrary), log-sum-exps of every
+ * kind (finite, large, −inf for an empty part, NaN) and outputs fresh, in place over part 0
+ * (allowed) or overlapping a part otherwise (refused). Every tensor is allocated to exactly its
+ * extent. Then:
  *   - a refused call leaves every output byte as it was and names the function;
  *   - an accepted merge matches the formula evaluated here in long double: per row
  *     LSE = log Σ_k exp(LSE_k), O = Σ_k exp(LSE_k − LSE)·O_k (empty parts skipped, a row empty in
@@ -14,19 +15,13 @@
  * Any violation aborts, which libFuzzer reports with the input that caused it.
  */
 #include "attn.h"
+#include "fuzz_draw.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct bytes {
-  const uint8_t *d;
-  size_t n, i;
-} bytes;
-
-static unsigned next(bytes *b) { return b->i < b->n ? b->d[b->i++] : 0; }
 
 #define REQUIRE(cond, ...)                                                                         \
   do {                                                                                             \
@@ -39,54 +34,12 @@ static unsigned next(bytes *b) { return b->i < b->n ? b->d[b->i++] : 0; }
 
 enum { MAX_PARTS = 6 };
 
-/* A strided float tensor allocated to exactly its extent (buf NULL when it has no element). */
-typedef struct tensor {
-  float *buf, *base;
-  size_t n; /* floats in the extent */
-} tensor;
+/* A float tensor's extent as floats, and its allocation (fuzz_draw.h allocates bytes). */
+static size_t count(const tensor *t) { return t->size / sizeof(float); }
+static float *fbuf(const tensor *t) { return t->buf; }
 
-static void make(tensor *t, int nd, const int64_t *size, const int64_t *stride) {
-  int64_t lo = 0, hi = 0;
-  memset(t, 0, sizeof *t);
-  for (int d = 0; d < nd; d++)
-    if (size[d] == 0) return;
-  for (int d = 0; d < nd; d++) {
-    const int64_t span = stride[d] * (size[d] - 1);
-    if (span < 0)
-      lo += span;
-    else
-      hi += span;
-  }
-  t->n = (size_t)(hi - lo + 1);
-  t->buf = malloc(t->n * sizeof(float));
-  if (!t->buf) abort();
-  t->base = t->buf - lo;
-}
-
-static void poison(tensor *t) {
-  if (t->buf) memset(t->buf, 0x5a, t->n * sizeof(float));
-}
-
-static int untouched(const tensor *t) {
-  for (size_t i = 0; t->buf && i < t->n * sizeof(float); i++)
-    if (((const unsigned char *)t->buf)[i] != 0x5a) return 0;
-  return 1;
-}
-
-/* Strides for [n0, n1, n2(, n3)]: packed, padded, one dimension 0 or reversed. */
-static void pick_strides(bytes *b, int nd, const int64_t *n, int64_t *s) {
-  int64_t acc = 1;
-  for (int d = nd - 1; d >= 0; d--)
-    s[d] = acc, acc *= n[d] > 0 ? n[d] : 1;
-  const unsigned mode = next(b) % 8, d = next(b) % (unsigned)nd;
-  if (mode == 4)
-    for (int e = 0; e < nd - 1; e++)
-      s[e] += (int64_t)(next(b) % 3) * (e == nd - 2 ? 1 : s[e + 1]);
-  else if (mode == 5)
-    s[d] = 0;
-  else if (mode == 6)
-    s[d] = -s[d];
-}
+/* make() for a tensor whose extent was checked to fit. */
+#define MAKE(t, nd, n, s) REQUIRE(make(t, nd, n, s, sizeof(float)), "cannot allocate %s", #t)
 
 static float pick_lse(bytes *b) {
   static const float special[] = {-INFINITY, -INFINITY, NAN, 80.0f, -80.0f, 1e30f, -1e30f, 0.0f};
@@ -117,22 +70,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   pick_strides(&b, 4, no, p.o_stride);
   pick_strides(&b, 3, nl, p.lse_stride);
   pick_strides(&b, 4, no, p.dout_stride);
+  int64_t lo, hi; /* extents too large for the harness (huge strides) are fuzz_api's business */
+  if (extent(4, no, p.o_stride, &lo, &hi) < 0 || extent(3, nl, p.lse_stride, &lo, &hi) < 0 ||
+      extent(4, no, p.dout_stride, &lo, &hi) < 0)
+    return 0;
 
   tensor o[MAX_PARTS], l[MAX_PARTS], mo, ml;
   const int np = n > 0 && n <= MAX_PARTS ? n : 0;
   const float *op[MAX_PARTS + 1], *lp[MAX_PARTS + 1];
   for (int k = 0; k < np; k++) {
-    make(&o[k], 4, no, p.o_stride), make(&l[k], 3, nl, p.lse_stride);
-    for (size_t i = 0; i < o[k].n; i++) /* finite values, sometimes a NaN */
-      o[k].buf[i] = next(&b) % 64 == 0 ? NAN : (float)((int)(next(&b) % 41) - 20) * 0.05f;
-    for (size_t i = 0; i < l[k].n; i++)
-      l[k].buf[i] = pick_lse(&b);
+    MAKE(&o[k], 4, no, p.o_stride);
+    MAKE(&l[k], 3, nl, p.lse_stride);
+    for (size_t i = 0; i < count(&o[k]); i++) /* finite values, sometimes a NaN */
+      fbuf(&o[k])[i] = next(&b) % 64 == 0 ? NAN : (float)((int)(next(&b) % 41) - 20) * 0.05f;
+    for (size_t i = 0; i < count(&l[k]); i++)
+      fbuf(&l[k])[i] = pick_lse(&b);
     op[k] = o[k].base, lp[k] = l[k].base;
   }
   /* outputs: fresh, in place over part 0 (its own strides: allowed), or over part 0's bytes
    * while its strides make it a different tensor (must be refused) */
   const unsigned where = next(&b) % 8;
-  make(&mo, 4, no, p.o_stride), make(&ml, 3, nl, p.lse_stride);
+  MAKE(&mo, 4, no, p.o_stride);
+  MAKE(&ml, 3, nl, p.lse_stride);
   poison(&mo), poison(&ml);
   float *out_o = mo.base, *out_l = ml.base;
   const int in_place = where == 0 && np > 0 && o[0].buf && l[0].buf;
@@ -185,16 +144,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* the backward of an accepted merge with its LSE: 1 and 3 threads, against the formula */
   if (st == ATTN_STATUS_OK && want_lse && !in_place && np > 0) {
     tensor dout, dlse, dpo[2][MAX_PARTS], dpl[2][MAX_PARTS];
-    make(&dout, 4, no, p.dout_stride), make(&dlse, 3, nl, p.lse_stride);
-    for (size_t i = 0; i < dout.n; i++)
-      dout.buf[i] = (float)((int)(next(&b) % 21) - 10) * 0.1f;
-    for (size_t i = 0; i < dlse.n; i++)
-      dlse.buf[i] = (float)((int)(next(&b) % 21) - 10) * 0.1f;
+    MAKE(&dout, 4, no, p.dout_stride);
+    MAKE(&dlse, 3, nl, p.lse_stride);
+    for (size_t i = 0; i < count(&dout); i++)
+      fbuf(&dout)[i] = (float)((int)(next(&b) % 21) - 10) * 0.1f;
+    for (size_t i = 0; i < count(&dlse); i++)
+      fbuf(&dlse)[i] = (float)((int)(next(&b) % 21) - 10) * 0.1f;
     const int with_dlse = next(&b) % 2;
     float *po[2][MAX_PARTS], *pl[2][MAX_PARTS];
     for (int t = 0; t < 2; t++)
       for (int k = 0; k < np; k++) {
-        make(&dpo[t][k], 4, no, p.dout_stride), make(&dpl[t][k], 3, nl, p.lse_stride);
+        MAKE(&dpo[t][k], 4, no, p.dout_stride);
+        MAKE(&dpl[t][k], 3, nl, p.lse_stride);
         poison(&dpo[t][k]), poison(&dpl[t][k]);
         po[t][k] = dpo[t][k].base, pl[t][k] = dpl[t][k].base;
       }
@@ -213,20 +174,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 k);
     } else {
       for (int k = 0; k < np; k++)
-        REQUIRE((!dpo[0][k].buf || !memcmp(dpo[0][k].buf, dpo[1][k].buf, dpo[0][k].n * 4)) &&
-                    (!dpl[0][k].buf || !memcmp(dpl[0][k].buf, dpl[1][k].buf, dpl[0][k].n * 4)),
+        REQUIRE((!dpo[0][k].buf || !memcmp(dpo[0][k].buf, dpo[1][k].buf, dpo[0][k].size)) &&
+                    (!dpl[0][k].buf || !memcmp(dpl[0][k].buf, dpl[1][k].buf, dpl[0][k].size)),
                 "1 and 3 threads differ in part %d", k);
       for (int64_t bb = 0; bb < B; bb++)
         for (int64_t h = 0; h < Hq; h++)
           for (int64_t i = 0; i < Lq; i++) {
             const long double lse = out_l[off(p.lse_stride, 3, bb, h, i, 0)];
-            const long double dl = with_dlse ? dlse.base[off(p.lse_stride, 3, bb, h, i, 0)] : 0;
+            const long double dl = with_dlse ? fp(&dlse)[off(p.lse_stride, 3, bb, h, i, 0)] : 0;
             for (int k = 0; k < np; k++) {
               const long double lk = lp[k][off(p.lse_stride, 3, bb, h, i, 0)];
               const long double w = lk == -INFINITY || lse == -INFINITY ? 0 : expl(lk - lse);
               long double dot = 0;
               for (int64_t d = 0; d < Dv; d++) {
-                const long double g = dout.base[off(p.dout_stride, 4, bb, h, i, d)];
+                const long double g = fp(&dout)[off(p.dout_stride, 4, bb, h, i, d)];
                 REQUIRE(close_to(po[0][k][off(p.dout_stride, 4, bb, h, i, d)], w * g),
                         "dO part %d [%lld,%lld,%lld,%lld] wrong", k, (long long)bb, (long long)h,
                         (long long)i, (long long)d);
@@ -238,7 +199,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
               /* dO·(O_k − O) cancels: the tolerance is relative to its terms, not its result */
               long double scale = fabsl(dl) + 1;
               for (int64_t d = 0; d < Dv; d++)
-                scale += fabsl(dout.base[off(p.dout_stride, 4, bb, h, i, d)] *
+                scale += fabsl(fp(&dout)[off(p.dout_stride, 4, bb, h, i, d)] *
                                ((long double)fabsf(op[k][off(p.o_stride, 4, bb, h, i, d)]) +
                                 fabsf(out_o[off(p.o_stride, 4, bb, h, i, d)])));
               const float got = pl[0][k][off(p.lse_stride, 3, bb, h, i, 0)];
@@ -249,13 +210,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
           }
     }
-    free(dout.buf), free(dlse.buf);
+    drop(&dout), drop(&dlse);
     for (int t = 0; t < 2; t++)
       for (int k = 0; k < np; k++)
-        free(dpo[t][k].buf), free(dpl[t][k].buf);
+        drop(&dpo[t][k]), drop(&dpl[t][k]);
   }
   for (int k = 0; k < np; k++)
-    free(o[k].buf), free(l[k].buf);
-  free(mo.buf), free(ml.buf);
+    drop(&o[k]), drop(&l[k]);
+  drop(&mo), drop(&ml);
   return 0;
 }
