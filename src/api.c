@@ -259,7 +259,11 @@ attn_status attn_merge(const attn_params *p, int n_parts, const float *const *o_
   attn__clear_error();
   const attn__merge_tensors t = {0, n_parts, o_parts, lse_parts, o, lse, NULL, NULL, NULL, NULL};
   attn_status st = attn__check_merge("attn_merge", p, &t, 1, &pr);
-  return st != ATTN_STATUS_OK ? st : attn__merge(&pr, &t);
+  if (st != ATTN_STATUS_OK) return st;
+  attn_params c; /* zero strides for tensors with no element (Dv = 0): they are not validated */
+  copy_params(p, &c);
+  pr.p = &c;
+  return attn__merge(&pr, &t);
 }
 
 attn_status attn_merge_backward(const attn_params *p, int n_parts, const float *const *o_parts,
@@ -272,5 +276,9 @@ attn_status attn_merge_backward(const attn_params *p, int n_parts, const float *
   const attn__merge_tensors t = {1,    n_parts, o_parts,  lse_parts, (float *)o, (float *)lse,
                                  dout, dlse,    do_parts, dlse_parts};
   attn_status st = attn__check_merge("attn_merge_backward", p, &t, 1, &pr);
-  return st != ATTN_STATUS_OK ? st : attn__merge_backward(&pr, &t);
+  if (st != ATTN_STATUS_OK) return st;
+  attn_params c; /* as in attn_merge */
+  copy_params(p, &c);
+  pr.p = &c;
+  return attn__merge_backward(&pr, &t);
 }

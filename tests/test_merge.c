@@ -263,19 +263,23 @@ static void check_rules_and_errors(void) {
             ATTN_STATUS_INVALID_ARGUMENT &&
         strstr(attn_last_error(), "do_parts"));
 
-  /* Dv = 0: every O-shaped tensor has no element and may be NULL; only the LSEs merge (found by
-   * fuzz_merge: the merge once offset the NULL pointers, undefined behaviour under UBSan) */
-  p.dim_v = 0;
+  /* Dv = 0: every O-shaped tensor has no element and may be NULL, with any strides; only the
+   * LSEs merge (found by fuzz_merge: the merge once offset the NULL pointers and multiplied the
+   * huge strides, undefined behaviour under UBSan) */
+  p.dim_v = 0, p.len_q = 3;
+  for (int d = 0; d < 4; d++) /* 2·2^62 overflows: such strides must never be multiplied */
+    p.o_stride[d] = p.dout_stride[d] = (int64_t)1 << 62;
   const float *none[2] = {NULL, NULL};
-  float lz0[2] = {0.0f, -INFINITY}, lz1[2] = {0.0f, 2.0f}, lz[2], dl[2], dl0[2], dl1[2];
+  float lz0[3] = {0.0f, -INFINITY, 1.0f}, lz1[3] = {0.0f, 2.0f, -INFINITY}, lz[3], dl[3], dl0[3],
+        dl1[3];
   const float *lzp[2] = {lz0, lz1};
   float *no_do[2] = {NULL, NULL}, *dlp[2] = {dl0, dl1};
   CHECK(attn_merge(&p, 2, none, lzp, NULL, lz) == ATTN_STATUS_OK);
-  CHECK(fabsf(lz[0] - logf(2.0f)) < 1e-6f && lz[1] == 2.0f);
-  dl[0] = 1.0f, dl[1] = 3.0f;
+  CHECK(fabsf(lz[0] - logf(2.0f)) < 1e-6f && lz[1] == 2.0f && lz[2] == 1.0f);
+  dl[0] = 1.0f, dl[1] = 3.0f, dl[2] = 5.0f;
   CHECK(attn_merge_backward(&p, 2, none, lzp, NULL, lz, NULL, dl, no_do, dlp) == ATTN_STATUS_OK);
   CHECK(fabsf(dl0[0] - 0.5f) < 1e-6f && fabsf(dl1[0] - 0.5f) < 1e-6f); /* W_k·dLSE */
-  CHECK(dl0[1] == 0.0f && dl1[1] == 3.0f);
+  CHECK(dl0[1] == 0.0f && dl1[1] == 3.0f && dl0[2] == 5.0f && dl1[2] == 0.0f);
 }
 
 int main(void) {
