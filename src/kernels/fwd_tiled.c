@@ -506,17 +506,13 @@ static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const
     for (int64_t d = 0; d < p->dim_v; d++)
       orow[d * p->o_stride[3]] = 0.0f;
     row_lse = -INFINITY;
-  } else if (a != 1.0f) { /* a sink above the row's maximum rescales it */
-    for (int64_t d = 0; d < p->dim_v; d++)
-      orow[d * p->o_stride[3]] = acc[d] * a / l;
-    row_lse = m + logf(l);
-  } else {
-    if (p->o_stride[3] == 1) /* the common layout: the divisions in vectors */
+  } else { /* a = 1 (no sink, or one below the row's maximum) multiplies exactly */
+    if (p->o_stride[3] == 1) /* the common layout: in vectors */
       for (int64_t d = 0; d < p->dim_v; d++)
-        orow[d] = acc[d] / l;
+        orow[d] = acc[d] * a / l;
     else
       for (int64_t d = 0; d < p->dim_v; d++)
-        orow[d * p->o_stride[3]] = acc[d] / l;
+        orow[d * p->o_stride[3]] = acc[d] * a / l;
     row_lse = m + logf(l);
   }
   if (job->lse)
