@@ -11,11 +11,16 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--kv-dtype f32|f16|bf16] [--csv] [--long] [--quick] [--backward] [--no-machine]
+ *              [--kv-dtype f32|f16|bf16] [--page-size N] [--csv] [--long] [--quick] [--backward]
+ *              [--no-machine]
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
  * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts
  * the 16-bit bytes read.
+ *
+ * --page-size N (forward only) passes K and V as a paged KV cache: pools of pages of N keys, each
+ * sequence's pages in a shuffled order (a fixed permutation), through p.block_table; the check
+ * runs ref on the unpaged tensors.
  *
  * --no-machine skips the peak, register-block and bandwidth measurements (their columns read 0):
  * for callers that only want the times, such as bench/peers.py's alternating rounds.
@@ -122,6 +127,47 @@ static void cpu_model(char *buf, size_t size) {
   if (f) fclose(f);
 }
 
+/* Moves K and V [B, Hkv, Lk, D] (elements of esz bytes) into pools of pages of page_size keys,
+ * [num_pages, Hkv, page_size, D], each sequence's pages at shuffled places (a fixed permutation),
+ * and sets p's paging fields and K, V strides. Returns 0, or −1 out of memory. */
+static int page_kv(const shape *s, int64_t page_size, size_t esz, const void *k, const void *v,
+                   attn_params *p, int32_t **table, void **k_pool, void **v_pool) {
+  const int64_t per_seq = (s->Lk + page_size - 1) / page_size, n_pages = s->B * per_seq;
+  const size_t page_bytes = (size_t)(s->Hkv * page_size * s->D) * esz;
+  *table = malloc(sizeof(int32_t) * (size_t)(n_pages + 1));
+  *k_pool = aligned_alloc(64, ((size_t)n_pages * page_bytes + 63) / 64 * 64);
+  *v_pool = aligned_alloc(64, ((size_t)n_pages * page_bytes + 63) / 64 * 64);
+  if (!*table || !*k_pool || !*v_pool) {
+    free(*table), free(*k_pool), free(*v_pool);
+    return -1;
+  }
+  uint64_t x = 0x9e3779b97f4a7c15ull; /* Fisher–Yates with a fixed xorshift sequence */
+  for (int64_t e = 0; e < n_pages; e++)
+    (*table)[e] = (int32_t)e;
+  for (int64_t e = n_pages - 1; e > 0; e--) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    const int64_t r = (int64_t)(x % (uint64_t)(e + 1));
+    const int32_t t = (*table)[e];
+    (*table)[e] = (*table)[r], (*table)[r] = t;
+  }
+  const size_t row = (size_t)s->D * esz;
+  for (int64_t b = 0; b < s->B; b++)
+    for (int64_t h = 0; h < s->Hkv; h++)
+      for (int64_t j = 0; j < s->Lk; j++) {
+        const int64_t page = (*table)[b * per_seq + j / page_size];
+        const size_t to = (size_t)page * page_bytes + (size_t)(h * page_size + j % page_size) * row;
+        const size_t from = (size_t)((b * s->Hkv + h) * s->Lk + j) * row;
+        memcpy((char *)*k_pool + to, (const char *)k + from, row);
+        memcpy((char *)*v_pool + to, (const char *)v + from, row);
+      }
+  p->block_table = *table;
+  p->page_size = page_size;
+  p->num_pages = n_pages;
+  attn_strides_packed(p->k_stride, s->Hkv, page_size, s->D);
+  attn_strides_packed(p->v_stride, s->Hkv, page_size, s->D);
+  return 0;
+}
+
 /* Checks rows {0, Lq/2, Lq−1} of heads {0, Hq−1} against the ref kernel; returns max |error| and
  * the largest |ref| seen. */
 static void check_rows(const shape *s, const attn_params *full, const float *q, const float *k,
@@ -199,6 +245,7 @@ int cmd_bench(int argc, char **argv) {
   int machine = 1;
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   attn_dtype kv_dtype = ATTN_DTYPE_F32;
+  int64_t page_size = 0; /* 0: K and V not paged */
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--csv") == 0)
@@ -237,6 +284,12 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16 or bf16\n", val);
         return 2;
       }
+    } else if (strcmp(a, "--page-size") == 0 && val) {
+      if (cli_parse_i64(val, &page_size) != 0 || page_size < 1 || page_size > 1 << 20) {
+        fprintf(stderr, "attn bench: --page-size '%s' must be 1 to %d\n", val, 1 << 20);
+        return 2;
+      }
+      i++;
     } else if (strcmp(a, "--kernel") == 0 && val) {
       kernel = attn_kernel_from_name(val), i++;
       if (kernel == ATTN_KERNEL_COUNT_ || !attn_kernel_supported(kernel)) {
@@ -247,6 +300,11 @@ int cmd_bench(int argc, char **argv) {
       fprintf(stderr, "attn bench: unknown option '%s'\n", a);
       return 2;
     }
+  }
+  if (page_size && backward) {
+    fprintf(stderr, "attn bench: --page-size is for the forward only (attn_backward refuses paged "
+                    "K and V)\n");
+    return 2;
   }
   if (n_shapes == 0) {
     const shape *list = quick ? quick_shapes : backward ? backward_shapes : default_shapes;
@@ -275,7 +333,7 @@ int cmd_bench(int argc, char **argv) {
   if (csv) {
     printf("pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,kv_dtype,t_med_ms,t_min_ms,gflops,peak_pct,"
            "gbs,"
-           "bw_pct,scratch_kib,max_err,check\n");
+           "bw_pct,scratch_kib,max_err,check,page_size\n");
   } else {
     printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
     if (machine)
@@ -285,6 +343,8 @@ int cmd_bench(int argc, char **argv) {
     else
       printf("kernel %s, %d threads, K/V %s | peak and bandwidth not measured (--no-machine)\n",
              attn_kernel_name(resolved), threads, attn_dtype_name(kv_dtype));
+    if (page_size)
+      printf("K/V paged: pages of %" PRId64 " keys, each sequence's pages shuffled\n", page_size);
     if (block > 0)
       printf("6x16 register block of the AVX2 products alone, operands in L1 (their ceiling): "
              "median %.1f GFLOP/s = %.0f%% of peak, best %.0f%%\n",
@@ -337,6 +397,18 @@ int cmd_bench(int argc, char **argv) {
     p.threads = threads;
     p.kernel = kernel;
     p.k_dtype = p.v_dtype = kv_dtype;
+    const attn_params unpaged = p; /* for the check */
+    int32_t *table = NULL;
+    if (page_size) { /* K and V moved into pools of pages, each sequence's pages shuffled */
+      void *k_pool = NULL, *v_pool = NULL;
+      if (page_kv(s, page_size, kv_dtype == ATTN_DTYPE_F32 ? 4 : 2, k_in, v_in, &p, &table, &k_pool,
+                  &v_pool) != 0) {
+        fprintf(stderr, "attn bench: out of memory\n");
+        return 1;
+      }
+      if (k_in != k) free(k_in), free(v_in);
+      k_in = k_pool, v_in = v_pool;
+    }
     size_t scratch = 0;
     if (backward)
       attn_backward_scratch_bytes(&p, 0, &scratch);
@@ -368,7 +440,7 @@ int cmd_bench(int argc, char **argv) {
     if (backward)
       check_rows_backward(s, &p, q, k, v, d_o, dq, &err, &ref_mag);
     else
-      check_rows(s, &p, q, k, v, o, &err, &ref_mag);
+      check_rows(s, &unpaged, q, k, v, o, &err, &ref_mag);
     const int pass = err <= 1e-5 * (1.0 + ref_mag);
     failures += !pass;
     char name[96];
@@ -378,11 +450,11 @@ int cmd_bench(int argc, char **argv) {
              s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal ? " causal" : "");
     if (csv)
       printf("%s%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
-             ",%d,%d,%s,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s\n",
+             ",%d,%d,%s,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s,%" PRId64 "\n",
              backward ? "backward," : "forward,", attn_kernel_name(resolved), s->B, s->Hq, s->Hkv,
              s->Lq, s->Lk, s->D, s->causal, threads, attn_dtype_name(kv_dtype), t_med * 1e3,
              t_min * 1e3, gflops, pct(gflops, peak), gbs, decode ? pct(gbs, bandwidth) : 0.0,
-             (double)scratch / 1024, err, pass ? "PASS" : "FAIL");
+             (double)scratch / 1024, err, pass ? "PASS" : "FAIL", page_size);
     else {
       char gbs_str[32] = "-";
       if (decode) snprintf(gbs_str, sizeof gbs_str, "%.1f", gbs);
@@ -395,6 +467,7 @@ int cmd_bench(int argc, char **argv) {
              pct(gbs, bandwidth));
     fflush(stdout);
     if (k_in != k) free(k_in), free(v_in);
+    free(table);
     free(q), free(k), free(v), free(o), free(lse), free(d_o), free(dq), free(dk), free(dv);
   }
   if (machine) { /* a neighbour busy while the peak was measured skews every percentage: say so */

@@ -74,6 +74,18 @@
  * the sink; a row's P sums to 1 − exp(sinks[h] − LSE_i)), O_i = Σ_j P_ij · v_j. A sink of −inf
  * is no sink. A row with no visible key then has LSE = sinks[h], O = +0, P = 0.
  *
+ * Paged K and V (a KV cache in pages: vLLM's PagedAttention, FlashAttention's block_table), for
+ * attn_forward only: with p->block_table set, K and V are pools of num_pages pages of page_size
+ * keys, k [num_pages, Hkv, page_size, D] and v [num_pages, Hkv, page_size, Dv] (k_stride and
+ * v_stride index these dimensions; attn_strides_blhd(s, Hkv, page_size, D) is the
+ * [page, slot, head, dim] layout), and key j of batch item b is slot j % page_size of page
+ *     block_table[b · block_table_stride + j / page_size]
+ * for j < klen(b). Everything else (len_k, kv_len, masks, bias, P, positions) speaks of the
+ * logical keys j, so a paged call gives bitwise the result of the same call on K and V gathered
+ * into ordinary [B, Hkv, Lk, ·] tensors, on every kernel. Entries for keys at or past klen(b) are
+ * never read (they may hold anything, e.g. −1); the others must lie in [0, num_pages). Pages may be
+ * shared between batch items (a common prefix) and appear in any order.
+ *
  * Rows with no visible key (and no sink): O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN. A
  * visible key whose score is −inf (only infinite Q or K values make one) gets weight exactly 0 (its
  * V enters O as 0·V, as in a plain softmax: an infinite V there makes NaN); a row whose every
@@ -217,6 +229,14 @@ typedef struct attn_params {
   const float *bias;      /* [B, Hq, Lq, Lk] additive bias, −inf masks, or NULL */
   int64_t bias_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
 
+  /* Paged K and V (see "Paged K and V"; attn_forward only, attn_backward refuses them). */
+  const int32_t *block_table; /* [batch, ceil(len_k / page_size)] page of each page_size keys, or
+                                 NULL: K and V are ordinary [B, Hkv, Lk, ·] tensors */
+  int64_t block_table_stride; /* entries between batch rows of block_table: −1 (the default) =
+                                 ceil(len_k / page_size); 0 = one row for every batch item */
+  int64_t page_size;          /* keys per page, ≥ 1 (used only with block_table) */
+  int64_t num_pages;          /* pages in the K and V pools, ≥ 0 (used only with block_table) */
+
   /* Element types of the inputs (see attn_dtype); attn_params_init sets ATTN_DTYPE_F32. */
   attn_dtype q_dtype, k_dtype, v_dtype;
 
@@ -229,7 +249,8 @@ typedef struct attn_params {
 
 /* Sets every field of *p to its default: the given sizes, packed strides ([B, H, L, D] for Q, K,
  * V, O; [B, Hq, Lq] for LSE; [B, Hq, Lq, Lk] for P, mask and bias), default scale, no softcap, no
- * ALiBi, not causal, alignment unset, unbounded window, no kv_len/mask/bias, fp32 inputs,
+ * ALiBi, not causal, alignment unset, unbounded window, no kv_len/mask/bias, K and V not paged
+ * (block_table NULL, block_table_stride −1), fp32 inputs,
  * threads = 0, kernel AUTO. Never fails; sizes are checked by attn_forward. */
 ATTN_API void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t heads_kv,
                                int64_t len_q, int64_t len_k, int64_t dim, int64_t dim_v);
@@ -256,8 +277,8 @@ ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, i
  * row and the copy takes at most 64 MiB (B·Hkv·Lk·D floats, Lk rounded up to the kernel's column
  * block), and the split-key partials (decode, and prefill with fewer than 8 batch·head·query
  * block items against ≥ 1024 keys: (Dv + 2) floats per query row and key chunk); the P output
- * itself when requested. 16-bit K or V adds one widened tile per worker (ref: a widened fp32 copy
- * of every 16-bit input).
+ * itself when requested. 16-bit or paged K or V adds one widened tile per worker (ref: a
+ * widened fp32 copy of every 16-bit input, and of K and V when paged).
  * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
  * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */
@@ -303,7 +324,8 @@ ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_p
  * Limit: LSE is fp32, so in a row whose scores are so large in magnitude that fp32 cannot resolve
  * LSE − max s (|s| above ~1e7, e.g. a −1e30 bias on every visible key) the recomputed weights are
  * inexact (the forward's own scores have lost those digits too).
- * Errors: as attn_forward; nothing written on error.
+ * Errors: as attn_forward; nothing written on error. Paged K and V (block_table) are
+ * ATTN_STATUS_UNSUPPORTED: training keeps K and V as ordinary tensors.
  */
 ATTN_API attn_status attn_backward(const attn_params *p, const void *q, const void *k,
                                    const void *v, const float *o, const float *lse,

@@ -134,6 +134,10 @@ static attn_status check_local(const attn_params *p, int ranks) {
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: sinks are not supported across shards (each block's call would "
                      "count the sink again)");
+  if (p->block_table)
+    return ring_fail(ATTN_STATUS_UNSUPPORTED,
+                     "attn_ring: block_table is set: each rank holds its K and V rows as an "
+                     "ordinary tensor (paged K and V are for attn_forward)");
   if (p->q_dtype != ATTN_DTYPE_F32 || p->k_dtype != ATTN_DTYPE_F32 || p->v_dtype != ATTN_DTYPE_F32)
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: q_dtype, k_dtype and v_dtype (%s, %s, %s) must be f32: the ring "

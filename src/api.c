@@ -42,6 +42,7 @@ void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t he
   attn_strides_packed(p->dk_stride, heads_kv, len_k, dim);
   attn_strides_packed(p->dv_stride, heads_kv, len_k, dim_v);
   attn_strides_packed(p->dbias_stride, heads_q, len_q, len_k);
+  p->block_table_stride = -1;
   p->window_left = -1;
   p->window_right = -1;
   p->align = ATTN_ALIGN_UNSET;
@@ -68,11 +69,13 @@ static void zero_if_empty(int64_t *stride, int n, const int64_t *shape) {
 static void copy_params(const attn_params *p, attn_params *c) {
   *c = *p;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
-  const int64_t q[4] = {B, Hq, Lq, p->dim}, k[4] = {B, Hkv, Lk, p->dim};
-  const int64_t v[4] = {B, Hkv, Lk, p->dim_v}, o[4] = {B, Hq, Lq, p->dim_v};
+  /* K and V: [B, Hkv, Lk, ·], or pools of pages [num_pages, Hkv, page_size, ·] */
+  const int64_t kv_n = p->block_table ? p->num_pages : B, kv_l = p->block_table ? p->page_size : Lk;
+  const int64_t q[4] = {B, Hq, Lq, p->dim}, k[4] = {kv_n, Hkv, kv_l, p->dim};
+  const int64_t v[4] = {kv_n, Hkv, kv_l, p->dim_v}, o[4] = {B, Hq, Lq, p->dim_v};
   const int64_t s[4] = {B, Hq, Lq, Lk}, l[3] = {B, Hq, Lq};
   zero_if_empty(c->q_stride, 4, q), zero_if_empty(c->dq_stride, 4, q);
-  zero_if_empty(c->k_stride, 4, k), zero_if_empty(c->dk_stride, 4, k);
+  zero_if_empty(c->k_stride, 4, k), zero_if_empty(c->dk_stride, 4, k); /* dK, dV: not paged */
   zero_if_empty(c->v_stride, 4, v), zero_if_empty(c->dv_stride, 4, v);
   zero_if_empty(c->o_stride, 4, o), zero_if_empty(c->dout_stride, 4, o);
   zero_if_empty(c->lse_stride, 3, l);
@@ -86,20 +89,23 @@ static void copy_params(const attn_params *p, attn_params *c) {
 }
 
 /* The 16-bit inputs of a call, widened to fp32 for the kernels that read only fp32 (ref, and the
- * backward of every kernel); the fused forward reads 16-bit tensors itself. */
+ * backward of every kernel), and paged K and V gathered for ref; the fused forward reads 16-bit
+ * and paged tensors itself. */
 typedef struct widened {
   const void *q, *k, *v; /* the pointers to pass: the caller's, or a copy in buf */
   float *buf[3];
 } widened;
 
-/* Element counts of Q, K, V in *n (0 for an fp32 input, which is never copied); 0 on overflow. */
+/* Element counts of the copies of Q, K, V in *n (0 for an fp32 input that is not paged, which is
+ * never copied); 0 on overflow. */
 static int widened_counts(const attn_params *p, int64_t n[3]) {
   const attn_dtype t[3] = {p->q_dtype, p->k_dtype, p->v_dtype};
+  const int paged[3] = {0, p->block_table != NULL, p->block_table != NULL};
   const int64_t sz[3][4] = {{p->batch, p->heads_q, p->len_q, p->dim},
                             {p->batch, p->heads_kv, p->len_k, p->dim},
                             {p->batch, p->heads_kv, p->len_k, p->dim_v}};
   for (int i = 0; i < 3; i++) {
-    n[i] = t[i] == ATTN_DTYPE_F32 ? 0 : 1;
+    n[i] = t[i] == ATTN_DTYPE_F32 && !paged[i] ? 0 : 1;
     for (int d = 0; d < 4; d++)
       if (!attn__mul_ok(n[i], sz[i][d], &n[i])) return 0;
     if (!attn__mul_ok(n[i], (int64_t)sizeof(float), &(int64_t){0})) return 0;
@@ -119,9 +125,10 @@ static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *b
   return ATTN_STATUS_OK;
 }
 
-/* For each 16-bit input among q, k, v (of a validated call; c is its copy_params copy): a packed
- * fp32 copy (exact), its packed strides and ATTN_DTYPE_F32 in *c. Nothing is written to the
- * outputs, so a failure here leaves them untouched. */
+/* For each 16-bit input among q, k, v, and for paged k and v (of a validated call; c is its
+ * copy_params copy): a packed [B, H, L, ·] fp32 copy (exact; keys at or past klen(b) of paged K
+ * and V, never read, as 0), its packed strides, ATTN_DTYPE_F32 and no block table in *c. Nothing
+ * is written to the outputs, so a failure here leaves them untouched. */
 static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, const void *k,
                                 const void *v, widened *w) {
   *w = (widened){q, k, v, {NULL, NULL, NULL}};
@@ -152,15 +159,23 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
   for (int i = 0; i < 3; i++) {
     if (n[i] == 0) continue;
     float *out = w->buf[i];
+    const int paged = i > 0 && c->block_table;
     for (int64_t b = 0; b < c->batch; b++)
       for (int64_t h = 0; h < heads[i]; h++)
         for (int64_t l = 0; l < len[i]; l++, out += dim[i])
-          attn__widen(*type[i], src[i], b * stride[i][0] + h * stride[i][1] + l * stride[i][2],
-                      stride[i][3], dim[i], out);
+          if (!paged || l < attn__klen(c, b)) /* attn__kv_row reads the table if paged */
+            attn__widen(*type[i], src[i],
+                        i == 0 ? b * stride[i][0] + h * stride[i][1] + l * stride[i][2]
+                               : attn__kv_row(c, stride[i], b, h, l),
+                        stride[i][3], dim[i], out);
+          else
+            for (int64_t d = 0; d < dim[i]; d++)
+              out[d] = 0.0f;
     *dst[i] = w->buf[i];
     *type[i] = ATTN_DTYPE_F32;
     attn_strides_packed(stride[i], heads[i], len[i], dim[i]);
   }
+  c->block_table = NULL; /* K and V, if paged, are now gathered */
   return ATTN_STATUS_OK;
 }
 

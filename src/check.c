@@ -192,6 +192,46 @@ static attn_status check_options(const char *fn, const attn_params *p) {
   return ATTN_STATUS_OK;
 }
 
+/* Paged K and V: the paging fields, and every block-table entry a key below klen(b) uses (the
+ * tensor extents are checked with the other tensors). */
+static attn_status check_paged(const char *fn, const attn_params *p) {
+  if (!p->block_table) return ATTN_STATUS_OK;
+  if (p->page_size < 1)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: page_size (%" PRId64 ") must be at least 1 when block_table is given",
+                      fn, p->page_size);
+  if (p->num_pages < 0)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: num_pages (%" PRId64 ") must be at least 0", fn, p->num_pages);
+  if (p->block_table_stride < -1)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: block_table_stride (%" PRId64 ") must be -1 (ceil(len_k / page_size)) "
+                      "or at least 0",
+                      fn, p->block_table_stride);
+  const int64_t stride = attn__block_table_stride(p);
+  int64_t last;
+  if (p->batch > 0 && (!attn__mul_ok(p->batch - 1, stride, &last) ||
+                       !attn__add_ok(last, attn__pages_per_seq(p), &last)))
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "%s: block_table_stride (%" PRId64 ") times batch - 1 (%" PRId64
+                      ") overflows a 64-bit offset",
+                      fn, stride, p->batch - 1);
+  for (int64_t b = 0; b < p->batch; b++) {
+    const int64_t klen = attn__klen(p, b), used = klen == 0 ? 0 : (klen - 1) / p->page_size + 1;
+    for (int64_t e = 0; e < used; e++) {
+      const int32_t page = p->block_table[b * stride + e];
+      if (page < 0 || page >= p->num_pages)
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: block_table[%" PRId64 " * %" PRId64 " + %" PRId64 "] (%" PRId32
+                          ") must be in [0, num_pages = %" PRId64 "): it holds keys %" PRId64
+                          "..%" PRId64 " of batch item %" PRId64 ", whose key length is %" PRId64,
+                          fn, b, stride, e, page, p->num_pages, e * p->page_size,
+                          e * p->page_size + p->page_size - 1, b, klen);
+    }
+  }
+  return ATTN_STATUS_OK;
+}
+
 /* Checks each present tensor, then that no output overlaps another output or an input (outputs
  * come after inputs in t). */
 static attn_status check_tensors(const char *fn, tensor_desc *t, const int *present, int n,
@@ -234,15 +274,32 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
                                 int check_pointers, attn__problem *pr) {
   attn_status st = check_params(fn, p, pr);
   if (st != ATTN_STATUS_OK) return st;
+  if ((st = check_paged(fn, p)) != ATTN_STATUS_OK) return st;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
   const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype),
                 ke = (int64_t)attn__dtype_size(p->k_dtype),
                 ve = (int64_t)attn__dtype_size(p->v_dtype);
-  enum { Q, K, V, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
+  /* K and V: [B, Hkv, Lk, ·], or pools of pages [num_pages, Hkv, page_size, ·] */
+  const int paged = p->block_table != NULL;
+  const int64_t kv_n = paged ? p->num_pages : B, kv_l = paged ? p->page_size : Lk;
+  const int64_t bt_stride[2] = {paged ? attn__block_table_stride(p) : 0, 1};
+  enum { Q, K, V, TABLE, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
       [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, qe, 0, 0, 0, 0, 0},
-      [K] = {"k", "k_stride", k, 4, {B, Hkv, Lk, p->dim}, p->k_stride, ke, 0, 0, 0, 0, 0},
-      [V] = {"v", "v_stride", v, 4, {B, Hkv, Lk, p->dim_v}, p->v_stride, ve, 0, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", k, 4, {kv_n, Hkv, kv_l, p->dim}, p->k_stride, ke, 0, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", v, 4, {kv_n, Hkv, kv_l, p->dim_v}, p->v_stride, ve, 0, 0, 0, 0, 0},
+      [TABLE] = {"block_table",
+                 "block_table_stride",
+                 p->block_table,
+                 2,
+                 {B, paged ? attn__pages_per_seq(p) : 0},
+                 bt_stride,
+                 4,
+                 0,
+                 0,
+                 0,
+                 0,
+                 0},
       [MASK] =
           {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0, 0},
       [BIAS] =
@@ -253,7 +310,7 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
           {"probs", "probs_stride", probs, 4, {B, Hq, Lq, Lk}, p->probs_stride, 4, 1, 0, 0, 0, 0},
   };
   int present[N_TENSORS] = {
-      1, 1, 1, p->mask != NULL, p->bias != NULL, 1, lse != NULL, probs != NULL};
+      1, 1, 1, paged, p->mask != NULL, p->bias != NULL, 1, lse != NULL, probs != NULL};
   if ((st = check_tensors(fn, t, present, N_TENSORS, O, check_pointers)) != ATTN_STATUS_OK)
     return st;
   return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
@@ -265,6 +322,11 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
   if (st != ATTN_STATUS_OK) return st;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
   const int64_t D = p->dim, Dv = p->dim_v;
+  if (p->block_table)
+    return attn__fail(ATTN_STATUS_UNSUPPORTED,
+                      "%s: block_table is set: paged K and V are for attn_forward only (pass K, V "
+                      "and their gradients as ordinary [B, Hkv, Lk, D] tensors)",
+                      fn);
   if (x->dbias && !p->bias)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: dbias is given but p->bias is NULL: there is no bias to differentiate",

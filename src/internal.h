@@ -79,6 +79,23 @@ static inline int64_t attn__pos_shift(const attn_params *p, int64_t b) {
   return p->align == ATTN_ALIGN_BOTTOM_RIGHT ? attn__klen(p, b) - p->len_q : 0;
 }
 
+/* Paged K and V: entries per block-table row, ceil(len_k / page_size), and the row stride. */
+static inline int64_t attn__pages_per_seq(const attn_params *p) {
+  return p->len_k == 0 ? 0 : (p->len_k - 1) / p->page_size + 1;
+}
+static inline int64_t attn__block_table_stride(const attn_params *p) {
+  return p->block_table_stride >= 0 ? p->block_table_stride : attn__pages_per_seq(p);
+}
+
+/* Element offset of the row of key j (j < klen(b)) of KV head hk of batch item b in K or V, whose
+ * strides are `stride`: through the block table when K and V are paged. */
+static inline int64_t attn__kv_row(const attn_params *p, const int64_t stride[4], int64_t b,
+                                   int64_t hk, int64_t j) {
+  if (!p->block_table) return b * stride[0] + hk * stride[1] + j * stride[2];
+  const int64_t page = p->block_table[b * attn__block_table_stride(p) + j / p->page_size];
+  return page * stride[0] + hk * stride[1] + j % p->page_size * stride[2];
+}
+
 /* ---- kernels (dispatch.c, ref/, kernels/) ---- */
 
 /* q, k, v of the types pr->p->q_dtype, k_dtype, v_dtype (the ref kernel gets fp32 copies of

@@ -356,7 +356,98 @@ void tcase_set_types(tcase *c, attn_dtype q, attn_dtype k, attn_dtype v) {
   c->p.q_dtype = q, c->p.k_dtype = k, c->p.v_dtype = v;
 }
 
+void tcase_page(tcase *c, int64_t page_size, int layout, int64_t pad_rows, uint64_t seed) {
+  tcase_unpage(c);
+  attn_params *p = &c->p;
+  rng r = {seed * 0x9e3779b97f4a7c15ull + 5};
+  const int64_t B = p->batch, H = p->heads_kv, Lk = p->len_k;
+  const int64_t per_seq = Lk == 0 ? 0 : (Lk - 1) / page_size + 1, row = per_seq + pad_rows;
+  int64_t used_total = 0;
+  for (int64_t b = 0; b < B; b++) {
+    const int64_t klen = p->kv_len ? p->kv_len[b] : Lk;
+    used_total += klen == 0 ? 0 : (klen - 1) / page_size + 1;
+  }
+  const int64_t num_pages = used_total + 2; /* two spare pages, never in the table */
+  int64_t *perm = malloc(sizeof(int64_t) * (size_t)num_pages);
+  for (int64_t i = 0; i < num_pages; i++)
+    perm[i] = i;
+  for (int64_t i = num_pages - 1; i > 0; i--) {
+    const int64_t k = rng_int(&r, 0, i), tmp = perm[i];
+    perm[i] = perm[k], perm[k] = tmp;
+  }
+  c->table = malloc(sizeof(int32_t) * (size_t)(B * row + 1));
+  static const int32_t unused[3] = {-1, INT32_MAX, 0}; /* 0 stands for num_pages */
+  for (int64_t e = 0; e < B * row; e++)
+    c->table[e] = unused[e % 3] ? unused[e % 3] : (int32_t)num_pages;
+  int64_t at = 0;
+  for (int64_t b = 0; b < B; b++) {
+    const int64_t klen = p->kv_len ? p->kv_len[b] : Lk;
+    for (int64_t e = 0; e * page_size < klen; e++)
+      c->table[b * row + e] = (int32_t)perm[at++];
+  }
+  free(perm);
+  /* the pools, NaN everywhere the table does not point to a key below klen(b) */
+  const tbuf *src[2] = {&c->k, &c->v}, *src16[2] = {&c->k16, &c->v16};
+  const attn_dtype type[2] = {p->k_dtype, p->v_dtype};
+  int64_t *stride[2] = {p->k_stride, p->v_stride},
+          *saved[2] = {c->k_stride_unpaged, c->v_stride_unpaged};
+  void **pool[2] = {&c->k_pool, &c->v_pool};
+  for (int i = 0; i < 2; i++) {
+    const int64_t n = src[i]->size[3], esz = type[i] == ATTN_DTYPE_F32 ? 4 : 2;
+    const size_t count = (size_t)(num_pages * H * page_size * n);
+    memcpy(saved[i], stride[i], sizeof(int64_t) * 4);
+    if (layout == 0)
+      attn_strides_packed(stride[i], H, page_size, n);
+    else
+      attn_strides_blhd(stride[i], H, page_size, n);
+    unsigned char *dst = malloc(count * (size_t)esz + 4);
+    *pool[i] = dst;
+    const uint32_t nan32 = 0x7fc00000u;
+    const uint16_t nan16 = type[i] == ATTN_DTYPE_F16 ? 0x7e00 : 0x7fc0;
+    for (size_t e = 0; e < count; e++)
+      memcpy(dst + e * (size_t)esz, esz == 4 ? (const void *)&nan32 : (const void *)&nan16,
+             (size_t)esz);
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t j = 0; j < (p->kv_len ? p->kv_len[b] : Lk); j++)
+          for (int64_t d = 0; d < n; d++) {
+            const int64_t page = c->table[b * row + j / page_size];
+            const int64_t to = page * stride[i][0] + h * stride[i][1] +
+                               j % page_size * stride[i][2] + d * stride[i][3];
+            const tbuf *from = esz == 4 ? src[i] : src16[i];
+            memcpy(dst + to * esz, from->base + tbuf_index(from, b, h, j, d) * esz, (size_t)esz);
+          }
+  }
+  p->block_table = c->table;
+  p->block_table_stride = pad_rows ? row : -1;
+  p->page_size = page_size;
+  p->num_pages = num_pages;
+}
+
+void tcase_unpage(tcase *c) {
+  if (!c->table) return;
+  memcpy(c->p.k_stride, c->k_stride_unpaged, sizeof c->k_stride_unpaged);
+  memcpy(c->p.v_stride, c->v_stride_unpaged, sizeof c->v_stride_unpaged);
+  c->p.block_table = NULL;
+  c->p.block_table_stride = -1;
+  c->p.page_size = c->p.num_pages = 0;
+  free(c->table), free(c->k_pool), free(c->v_pool);
+  c->table = NULL, c->k_pool = c->v_pool = NULL;
+}
+
+/* c's parameters for an unpaged call on the same K and V. */
+static attn_params unpaged_params(const tcase *c) {
+  attn_params p = c->p;
+  if (p.block_table) {
+    memcpy(p.k_stride, c->k_stride_unpaged, sizeof p.k_stride);
+    memcpy(p.v_stride, c->v_stride_unpaged, sizeof p.v_stride);
+    p.block_table = NULL;
+  }
+  return p;
+}
+
 const void *tcase_input(const tcase *c, int which) {
+  if (which > 0 && c->p.block_table) return which == 1 ? c->k_pool : c->v_pool;
   const tbuf *f = which == 0 ? &c->q : which == 1 ? &c->k : &c->v;
   const tbuf *h = which == 0 ? &c->q16 : which == 1 ? &c->k16 : &c->v16;
   const attn_dtype t = which == 0 ? c->p.q_dtype : which == 1 ? c->p.k_dtype : c->p.v_dtype;
@@ -365,6 +456,7 @@ const void *tcase_input(const tcase *c, int which) {
 }
 
 void tcase_free(tcase *c) {
+  tcase_unpage(c);
   tbuf_free(&c->q16);
   tbuf_free(&c->k16);
   tbuf_free(&c->v16);
@@ -736,12 +828,13 @@ int t_check_case(tcase *c, attn_kernel kernel, int threads, int want_probs) {
   tbuf_gather(&out.o, ko);
   tbuf_gather(&out.lse, kl);
   const float *q = tbuf_f32(&c->q), *k = tbuf_f32(&c->k), *v = tbuf_f32(&c->v);
-  oracle_forward(&c->p, q, k, v, ro, rl, rp);
+  const attn_params up = unpaged_params(c);
+  oracle_forward(&up, q, k, v, ro, rl, rp);
   const float *bos[NB], *bls[NB], *bps[NB];
   for (int bi = 0; bi < NB; bi++) {
     bos[bi] = bo + (size_t)bi * no, bls[bi] = bl + (size_t)bi * nl;
     bps[bi] = bp ? bp + (size_t)bi * np : NULL;
-    baseline_forward(&c->p, bi, q, k, v, bo + (size_t)bi * no, bl + (size_t)bi * nl,
+    baseline_forward(&up, bi, q, k, v, bo + (size_t)bi * no, bl + (size_t)bi * nl,
                      bp ? bp + (size_t)bi * np : NULL);
   }
 

@@ -146,6 +146,10 @@ typedef struct tcase {
   tbuf q16, k16, v16; /* 16-bit copies (tcase_set_types), run when p's q/k/v_dtype say so */
   float *alibi, *sinks;
   int64_t *kv_len;
+  /* paged K and V (tcase_page), passed by tcase_input while p.block_table is set */
+  int32_t *table;
+  void *k_pool, *v_pool;
+  int64_t k_stride_unpaged[4], v_stride_unpaged[4];
 } tcase;
 
 void tcase_make(tcase *c, const tspec *s);
@@ -154,8 +158,17 @@ void tcase_make(tcase *c, const tspec *s);
  * are replaced by the copy's, widened (attn_to_f32), so both hold the same numbers: the oracle,
  * the baselines and an fp32 run see exactly what the 16-bit run sees. Sets p's dtypes. */
 void tcase_set_types(tcase *c, attn_dtype q, attn_dtype k, attn_dtype v);
+/* Gives the case paged K and V holding its K and V values in their current types (call after
+ * tcase_set_types): pools of page_size keys per page, layout 0 = [page, Hkv, slot, ·], 1 =
+ * [page, slot, Hkv, ·], with the pages of (b, page index) in shuffled order, two spare pages and
+ * the slots past each klen(b) holding NaN, table entries past klen(b) out of range (−1, INT32_MAX,
+ * num_pages), and table rows pad_rows entries longer than needed (0: block_table_stride = −1).
+ * Sets p's paging fields and K, V strides; tcase_unpage restores the unpaged call (the oracle and
+ * baselines of t_check_case always read the unpaged tensors). */
+void tcase_page(tcase *c, int64_t page_size, int layout, int64_t pad_rows, uint64_t seed);
+void tcase_unpage(tcase *c);
 /* The pointer a run passes for input which (0 = Q, 1 = K, 2 = V): the fp32 tensor, or its 16-bit
- * copy when p's type for it is not ATTN_DTYPE_F32. */
+ * copy when p's type for it is not ATTN_DTYPE_F32; the pools while p.block_table is set. */
 const void *tcase_input(const tcase *c, int which);
 void tcase_free(tcase *c);
 /* A one-line description for failure messages. */

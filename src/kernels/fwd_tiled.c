@@ -52,6 +52,12 @@
  * widen them in registers, or — blocks of more than DIRECT_WIDE_ROWS rows — widen each tile once
  * into kc and vc. The arithmetic after widening is the fp32 path's, so the results are bitwise
  * those of the fp32 call on the widened values.
+ *
+ * Paged K and V (block_table): a tile whose keys lie in one page is read where it is, like an
+ * unpaged one; a tile that spans pages is gathered, one run of rows per page, where a 16-bit tile
+ * would be widened (kc and vc for the decode forms, kc then pack_k for K, the V pack); V is never
+ * read in place for the prefill products. Only the addresses change, so the results are bitwise
+ * those of the call on the gathered tensors.
  */
 #include "tiled.h"
 
@@ -112,25 +118,27 @@ typedef struct tile_scratch {
   float *s;               /* [br, bc] scores, then probabilities */
   float *acc;             /* [br, dvp] unnormalised output */
   float *m, *l, *alpha;   /* [br] running max, running sum, this tile's rescale factor */
+  float *ones;            /* [br] 1.0: the rescale factor of a tile's later page runs */
   unsigned char *vis;     /* [br, bc] 1 where the pair is visible */
   int *grp;  /* [2·br] on a ragged tile: column range of each row group (group_cols) */
-  float *kc; /* [bc, D] a 16-bit K tile widened to fp32 (empty for fp32 K) */
-  float *vc; /* [bc, Dv] a 16-bit V tile widened for the decode forms (empty for fp32 V) */
+  float *kc; /* [bc, D] a 16-bit or paged K tile widened to fp32 (empty for fp32 K in place) */
+  float *vc; /* [bc, Dv] the same for V, for the decode forms */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 17 };
+enum { N_PARTS = 18 };
 static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int64_t dvp,
                           size_t offs[N_PARTS], size_t *total) {
   const int64_t br = uk->br, bc = uk->bc, D = p->dim;
   const int64_t qp = uk->pack_q ? br * D : 0;
-  const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 ? bc * D : 0;
-  const int64_t vc = p->v_dtype != ATTN_DTYPE_F32 ? bc * p->dim_v : 0;
-  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, vis, grp, kc, vc */
-  const int64_t counts[N_PARTS] = {br,       br, br, br, br * D,  qp,     bc * D, bc * dvp, br * bc,
-                                   br * dvp, br, br, br, br * bc, 2 * br, kc,     vc};
-  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4, 4};
+  const int paged = p->block_table != NULL;
+  const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 || paged ? bc * D : 0;
+  const int64_t vc = p->v_dtype != ATTN_DTYPE_F32 || paged ? bc * p->dim_v : 0;
+  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, ones, vis, grp, kc, vc */
+  const int64_t counts[N_PARTS] = {br,       br, br, br, br * D, qp,      bc * D, bc * dvp, br * bc,
+                                   br * dvp, br, br, br, br,     br * bc, 2 * br, kc,       vc};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4, 4};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -161,10 +169,13 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.m = (float *)(void *)(base + o[10]);
   t.l = (float *)(void *)(base + o[11]);
   t.alpha = (float *)(void *)(base + o[12]);
-  t.vis = base + o[13];
-  t.grp = (int *)(void *)(base + o[14]);
-  t.kc = (float *)(void *)(base + o[15]);
-  t.vc = (float *)(void *)(base + o[16]);
+  t.ones = (float *)(void *)(base + o[13]);
+  t.vis = base + o[14];
+  t.grp = (int *)(void *)(base + o[15]);
+  t.kc = (float *)(void *)(base + o[16]);
+  t.vc = (float *)(void *)(base + o[17]);
+  for (int r = 0; r < job->uk->br; r++)
+    t.ones[r] = 1.0f;
   return t;
 }
 
@@ -222,26 +233,104 @@ static int widen_rows(const attn__fwd_ukernel *uk, attn_dtype t, const void *src
                                                               cols, n, ld, dst);
 }
 
-/* Packs K rows [j0, j0 + cols) of KV head (b, hk) into dst with uk->pack_k; a 16-bit K is widened
- * into kc [cols, D] first. */
+/* K or V of a call, as the tile functions below address it. */
+typedef struct kv_tensor {
+  const void *base;
+  attn_dtype type;
+  const int64_t *stride;
+  int64_t n; /* D or Dv */
+} kv_tensor;
+
+static kv_tensor k_of(const fwd_job *job) {
+  const attn_params *p = job->pr->p;
+  return (kv_tensor){job->k, p->k_dtype, p->k_stride, p->dim};
+}
+static kv_tensor v_of(const fwd_job *job) {
+  const attn_params *p = job->pr->p;
+  return (kv_tensor){job->v, p->v_dtype, p->v_stride, p->dim_v};
+}
+
+/* Keys from j on that lie in j's page, at most n (n itself unless K and V are paged). */
+static int page_run(const attn_params *p, int64_t j, int n) {
+  if (!p->block_table) return n;
+  const int64_t left = p->page_size - j % p->page_size;
+  return left < n ? (int)left : n;
+}
+
+/* Address of the row of key j (j < klen(b) when paged) of KV head (b, hk) of x. */
+static const void *kv_row_at(const fwd_job *job, kv_tensor x, int64_t b, int64_t hk, int64_t j) {
+  return elem(x.base, x.type, attn__kv_row(job->pr->p, x.stride, b, hk, j));
+}
+
+/* Paged decode: the direct forms prefetch K rows a few keys ahead of the one they read, within
+ * the run of keys they are given, so at the end of a page they would prefetch the wrong rows;
+ * the first K rows of the next page (from key j on, below j_end) are prefetched here instead
+ * (pages of 16 keys, Lq = 1, Hq = 32, Hkv = 8, Lk = 32768, D = 128, 2 threads: 38.3 → 35.0 ms,
+ * medians of three alternating rounds). */
+static void prefetch_next_page(const fwd_job *job, int64_t b, int64_t hk, int64_t j,
+                               int64_t j_end) {
+  const attn_params *p = job->pr->p;
+  const kv_tensor k = k_of(job);
+  const int n = page_run(p, j, (int)(j_end - j < 4 ? j_end - j : 4));
+  const char *row = kv_row_at(job, k, b, hk, j);
+  const int64_t row_bytes = k.n * (int64_t)attn__dtype_size(k.type);
+  const int64_t stride_bytes = k.stride[2] * (int64_t)attn__dtype_size(k.type);
+  for (int r = 0; r < n; r++)
+    for (int64_t at = 0; at < row_bytes; at += 64)
+      __builtin_prefetch(row + r * stride_bytes + at, 0, 0);
+}
+
+/* What the direct forms read for key j0 + c of KV head (b, hk) of x: its row in place, or row c of
+ * the tile widened into wide_tile. */
+static const void *direct_row(const fwd_job *job, kv_tensor x, int wide, const float *wide_tile,
+                              int64_t b, int64_t hk, int64_t j0, int c) {
+  return wide ? (const void *)(wide_tile + (int64_t)c * x.n) : kv_row_at(job, x, b, hk, j0 + c);
+}
+
+/* 1 if rows [j0, j0 + cols) of a KV head lie stride[2] apart in memory: always, unless K and V
+ * are paged and the rows span pages or reach klen(b) (whose pages are not in the table). */
+static int kv_rows_in_place(const fwd_job *job, int64_t b, int64_t j0, int cols) {
+  const attn_params *p = job->pr->p;
+  return !p->block_table || (page_run(p, j0, cols) == cols && j0 + cols <= attn__klen(p, b));
+}
+
+/* Widens rows [j0, j0 + cols) of KV head (b, hk) of x into dst [cols, ld] (columns [n, ld) zero),
+ * one run of rows per page when paged, where rows at or past klen(b) (only the once-per-call K
+ * pre-pack asks for them) are zero; returns 1 if every value is finite. */
+static int kv_rows_widen(const fwd_job *job, kv_tensor x, int64_t b, int64_t hk, int64_t j0,
+                         int cols, int64_t ld, float *dst) {
+  const attn_params *p = job->pr->p;
+  int finite = 1;
+  for (int c = 0, run; c < cols; c += run) {
+    if (p->block_table && j0 + c >= attn__klen(p, b)) {
+      memset(dst + (int64_t)c * ld, 0, sizeof(float) * (size_t)(cols - c) * (size_t)ld);
+      break;
+    }
+    run = page_run(p, j0 + c, cols - c);
+    finite &= widen_rows(job->uk, x.type, kv_row_at(job, x, b, hk, j0 + c), x.stride[2],
+                         x.stride[3], 0, run, x.n, ld, dst + (int64_t)c * ld);
+  }
+  return finite;
+}
+
+/* Packs K rows [j0, j0 + cols) of KV head (b, hk) into dst with uk->pack_k; a 16-bit K, or rows
+ * spanning pages, are widened into kc [cols, D] first. */
 static void pack_k_tile(const fwd_job *job, float *kc, int64_t b, int64_t hk, int64_t j0, int cols,
                         float *dst) {
   const attn_params *p = job->pr->p;
-  const void *kb = elem(job->k, p->k_dtype, b * p->k_stride[0] + hk * p->k_stride[1]);
-  if (p->k_dtype == ATTN_DTYPE_F32) {
-    job->uk->pack_k(kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, dst);
+  if (p->k_dtype == ATTN_DTYPE_F32 && kv_rows_in_place(job, b, j0, cols)) {
+    job->uk->pack_k(kv_row_at(job, k_of(job), b, hk, j0), p->k_stride[2], p->k_stride[3], 0, cols,
+                    p->dim, dst);
     return;
   }
-  widen_rows(job->uk, p->k_dtype, kb, p->k_stride[2], p->k_stride[3], j0, cols, p->dim, p->dim, kc);
+  kv_rows_widen(job, k_of(job), b, hk, j0, cols, p->dim, kc);
   job->uk->pack_k(kc, p->dim, 1, 0, cols, p->dim, dst);
 }
 
-/* Packs (widens) V rows [j0, j0 + cols) of the KV head at vbase into vs [cols, dvp]; returns 1 if
- * every value is finite. */
-static int pack_v_tile(const fwd_job *job, const void *vbase, int64_t j0, int cols, float *vs) {
-  const attn_params *p = job->pr->p;
-  return widen_rows(job->uk, p->v_dtype, vbase, p->v_stride[2], p->v_stride[3], j0, cols, p->dim_v,
-                    job->dvp, vs);
+/* Packs (widens) V rows [j0, j0 + cols) of KV head (b, hk) into vs [cols, dvp]; returns 1 if every
+ * value is finite. */
+static int pack_v_tile(const fwd_job *job, int64_t b, int64_t hk, int64_t j0, int cols, float *vs) {
+  return kv_rows_widen(job, v_of(job), b, hk, j0, cols, job->dvp, vs);
 }
 
 /* Turns the dot products S [rows, bc] for keys [j0, j0 + cols) into the contract's scores (Q was
@@ -387,8 +476,6 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   }
   memset(ts->acc, 0, sizeof(float) * (size_t)rows_p * (size_t)dvp);
 
-  const void *kbase = elem(job->k, p->k_dtype, b * p->k_stride[0] + hk * p->k_stride[1]);
-  const void *vbase = elem(job->v, p->v_dtype, b * p->v_stride[0] + hk * p->v_stride[1]);
   /* decode blocks read K and V in place (16-bit values widened in registers) when the set can
    * and rows are contiguous; the choice depends on shapes and strides only, and a non-finite V
    * still uses qk_direct's scores */
@@ -406,32 +493,35 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1, ragged = 0;
-    /* the tile's first K and V rows, in place */
-    const void *kt0 = elem(kbase, p->k_dtype, j0 * p->k_stride[2]);
-    const void *vt0 = elem(vbase, p->v_dtype, j0 * p->v_stride[2]);
-    /* what the direct forms read: the tile in place, or widened */
-    const void *kd = kt0, *vd = vt0;
-    attn_dtype kd_t = p->k_dtype, vd_t = p->v_dtype;
-    int64_t kd_rs = p->k_stride[2], vd_rs = p->v_stride[2];
-    if (widen_tile && kd_t != ATTN_DTYPE_F32) {
-      widen_rows(uk, kd_t, kbase, p->k_stride[2], 1, j0, cols, D, D, ts->kc);
-      kd = ts->kc, kd_t = ATTN_DTYPE_F32, kd_rs = D;
-    }
-    if (widen_tile && vd_t != ATTN_DTYPE_F32) {
-      widen_rows(uk, vd_t, vbase, p->v_stride[2], 1, j0, cols, Dv, Dv, ts->vc);
-      vd = ts->vc, vd_t = ATTN_DTYPE_F32, vd_rs = Dv;
-    }
+    /* the direct forms read K and V where they are, one call per run of keys in one page (one
+     * run unless paged), or a 16-bit tile widened once for a block of many rows */
+    const int k_wide = widen_tile && p->k_dtype != ATTN_DTYPE_F32;
+    const int v_wide = widen_tile && p->v_dtype != ATTN_DTYPE_F32;
+    const attn_dtype kd_t = k_wide ? ATTN_DTYPE_F32 : p->k_dtype;
+    const attn_dtype vd_t = v_wide ? ATTN_DTYPE_F32 : p->v_dtype;
+    const int64_t kd_rs = k_wide ? D : p->k_stride[2], vd_rs = v_wide ? Dv : p->v_stride[2];
+    if (k_wide) kv_rows_widen(job, k_of(job), b, hk, j0, cols, D, ts->kc);
+    if (v_wide) kv_rows_widen(job, v_of(job), b, hk, j0, cols, Dv, ts->vc);
     if (direct) {
-      uk->qk_direct(ts->qs, kd_t, kd, kd_rs, rows, cols, D, ts->s, vd_t, vd, vd_rs, Dv);
+      for (int c = 0, run; c < cols; c += run) {
+        run = page_run(p, j0 + c, cols - c);
+        if (p->block_table && !k_wide && j0 + c + run < bhi) /* see prefetch_next_page */
+          prefetch_next_page(job, b, hk, j0 + c + run, bhi);
+        uk->qk_direct(ts->qs, kd_t, direct_row(job, k_of(job), k_wide, ts->kc, b, hk, j0, c), kd_rs,
+                      rows, run, D, ts->s + c, vd_t,
+                      direct_row(job, v_of(job), v_wide, ts->vc, b, hk, j0, c), vd_rs, Dv);
+      }
     } else {
       const float *kt = k_tile(job, ts, b, hk, j0, cols);
-      if (job->v_rows_ok) { /* V in place: its finiteness from the counts, or a scan of the tile */
+      if (job->v_rows_ok) { /* V in place (never paged): its finiteness from the counts, or a scan
+                               of the tile */
         v_finite = v_bad ? v_bad[j0 + cols] == v_bad[j0]
-                         : attn__rows_finite(vt0, p->v_stride[2], cols, Dv);
+                         : attn__rows_finite(kv_row_at(job, v_of(job), b, hk, j0), p->v_stride[2],
+                                             cols, Dv);
         if (!v_finite) /* the masked path reads the packed copy */
-          pack_v_tile(job, vbase, j0, cols, ts->vs);
+          pack_v_tile(job, b, hk, j0, cols, ts->vs);
       } else {
-        v_finite = pack_v_tile(job, vbase, j0, cols, ts->vs);
+        v_finite = pack_v_tile(job, b, hk, j0, cols, ts->vs);
       }
       for (int r = 0; r < rows && !ragged; r++)
         ragged = ts->lo[r] > j0 || ts->hi[r] < j0 + cols;
@@ -457,15 +547,23 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     }
     if (direct) {
       /* V is read in place; the kernel reports a non-finite value, and then acc (saved in vs,
-       * free in this mode) is restored and the tile takes the packed, masked path */
+       * free in this mode) is restored and the tile takes the packed, masked path. Runs after
+       * the first rescale by 1 (exact): each output is one chain of FMAs over the tile's keys in
+       * order, as in one call */
       memcpy(ts->vs, ts->acc, sizeof(float) * (size_t)rows * (size_t)dvp);
-      v_finite = uk->pv_direct(ts->s, vd_t, vd, vd_rs, ts->alpha, rows, cols, Dv, dvp, ts->acc);
+      for (int c = 0, run; c < cols && v_finite; c += run) {
+        run = page_run(p, j0 + c, cols - c);
+        v_finite =
+            uk->pv_direct(ts->s + c, vd_t, direct_row(job, v_of(job), v_wide, ts->vc, b, hk, j0, c),
+                          vd_rs, c ? ts->ones : ts->alpha, rows, run, Dv, dvp, ts->acc);
+      }
       if (!v_finite) {
         memcpy(ts->acc, ts->vs, sizeof(float) * (size_t)rows * (size_t)dvp);
-        pack_v_tile(job, vbase, j0, cols, ts->vs);
+        pack_v_tile(job, b, hk, j0, cols, ts->vs);
       }
-    } else if (v_finite) {                             /* V in place, or its packed copy */
-      const float *vt = job->v_rows_ok ? vt0 : ts->vs; /* in place: fp32 */
+    } else if (v_finite) { /* V in place, or its packed copy */
+      const float *vt =    /* in place (fp32), or the packed tile */
+          job->v_rows_ok ? (const float *)kv_row_at(job, v_of(job), b, hk, j0) : ts->vs;
       const int64_t ldv = job->v_rows_ok ? p->v_stride[2] : dvp;
       if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
       for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
@@ -702,8 +800,8 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   const int64_t readers = job->split ? job->n_rblocks : job->n_qblocks * group;
   /* V is read in place whenever its layout allows; the counting pre-pass pays when several
    * query blocks or heads read each V tile (else it would be a second pass over V) */
-  job->v_rows_ok = !job->direct && p->v_dtype == ATTN_DTYPE_F32 && p->v_stride[3] == 1 &&
-                   p->dim_v > 0 && p->dim_v % job->uk->nr == 0;
+  job->v_rows_ok = !job->direct && p->v_dtype == ATTN_DTYPE_F32 && !p->block_table &&
+                   p->v_stride[3] == 1 && p->dim_v > 0 && p->dim_v % job->uk->nr == 0;
   job->v_counts = job->v_rows_ok && p->len_k > 0 && p->len_q > 0 && readers >= 2;
   /* so does K packed once: each query block would pack every K tile it reads again */
   int64_t kp_bytes = 0;

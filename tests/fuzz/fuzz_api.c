@@ -9,7 +9,9 @@
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
  *     tolerance: the sweeps in test_kernels hold the tight one) and is bitwise the same with 1
  *     and 3 threads, and with 16-bit inputs bitwise the call on their fp32 widening; attn_merge of
- * its (O, LSE) with itself gives O and LSE + log 2 (in place too); an accepted backward (dBias too,
+ * its (O, LSE) with itself gives O and LSE + log 2 (in place too); the call with K and V moved
+ * into shuffled pages of a drawn size (p.block_table) gives bitwise the same outputs, and with one
+ * table entry out of range is refused without a write; an accepted backward (dBias too,
  * when the call has a bias) is bitwise the same with 1 and 3 threads and, on data without NaN or
  * inf, matches the ref backward within the same loose tolerance. Any violation aborts, which
  * libFuzzer reports with the input that caused it.
@@ -123,6 +125,95 @@ static int close_enough(float a, float r) {
   if (isnan(a) || isnan(r)) return isnan(a) && isnan(r);
   if (isinf(a) || isinf(r)) return a == r;
   return fabsf(a - r) <= 1e-3f + 1e-3f * fabsf(r);
+}
+
+/* The accepted call p (outputs a) again with K and V in pools of pages of a drawn size, the pages
+ * shuffled, unused pool bytes NaN, table entries past each key length out of range: bitwise the
+ * same outputs. Then one used entry out of range: refused, nothing written. */
+static void check_paged(bytes *b, const attn_params *p, const tensor *q, const tensor *k,
+                        const tensor *v, const call_out *a, int want_lse, int want_probs) {
+  const int64_t B = p->batch, H = p->heads_kv, Lk = p->len_k;
+  if (B == 0 || Lk == 0) return;
+  const int64_t ps = 1 + (int64_t)(next(b) % (unsigned)(Lk + 1)), per = (Lk - 1) / ps + 1;
+  const int64_t row = per + next(b) % 3, n_pages = B * per + next(b) % 3;
+  int32_t *table = malloc(sizeof(int32_t) * (size_t)(B * row));
+  int32_t *order = malloc(sizeof(int32_t) * (size_t)n_pages);
+  if (!table || !order) abort();
+  for (int64_t e = 0; e < n_pages; e++)
+    order[e] = (int32_t)e;
+  for (int64_t e = n_pages - 1; e > 0; e--) {
+    const int64_t r = (int64_t)((next(b) | next(b) << 8) % (unsigned)(e + 1));
+    const int32_t t = order[e];
+    order[e] = order[r], order[r] = t;
+  }
+  static const int32_t unused[] = {-1, INT32_MAX, INT32_MIN};
+  int64_t at = 0, first_used = -1;
+  for (int64_t bi = 0; bi < B; bi++)
+    for (int64_t e = 0; e < row; e++) {
+      const int used = e * ps < (p->kv_len ? p->kv_len[bi] : Lk);
+      table[bi * row + e] = used ? order[at++] : unused[e % 3];
+      if (used && first_used < 0) first_used = bi * row + e;
+    }
+  free(order);
+  /* the pools, [n_pages, Hkv, page, ·] packed; 0xff bytes are NaN in all three types */
+  const tensor *src[2] = {k, v};
+  const int64_t n[2] = {p->dim, p->dim_v}, *from_stride[2] = {p->k_stride, p->v_stride};
+  const size_t es[2] = {esize_of(p->k_dtype), esize_of(p->v_dtype)};
+  attn_params pp = *p;
+  int64_t *to_stride[2] = {pp.k_stride, pp.v_stride};
+  tensor pool[2];
+  int ok = 1;
+  for (int i = 0; i < 2; i++) {
+    const int64_t shape[4] = {n_pages, H, ps, n[i]};
+    attn_strides_packed(to_stride[i], H, ps, n[i]);
+    ok &= make(&pool[i], 4, shape, to_stride[i], es[i]);
+    if (!ok) {
+      if (i == 1) drop(&pool[0]);
+      free(table);
+      return;
+    }
+    if (pool[i].buf) memset(pool[i].buf, 0xff, pool[i].size);
+    for (int64_t bi = 0; bi < B; bi++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t j = 0; j < (p->kv_len ? p->kv_len[bi] : Lk); j++)
+          for (int64_t d = 0; d < n[i]; d++) {
+            const int64_t page = table[bi * row + j / ps];
+            const int64_t to =
+                page * to_stride[i][0] + h * to_stride[i][1] + j % ps * to_stride[i][2] + d;
+            const int64_t from = bi * from_stride[i][0] + h * from_stride[i][1] +
+                                 j * from_stride[i][2] + d * from_stride[i][3];
+            memcpy((char *)pool[i].base + to * (int64_t)es[i],
+                   (const char *)src[i]->base + from * (int64_t)es[i], es[i]);
+          }
+  }
+  pp.block_table = table;
+  pp.block_table_stride = row == per ? -1 : row;
+  pp.page_size = ps;
+  pp.num_pages = n_pages;
+  call_out c;
+  if (make_out(&c, p, want_lse, want_probs)) {
+    const attn_status st =
+        attn_forward(&pp, fp(q), fp(&pool[0]), fp(&pool[1]), fp(&c.o), fp(&c.lse), fp(&c.probs));
+    REQUIRE(st == ATTN_STATUS_OK, "the paged call (page size %lld) refused: %s", (long long)ps,
+            attn_last_error());
+    REQUIRE((!c.o.buf || !memcmp(c.o.buf, a->o.buf, c.o.size)) &&
+                (!c.lse.buf || !memcmp(c.lse.buf, a->lse.buf, c.lse.size)) &&
+                (!c.probs.buf || !memcmp(c.probs.buf, a->probs.buf, c.probs.size)),
+            "paged K and V (page size %lld) differ from the unpaged call", (long long)ps);
+    if (first_used >= 0) {
+      poison(&c.o), poison(&c.lse), poison(&c.probs);
+      table[first_used] = next(b) % 2 ? -1 : (int32_t)n_pages;
+      REQUIRE(attn_forward(&pp, fp(q), fp(&pool[0]), fp(&pool[1]), fp(&c.o), fp(&c.lse),
+                           fp(&c.probs)) == ATTN_STATUS_INVALID_ARGUMENT &&
+                  strstr(attn_last_error(), "block_table[") != NULL,
+              "an out-of-range table entry was not refused: %s", attn_last_error());
+      REQUIRE(untouched(&c.o) && untouched(&c.lse) && untouched(&c.probs),
+              "a refused paged call wrote an output");
+    }
+  }
+  drop_out(&c);
+  drop(&pool[0]), drop(&pool[1]);
+  free(table);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -307,6 +398,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       drop_out(&c1), drop_out(&c3);
     }
+    if (next(&b) % 3 == 0) check_paged(&b, &p, &q, &k, &v, &a, want_lse, want_probs);
     /* attn_merge of the result with itself: the same O, and LSE + log 2 (into fresh outputs, or in
      * place over the first part, which the header allows) */
     if (want_lse && a.o.buf && next(&b) % 2 == 0) {
