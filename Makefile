@@ -74,19 +74,21 @@ fuzz: deps
 
 # The main job: word sense from context on a real pretrained model (all-MiniLM-L6-v2 through attn):
 # the similarity of "bank" across sentences, attention heatmaps and build/demo/index.html; then
-# the examples (the three kinds of attention, a bf16 KV cache, and a model trained with
-# attn_backward).
+# the examples (the three kinds of attention, a bf16 KV cache, a paged KV cache shared by
+# several sequences, and a model trained with attn_backward).
 demo: deps build
 	./$(BUILD)/attn-bert demo --model $(MODEL_DIR) --out $(BUILD)/demo
 	@echo "open $(BUILD)/demo/index.html to see the heatmaps and the similarity matrix"
-	@for ex in bidirectional causal cross kv_cache train; do echo; echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; done
+	@for ex in bidirectional causal cross kv_cache paged_kv_cache train; do echo; echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; done
 
 # Speed: attn's own table (% of the FMA peak measured in the same run; again for a bf16 KV
-# cache), then the same shapes
-# through PyTorch SDPA and numpy (installed into .venv-bench on first use; benchmark-only).
+# cache and for K/V in shuffled pages of 16 and 128 keys), then the same shapes through PyTorch
+# SDPA and numpy (installed into .venv-bench on first use; benchmark-only).
 bench: deps build
 	./$(BUILD)/attn bench
 	./$(BUILD)/attn bench --kv-dtype bf16 --shape 1,32,8,1,32768,128,causal --shape 1,2,2,4096,4096,64
+	./$(BUILD)/attn bench --page-size 16 --shape 1,32,8,1,32768,128,causal --shape 1,2,2,4096,4096,64
+	./$(BUILD)/attn bench --page-size 128 --shape 1,32,8,1,32768,128,causal --shape 1,2,2,4096,4096,64
 	python3 bench/peers.py
 	./$(BUILD)/attn bench --backward
 	python3 bench/peers.py --backward

@@ -697,14 +697,23 @@ static int block_rows_at(const fwd_job *job, int64_t rb) {
 }
 
 /* Key-split item (b, KV head, row block, key chunk): the block's query rows over the chunk's keys;
- * the partial (acc, m, l) of each row goes to job->partials. */
+ * the partial (acc, m, l) of each row goes to job->partials, indexed (b, KV head, row block,
+ * chunk). The items are handed out chunk-major, (b, chunk, KV head, row block), so the threads
+ * read the KV heads of one chunk of keys at about the same time: where the rows of several heads
+ * are interleaved in memory ([B, L, H, D] caches; pages laid out [page, slot, head, dim]) each
+ * memory page is then read by all heads while it is fresh rather than once per head across the
+ * whole cache (Lq = 1, Hq = 32, Hkv = 8, Lk = 32768, D = 128, 2 threads: a [B, L, H, D] cache
+ * 36–42 → 26–31 ms, [B, H, L, D] unchanged at ~20 ms). The order changes no result. */
 static void split_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn_params *p = job->pr->p;
   const int64_t Lq = p->len_q, Dv = p->dim_v, group = job->pr->group;
-  const int64_t chunk = item % job->n_chunks, rb = item / job->n_chunks % job->n_rblocks;
-  const int64_t bhk = item / job->n_chunks / job->n_rblocks;
-  const int64_t hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
+  /* items run chunk-major: (b, chunk, KV head, row block) */
+  const int64_t per_chunk = p->heads_kv * job->n_rblocks;
+  const int64_t rb = item % job->n_rblocks, hk = item / job->n_rblocks % p->heads_kv;
+  const int64_t chunk = item / per_chunk % job->n_chunks, b = item / per_chunk / job->n_chunks;
+  const int64_t bhk = b * p->heads_kv + hk;
+  item = (bhk * job->n_rblocks + rb) * job->n_chunks + chunk; /* the partials' index */
   const int rows = block_rows_at(job, rb);
   tile_scratch ts = carve(job, worker);
   for (int r = 0; r < rows; r++) {
