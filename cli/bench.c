@@ -11,16 +11,20 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--kv-dtype f32|f16|bf16] [--page-size N] [--csv] [--long] [--quick] [--backward]
- *              [--no-machine]
+ *              [--kv-dtype f32|f16|bf16] [--kv-layout bhld|blhd] [--page-size N] [--csv] [--long]
+ *              [--quick] [--backward] [--no-machine]
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
  * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts
  * the 16-bit bytes read.
  *
+ * --kv-layout blhd stores K and V as [B, Lk, Hkv, D] in memory (FlashAttention's KV-cache layout)
+ * instead of [B, Hkv, Lk, D].
+ *
  * --page-size N (forward only) passes K and V as a paged KV cache: pools of pages of N keys, each
- * sequence's pages in a shuffled order (a fixed permutation), through p.block_table; the check
- * runs ref on the unpaged tensors.
+ * sequence's pages in a shuffled order (a fixed permutation), through p.block_table; the pages are
+ * [page, head, slot, dim], or with --kv-layout blhd [page, slot, head, dim]; the check runs ref on
+ * the unpaged tensors.
  *
  * --no-machine skips the peak, register-block and bandwidth measurements (their columns read 0):
  * for callers that only want the times, such as bench/peers.py's alternating rounds.
@@ -127,11 +131,12 @@ static void cpu_model(char *buf, size_t size) {
   if (f) fclose(f);
 }
 
-/* Moves K and V [B, Hkv, Lk, D] (elements of esz bytes) into pools of pages of page_size keys,
- * [num_pages, Hkv, page_size, D], each sequence's pages at shuffled places (a fixed permutation),
- * and sets p's paging fields and K, V strides. Returns 0, or −1 out of memory. */
-static int page_kv(const shape *s, int64_t page_size, size_t esz, const void *k, const void *v,
-                   attn_params *p, int32_t **table, void **k_pool, void **v_pool) {
+/* Moves K and V (p's strides, elements of esz bytes) into pools of pages of page_size keys,
+ * [num_pages, Hkv, page_size, D] or (blhd) [num_pages, page_size, Hkv, D], each sequence's pages
+ * at shuffled places (a fixed permutation), and sets p's paging fields and K, V strides. Returns
+ * 0, or −1 out of memory. */
+static int page_kv(const shape *s, int64_t page_size, size_t esz, int blhd, const void *k,
+                   const void *v, attn_params *p, int32_t **table, void **k_pool, void **v_pool) {
   const int64_t per_seq = (s->Lk + page_size - 1) / page_size, n_pages = s->B * per_seq;
   const size_t page_bytes = (size_t)(s->Hkv * page_size * s->D) * esz;
   *table = malloc(sizeof(int32_t) * (size_t)(n_pages + 1));
@@ -150,21 +155,26 @@ static int page_kv(const shape *s, int64_t page_size, size_t esz, const void *k,
     const int32_t t = (*table)[e];
     (*table)[e] = (*table)[r], (*table)[r] = t;
   }
+  int64_t to_stride[4]; /* K and V have the same shape and strides here */
+  if (blhd)
+    attn_strides_blhd(to_stride, s->Hkv, page_size, s->D);
+  else
+    attn_strides_packed(to_stride, s->Hkv, page_size, s->D);
   const size_t row = (size_t)s->D * esz;
   for (int64_t b = 0; b < s->B; b++)
     for (int64_t h = 0; h < s->Hkv; h++)
       for (int64_t j = 0; j < s->Lk; j++) {
         const int64_t page = (*table)[b * per_seq + j / page_size];
-        const size_t to = (size_t)page * page_bytes + (size_t)(h * page_size + j % page_size) * row;
-        const size_t from = (size_t)((b * s->Hkv + h) * s->Lk + j) * row;
-        memcpy((char *)*k_pool + to, (const char *)k + from, row);
-        memcpy((char *)*v_pool + to, (const char *)v + from, row);
+        const int64_t to = page * to_stride[0] + h * to_stride[1] + j % page_size * to_stride[2];
+        const int64_t from = b * p->k_stride[0] + h * p->k_stride[1] + j * p->k_stride[2];
+        memcpy((char *)*k_pool + to * (int64_t)esz, (const char *)k + from * (int64_t)esz, row);
+        memcpy((char *)*v_pool + to * (int64_t)esz, (const char *)v + from * (int64_t)esz, row);
       }
   p->block_table = *table;
   p->page_size = page_size;
   p->num_pages = n_pages;
-  attn_strides_packed(p->k_stride, s->Hkv, page_size, s->D);
-  attn_strides_packed(p->v_stride, s->Hkv, page_size, s->D);
+  memcpy(p->k_stride, to_stride, sizeof to_stride);
+  memcpy(p->v_stride, to_stride, sizeof to_stride);
   return 0;
 }
 
@@ -183,6 +193,7 @@ static void check_rows(const shape *s, const attn_params *full, const float *q, 
       attn_params one;
       attn_params_init(&one, 1, 1, 1, 1, lk, s->D, s->D);
       one.causal = s->causal;
+      one.k_stride[2] = full->k_stride[2], one.v_stride[2] = full->v_stride[2];
       one.align = ATTN_ALIGN_BOTTOM_RIGHT; /* pos(0) = lk − 1, as row i of the full problem */
       one.kernel = ATTN_KERNEL_REF;
       one.threads = 1;
@@ -219,6 +230,7 @@ static void check_rows_backward(const shape *s, const attn_params *full, const f
       attn_params one;
       attn_params_init(&one, 1, 1, 1, 1, lk, s->D, s->D);
       one.causal = s->causal;
+      one.k_stride[2] = full->k_stride[2], one.v_stride[2] = full->v_stride[2];
       one.align = ATTN_ALIGN_BOTTOM_RIGHT;
       one.kernel = ATTN_KERNEL_REF;
       one.threads = 1;
@@ -246,6 +258,7 @@ int cmd_bench(int argc, char **argv) {
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   attn_dtype kv_dtype = ATTN_DTYPE_F32;
   int64_t page_size = 0; /* 0: K and V not paged */
+  int blhd = 0;          /* K and V stored [B, Lk, Hkv, D] */
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--csv") == 0)
@@ -284,6 +297,13 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16 or bf16\n", val);
         return 2;
       }
+    } else if (strcmp(a, "--kv-layout") == 0 && val) {
+      blhd = strcmp(val, "blhd") == 0;
+      if (!blhd && strcmp(val, "bhld") != 0) {
+        fprintf(stderr, "attn bench: --kv-layout '%s' must be bhld or blhd\n", val);
+        return 2;
+      }
+      i++;
     } else if (strcmp(a, "--page-size") == 0 && val) {
       if (cli_parse_i64(val, &page_size) != 0 || page_size < 1 || page_size > 1 << 20) {
         fprintf(stderr, "attn bench: --page-size '%s' must be 1 to %d\n", val, 1 << 20);
@@ -343,8 +363,11 @@ int cmd_bench(int argc, char **argv) {
     else
       printf("kernel %s, %d threads, K/V %s | peak and bandwidth not measured (--no-machine)\n",
              attn_kernel_name(resolved), threads, attn_dtype_name(kv_dtype));
+    if (blhd) printf("K/V stored [B, Lk, Hkv, D]\n");
     if (page_size)
-      printf("K/V paged: pages of %" PRId64 " keys, each sequence's pages shuffled\n", page_size);
+      printf("K/V paged: pages of %" PRId64 " keys, [page, %s, dim], each sequence's pages "
+             "shuffled\n",
+             page_size, blhd ? "slot, head" : "head, slot");
     if (block > 0)
       printf("6x16 register block of the AVX2 products alone, operands in L1 (their ceiling): "
              "median %.1f GFLOP/s = %.0f%% of peak, best %.0f%%\n",
@@ -397,12 +420,16 @@ int cmd_bench(int argc, char **argv) {
     p.threads = threads;
     p.kernel = kernel;
     p.k_dtype = p.v_dtype = kv_dtype;
+    if (blhd) {
+      attn_strides_blhd(p.k_stride, s->Hkv, s->Lk, s->D);
+      attn_strides_blhd(p.v_stride, s->Hkv, s->Lk, s->D);
+    }
     const attn_params unpaged = p; /* for the check */
     int32_t *table = NULL;
     if (page_size) { /* K and V moved into pools of pages, each sequence's pages shuffled */
       void *k_pool = NULL, *v_pool = NULL;
-      if (page_kv(s, page_size, kv_dtype == ATTN_DTYPE_F32 ? 4 : 2, k_in, v_in, &p, &table, &k_pool,
-                  &v_pool) != 0) {
+      if (page_kv(s, page_size, kv_dtype == ATTN_DTYPE_F32 ? 4 : 2, blhd, k_in, v_in, &p, &table,
+                  &k_pool, &v_pool) != 0) {
         fprintf(stderr, "attn bench: out of memory\n");
         return 1;
       }
