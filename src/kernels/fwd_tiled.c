@@ -53,11 +53,12 @@
  * into kc and vc. The arithmetic after widening is the fp32 path's, so the results are bitwise
  * those of the fp32 call on the widened values.
  *
- * Paged K and V (block_table): a tile whose keys lie in one page is read where it is, like an
- * unpaged one; a tile that spans pages is gathered, one run of rows per page, where a 16-bit tile
- * would be widened (kc and vc for the decode forms, kc then pack_k for K, the V pack); V is never
- * read in place for the prefill products. Only the addresses change, so the results are bitwise
- * those of the call on the gathered tensors.
+ * Paged K and V (block_table): decode blocks give the direct forms each run of a tile's keys that
+ * lies in one page, where it is (the rescale by α with the first run only: bitwise one call);
+ * for the packed products a K tile in one page is packed from where it is and one that spans
+ * pages is gathered run by run into kc first, and V tiles are always packed (never read in
+ * place). Only the addresses change, so the results are bitwise those of the call on the gathered
+ * tensors.
  */
 #include "tiled.h"
 
@@ -713,7 +714,7 @@ static void split_item(void *ctx, int64_t item, int worker) {
   const int64_t rb = item % job->n_rblocks, hk = item / job->n_rblocks % p->heads_kv;
   const int64_t chunk = item / per_chunk % job->n_chunks, b = item / per_chunk / job->n_chunks;
   const int64_t bhk = b * p->heads_kv + hk;
-  item = (bhk * job->n_rblocks + rb) * job->n_chunks + chunk; /* the partials' index */
+  const int64_t slot = (bhk * job->n_rblocks + rb) * job->n_chunks + chunk; /* in partials */
   const int rows = block_rows_at(job, rb);
   tile_scratch ts = carve(job, worker);
   for (int r = 0; r < rows; r++) {
@@ -724,7 +725,7 @@ static void split_item(void *ctx, int64_t item, int worker) {
   const int64_t j_hi = j_lo + job->chunk < p->len_k ? j_lo + job->chunk : p->len_k;
   int64_t blo, bhi;
   run_rows(job, &ts, b, hk, rows, j_lo, j_hi, &blo, &bhi);
-  float *out = job->partials + item * job->block_rows * (Dv + 2);
+  float *out = job->partials + slot * job->block_rows * (Dv + 2);
   for (int r = 0; r < rows; r++, out += Dv + 2) {
     memcpy(out, ts.acc + (int64_t)r * job->dvp, sizeof(float) * (size_t)Dv);
     out[Dv] = ts.m[r];
