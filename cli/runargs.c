@@ -189,6 +189,7 @@ int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*cli_usage)(FIL
       {"--align", &o->align},
       {"--window", &o->window},
       {"--kv-len", &o->kv_len},
+      {"--q-len", &o->q_len},
       {"--softcap", &o->softcap},
       {"--threads", &o->threads},
       {"--kernel", &o->kernel},
@@ -241,6 +242,20 @@ static int load_per_head(const char *flag, const char *path, int64_t heads_q, np
   return 0;
 }
 
+/* A list of one length per batch item (B of them, each in [0, max]) into dst [B + 1]. */
+static int parse_lengths(const char *flag, const char *max_name, const char *text, int64_t B,
+                         int64_t max, int64_t *dst) {
+  if (cli_parse_list(text, dst, B + 1) != B)
+    return cli_fail(EXIT_BAD_INPUT, "%s '%s' must list %" PRId64 " integers (one per batch item)",
+                    flag, text, B);
+  for (int64_t b = 0; b < B; b++)
+    if (dst[b] < 0 || dst[b] > max)
+      return cli_fail(EXIT_BAD_INPUT,
+                      "%s: entry %" PRId64 " (%" PRId64 ") must be in [0, %s = %" PRId64 "]", flag,
+                      b, dst[b], max_name, max);
+  return 0;
+}
+
 int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_len) {
   const int64_t *qs = in->q.shape, *ks = in->k.shape, *vs = in->v.shape;
   if (ks[0] != qs[0] || vs[0] != qs[0])
@@ -286,22 +301,15 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
     p->window_left = w[0];
     p->window_right = w[1];
   }
-  if (o->kv_len) {
-    int64_t B = qs[0];
-    *kv_len = malloc(sizeof(int64_t) * (size_t)(B + 1));
+  if (o->kv_len || o->q_len) { /* one allocation: kv_len at 0, q_len at B + 1 */
+    const int64_t B = qs[0];
+    *kv_len = malloc(sizeof(int64_t) * (size_t)(2 * B + 2));
     if (!*kv_len) return cli_fail(EXIT_RUNTIME, "out of memory");
-    int64_t n = cli_parse_list(o->kv_len, *kv_len, B + 1);
-    if (n != B)
-      return cli_fail(EXIT_BAD_INPUT,
-                      "--kv-len '%s' must list %" PRId64 " integers (one per batch item)",
-                      o->kv_len, B);
-    for (int64_t b = 0; b < B; b++)
-      if ((*kv_len)[b] < 0 || (*kv_len)[b] > ks[2])
-        return cli_fail(EXIT_BAD_INPUT,
-                        "--kv-len: entry %" PRId64 " (%" PRId64 ") must be in [0, Lk = %" PRId64
-                        "]",
-                        b, (*kv_len)[b], ks[2]);
-    p->kv_len = *kv_len;
+    if ((o->kv_len && parse_lengths("--kv-len", "Lk", o->kv_len, B, ks[2], *kv_len)) ||
+        (o->q_len && parse_lengths("--q-len", "Lq", o->q_len, B, qs[2], *kv_len + B + 1)))
+      return EXIT_BAD_INPUT;
+    if (o->kv_len) p->kv_len = *kv_len;
+    if (o->q_len) p->q_len = *kv_len + B + 1;
   }
   if (o->mask) {
     if (cli_load("--mask", o->mask, CLI_U8, 4, &in->mask) ||

@@ -5,12 +5,15 @@
  * last page fills up and given back when the sequence ends, and two sequences with the same
  * prompt share that prompt's full pages instead of copying them.
  *
- * Each step appends every running sequence's new token and attends one query per head (four query
- * heads reading two KV heads) to its own keys, all sequences in one attn_forward call through
- * p.block_table, p.kv_len and bottom-right alignment. Every step is checked: the paged call gives,
- * bit for bit, the result of the same call on the sequences' keys and values gathered into an
- * ordinary [B, Hkv, L, D] tensor. Pool slots that no sequence owns hold NaN, so reading one would
- * show.
+ * Each step runs every sequence's new tokens in one attn_forward call (continuous batching): a
+ * sequence that just arrived brings its prompt (a prefill chunk of several queries), the others one
+ * generated token each (decode). p.q_len says how many query rows each sequence has (the rest of
+ * the padded rows are padding and cost nothing), p.kv_len how many keys, p.block_table where they
+ * are, and bottom-right causal alignment puts each sequence's queries at its newest positions.
+ * Four query heads read two KV heads. Every step is checked: the paged call gives, bit for bit,
+ * the result of the same call on the sequences' keys and values gathered into an ordinary
+ * [B, Hkv, L, D] tensor, and padding rows are exactly zero. Pool slots that no sequence owns hold
+ * NaN, so reading one would show.
  */
 #include "example_util.h"
 
@@ -18,7 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { HQ = 4, HKV = 2, D = 16, PAGE = 4, N_PAGES = 10, MAX_SEQ = 3, MAX_PAGES = 6 };
+enum { HQ = 4, HKV = 2, D = 16, PAGE = 4, N_PAGES = 10, MAX_SEQ = 3, MAX_PAGES = 6, MAX_NEW = 8 };
 enum { MAX_LEN = MAX_PAGES * PAGE };
 
 /* The pool: [page, slot, KV head, dim] (the layout of vLLM and FlashAttention's paged cache). */
@@ -27,8 +30,8 @@ static int refs[N_PAGES]; /* sequences using each page; 0 = free */
 
 typedef struct seq {
   const char *name;
-  int tokens[MAX_LEN]; /* token ids: the prompt, then the generated ones */
-  int len, prompt_len, steps_left;
+  int tokens[MAX_LEN];        /* token ids: the prompt, then the generated ones */
+  int len, fresh, steps_left; /* fresh: tokens appended since the last attention call */
   int32_t pages[MAX_PAGES];
 } seq;
 
@@ -71,7 +74,7 @@ static void append(seq *s, int token) {
  * full pages of them are shared rather than written again. */
 static void start(seq *s, const char *name, const int *prompt, int n, int steps, const seq *share) {
   memset(s, 0, sizeof *s);
-  s->name = name, s->prompt_len = n, s->steps_left = steps;
+  s->name = name, s->steps_left = steps;
   int shared = 0;
   while (share && shared < n && shared < share->len && prompt[shared] == share->tokens[shared])
     shared++;
@@ -81,7 +84,7 @@ static void start(seq *s, const char *name, const int *prompt, int n, int steps,
     s->len += PAGE;
   }
   while (s->len < n)
-    append(s, prompt[s->len]);
+    append(s, prompt[s->len]), s->fresh++; /* the prompt's unshared tokens: a prefill chunk */
 }
 
 int main(void) {
@@ -98,37 +101,49 @@ int main(void) {
 
   printf("paged KV cache: %d pages of %d tokens, %d query heads reading %d KV heads, D = %d\n",
          N_PAGES, PAGE, HQ, HKV, D);
-  printf("b's prompt starts with a's first page of tokens: they share that page\n\n");
+  printf("b's prompt starts with a's first page of tokens: they share that page\n");
+  printf("each step is one call: prefill chunks (several queries) and decode tokens (one)\n\n");
   for (int step = 0; n_run > 0; step++) {
     if (step == 5) { /* a has finished: c arrives and takes the pages a gave back */
       start(&seqs[2], "c", prompt_c, 3, 5, NULL);
       run[n_run++] = &seqs[2];
     }
-    /* the new token of every running sequence, then one decode call for all of them */
+    /* a generated token for every sequence not prefilling, then one call for all of them: query
+     * row i < q_len[b] of sequence b is its token len − q_len[b] + i */
     int32_t table[MAX_SEQ * MAX_PAGES];
-    int64_t kv_len[MAX_SEQ];
-    float q[MAX_SEQ * HQ * D], o[MAX_SEQ * HQ * D], o_flat[MAX_SEQ * HQ * D];
+    int64_t kv_len[MAX_SEQ], q_len[MAX_SEQ], lq = 1;
     for (int b = 0; b < n_run; b++) {
       seq *s = run[b];
-      append(s, 1000 * (int)(s->name[0] - 'a' + 1) + s->len);
-      kv_len[b] = s->len;
+      if (s->fresh == 0) append(s, 1000 * (int)(s->name[0] - 'a' + 1) + s->len), s->fresh = 1;
+      kv_len[b] = s->len, q_len[b] = s->fresh;
+      if (q_len[b] > lq) lq = q_len[b];
       for (int e = 0; e < MAX_PAGES; e++)
         table[b * MAX_PAGES + e] = e * PAGE < s->len ? s->pages[e] : -1; /* −1: never read */
-      for (int h = 0; h < HQ; h++)
-        for (int d = 0; d < D; d++)
-          q[(b * HQ + h) * D + d] = feature(s->tokens[s->len - 1], h, d, 0.53f);
     }
+    static float q[MAX_SEQ * HQ * MAX_NEW * D], o[MAX_SEQ * HQ * MAX_NEW * D],
+        o_flat[MAX_SEQ * HQ * MAX_NEW * D];
+    const size_t n_out = (size_t)(n_run * HQ * lq * D);
+    for (int b = 0; b < n_run; b++) /* [B, Hq, lq, D]; padding rows are never read: NaN */
+      for (int h = 0; h < HQ; h++)
+        for (int i = 0; i < lq; i++)
+          for (int d = 0; d < D; d++)
+            q[((b * HQ + h) * lq + i) * D + d] =
+                i < q_len[b] ? feature(run[b]->tokens[run[b]->len - q_len[b] + i], h, d, 0.53f)
+                             : NAN;
     attn_params p;
-    attn_params_init(&p, n_run, HQ, HKV, 1, MAX_LEN, D, D);
+    attn_params_init(&p, n_run, HQ, HKV, lq, MAX_LEN, D, D);
     p.causal = 1;
-    p.align = ATTN_ALIGN_BOTTOM_RIGHT; /* each query is its sequence's newest token */
+    p.align = ATTN_ALIGN_BOTTOM_RIGHT; /* each sequence's queries are its newest tokens */
     p.kv_len = kv_len;
+    p.q_len = q_len;
     p.block_table = table;
     p.block_table_stride = MAX_PAGES;
     p.page_size = PAGE;
     p.num_pages = N_PAGES;
     attn_strides_blhd(p.k_stride, HKV, PAGE, D); /* [page, slot, head, dim] */
     attn_strides_blhd(p.v_stride, HKV, PAGE, D);
+    for (int b = 0; b < n_run; b++)
+      run[b]->fresh = 0;
     example_check(attn_forward(&p, q, k_pool, v_pool, o, NULL, NULL), "attn_forward (paged)");
 
     /* the check: the same call on the keys and values gathered into [B, Hkv, MAX_LEN, D] */
@@ -148,23 +163,27 @@ int main(void) {
     attn_strides_packed(flat.v_stride, HKV, MAX_LEN, D);
     example_check(attn_forward(&flat, q, k_flat, v_flat, o_flat, NULL, NULL),
                   "attn_forward (gathered)");
-    int nan_seen = 0;
-    for (int i = 0; i < n_run * HQ * D; i++)
-      nan_seen |= isnan(o[i]);
-    const int same = memcmp(o, o_flat, sizeof(float) * (size_t)(n_run * HQ * D)) == 0;
+    int bad =
+        0; /* a NaN (an unowned slot or a padding query was read), or a non-zero padding row */
+    for (size_t x = 0; x < n_out; x++) {
+      const int64_t i = (int64_t)(x / D) % lq, b = (int64_t)(x / D) / lq / HQ;
+      bad |= isnan(o[x]) || (i >= q_len[b] && o[x] != 0.0f);
+    }
+    const int same = memcmp(o, o_flat, sizeof(float) * n_out) == 0;
 
     int free_pages = 0;
     for (int pg = 0; pg < N_PAGES; pg++)
       free_pages += refs[pg] == 0;
     printf("step %d:", step);
     for (int b = 0; b < n_run; b++) {
-      printf("  %s (%2d tokens) pages", run[b]->name, run[b]->len);
+      printf("  %s %s %2d tokens, pages", run[b]->name, q_len[b] > 1 ? "prefills to" : "decodes at",
+             run[b]->len);
       for (int e = 0; e * PAGE < run[b]->len; e++)
         printf("%s%d", e ? "," : " ", run[b]->pages[e]);
     }
     printf("  | %d free | %s\n", free_pages,
            same ? "bitwise equal to the gathered call" : "DIFFERENT");
-    if (!same || nan_seen) return 1;
+    if (!same || bad) return 1;
 
     for (int b = 0; b < n_run; b++) /* finished sequences give their pages back */
       if (--run[b]->steps_left == 0) {

@@ -44,14 +44,22 @@
  * Positions and alignment (when Lq ≠ Lk)
  *   "The key position of query i", pos(i), is
  *     ATTN_ALIGN_TOP_LEFT:      pos(i) = i
- *     ATTN_ALIGN_BOTTOM_RIGHT:  pos(i) = i + klen(b) − Lq   (KV-cache convention: the last query
- *                               lines up with the last valid key)
- *   where klen(b) = kv_len[b] if kv_len is given, else Lk. Causal masking, windows and ALiBi all
- *   measure from pos(i). If Lq ≠ Lk or kv_len is given, and causal, a window or ALiBi is used, the
- *   alignment must be set explicitly; leaving it ATTN_ALIGN_UNSET is an error. When Lq = Lk and
- *   kv_len is NULL the two coincide and UNSET is accepted.
+ *     ATTN_ALIGN_BOTTOM_RIGHT:  pos(i) = i + klen(b) − qlen(b)   (KV-cache convention: the last
+ *                               query lines up with the last valid key)
+ *   where klen(b) = kv_len[b] if kv_len is given, else Lk, and qlen(b) = q_len[b] if q_len is
+ *   given, else Lq. Causal masking, windows and ALiBi all measure from pos(i). If Lq ≠ Lk or kv_len
+ *   or q_len is given, and causal, a window or ALiBi is used, the alignment must be set
+ *   explicitly; leaving it ATTN_ALIGN_UNSET is an error. When Lq = Lk and neither kv_len nor q_len
+ *   is given the two coincide and UNSET is accepted.
+ *
+ * Variable lengths in a batch: kv_len gives each batch item its number of keys, q_len its number
+ * of queries (padded layout: items are padded to Lk keys and Lq queries). Query rows i ≥ qlen(b)
+ * are padding: they see no key (rule 0 below), so they get the empty-row result and cost nothing.
+ * Together with bottom-right alignment this is a batch of sequences that each add qlen(b) tokens
+ * to a cache of klen(b) − qlen(b), e.g. prefill chunks and single decode tokens in one call.
  *
  * Which keys are visible: key j is visible to query i of batch b, head h, when all of these hold
+ *   0. i < qlen(b);
  *   1. j < klen(b);
  *   2. causal:  j ≤ pos(i);
  *   3. window (left, right), −1 = unbounded on that side:  pos(i) − left ≤ j ≤ pos(i) + right;
@@ -149,7 +157,7 @@ typedef enum attn_status {
 
 /* Alignment of queries to keys when Lq ≠ Lk (see "Positions and alignment" above). */
 typedef enum attn_align {
-  ATTN_ALIGN_UNSET = 0,        /* accepted only when Lq = Lk and kv_len is NULL */
+  ATTN_ALIGN_UNSET = 0,        /* accepted only when Lq = Lk and kv_len, q_len are NULL */
   ATTN_ALIGN_TOP_LEFT = 1,     /* pos(i) = i */
   ATTN_ALIGN_BOTTOM_RIGHT = 2, /* pos(i) = i + klen(b) − Lq */
 } attn_align;
@@ -224,6 +232,8 @@ typedef struct attn_params {
   int64_t window_left;    /* −1 = unbounded, else ≥ 0 */
   int64_t window_right;   /* −1 = unbounded, else ≥ 0 */
   const int64_t *kv_len;  /* [batch] key lengths 0 ≤ kv_len[b] ≤ len_k, or NULL */
+  const int64_t *q_len;   /* [batch] query lengths 0 ≤ q_len[b] ≤ len_q (rows past: padding), or
+                             NULL */
   const uint8_t *mask;    /* [B, Hq, Lq, Lk] non-zero = visible, or NULL */
   int64_t mask_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
   const float *bias;      /* [B, Hq, Lq, Lk] additive bias, −inf masks, or NULL */
@@ -249,9 +259,9 @@ typedef struct attn_params {
 
 /* Sets every field of *p to its default: the given sizes, packed strides ([B, H, L, D] for Q, K,
  * V, O; [B, Hq, Lq] for LSE; [B, Hq, Lq, Lk] for P, mask and bias), default scale, no softcap, no
- * ALiBi, not causal, alignment unset, unbounded window, no kv_len/mask/bias, K and V not paged
- * (block_table NULL, block_table_stride −1), fp32 inputs,
- * threads = 0, kernel AUTO. Never fails; sizes are checked by attn_forward. */
+ * ALiBi, not causal, alignment unset, unbounded window, no kv_len/q_len/mask/bias, K and V not
+ * paged (block_table NULL, block_table_stride −1), fp32 inputs, threads = 0, kernel AUTO. Never
+ * fails; sizes are checked by attn_forward. */
 ATTN_API void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t heads_kv,
                                int64_t len_q, int64_t len_k, int64_t dim, int64_t dim_v);
 
@@ -312,7 +322,7 @@ ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_p
  *     every dimension whose bias_stride is 0, i.e. summed over the dimensions the bias is
  *     broadcast over; written with dbias_stride (set it to match, e.g. attn_strides_packed for
  *     [1, 1, Lq, Lk]). Entries of pairs that are never visible are 0.
- * Every feature of the forward is differentiated: masks, windows, kv_len, alignment, bias,
+ * Every feature of the forward is differentiated: masks, windows, kv_len, q_len, alignment, bias,
  * softcap (through tanh), ALiBi (a constant: slopes get no gradient), GQA, Dv ≠ D, strides, and
  * sinks (through the LSE; the sinks' own gradient is attn_backward_sinks below).
  * Rows with no visible key get dQ = 0 and add nothing to dK, dV or dBias; NaN or inf
@@ -336,7 +346,8 @@ ATTN_API attn_status attn_backward(const attn_params *p, const void *q, const vo
  * The gradient of the sink logits (p->sinks is required), from the forward's o, lse and
  * dout = ∂L/∂O (o_stride, lse_stride, dout_stride):
  *     dsinks[h] = −Σ_{b,i} exp(sinks[h] − LSE[b,h,i]) · Σ_d dO[b,h,i,d]·O[b,h,i,d]
- * (the sink's weight times −Δ, summed over the rows of head h), overwritten, [heads_q] contiguous.
+ * (the sink's weight times −Δ, summed over the rows of head h below qlen(b): padding rows'
+ * dO is never read), overwritten, [heads_q] contiguous.
  * 0 for a sink of −inf. Summed in double in (b, i) order: deterministic. Errors as attn_backward.
  */
 ATTN_API attn_status attn_backward_sinks(const attn_params *p, const float *o, const float *lse,

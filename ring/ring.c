@@ -134,6 +134,10 @@ static attn_status check_local(const attn_params *p, int ranks) {
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: sinks are not supported across shards (each block's call would "
                      "count the sink again)");
+  if (p->q_len)
+    return ring_fail(ATTN_STATUS_UNSUPPORTED,
+                     "attn_ring: q_len is not supported across shards (every rank holds the same "
+                     "number of query rows)");
   if (p->block_table)
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: block_table is set: each rank holds its K and V rows as an "

@@ -152,6 +152,13 @@ static attn_status check_options(const char *fn, const attn_params *p) {
                           "%s: kv_len[%" PRId64 "] (%" PRId64 ") must be in [0, len_k = %" PRId64
                           "]",
                           fn, b, p->kv_len[b], p->len_k);
+  if (p->q_len)
+    for (int64_t b = 0; b < p->batch; b++)
+      if (p->q_len[b] < 0 || p->q_len[b] > p->len_q)
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: q_len[%" PRId64 "] (%" PRId64 ") must be in [0, len_q = %" PRId64
+                          "]",
+                          fn, b, p->q_len[b], p->len_q);
   if (p->alibi_slopes)
     for (int64_t h = 0; h < p->heads_q; h++)
       if (!isfinite(p->alibi_slopes[h]))
@@ -166,13 +173,14 @@ static attn_status check_options(const char *fn, const attn_params *p) {
                           (double)p->sinks[h]);
   int uses_position =
       p->causal || p->window_left >= 0 || p->window_right >= 0 || p->alibi_slopes != NULL;
-  int positions_differ = p->len_q != p->len_k || p->kv_len != NULL;
+  int positions_differ = p->len_q != p->len_k || p->kv_len != NULL || p->q_len != NULL;
   if (uses_position && positions_differ && p->align == ATTN_ALIGN_UNSET)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: align is unset but causal, window or ALiBi needs query positions and "
-                      "len_q (%" PRId64 ") != len_k (%" PRId64 ")%s: choose ATTN_ALIGN_TOP_LEFT "
-                      "(pos(i) = i) or ATTN_ALIGN_BOTTOM_RIGHT (pos(i) = i + klen - len_q)",
-                      fn, p->len_q, p->len_k, p->kv_len ? " or kv_len is given" : "");
+                      "len_q (%" PRId64 ") != len_k (%" PRId64 ")%s%s: choose ATTN_ALIGN_TOP_LEFT "
+                      "(pos(i) = i) or ATTN_ALIGN_BOTTOM_RIGHT (pos(i) = i + klen - qlen)",
+                      fn, p->len_q, p->len_k, p->kv_len ? " or kv_len is given" : "",
+                      p->q_len ? " or q_len is given" : "");
   if (p->threads < 0 || p->threads > ATTN_MAX_THREADS)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: threads (%d) must be 0 (one per CPU) or in [1, %d]", fn, p->threads,

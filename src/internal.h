@@ -74,9 +74,14 @@ static inline int64_t attn__klen(const attn_params *p, int64_t b) {
   return p->kv_len ? p->kv_len[b] : p->len_k;
 }
 
+/* qlen(b): per-batch query length or len_q (rows at or past it are padding and see no key). */
+static inline int64_t attn__qlen(const attn_params *p, int64_t b) {
+  return p->q_len ? p->q_len[b] : p->len_q;
+}
+
 /* The offset between query index and key position: pos(i) = i + attn__pos_shift(p, b). */
 static inline int64_t attn__pos_shift(const attn_params *p, int64_t b) {
-  return p->align == ATTN_ALIGN_BOTTOM_RIGHT ? attn__klen(p, b) - p->len_q : 0;
+  return p->align == ATTN_ALIGN_BOTTOM_RIGHT ? attn__klen(p, b) - attn__qlen(p, b) : 0;
 }
 
 /* Paged K and V: entries per block-table row, ceil(len_k / page_size), and the row stride. */

@@ -3,7 +3,8 @@
  * value, so O_i = Σ_j P_ij v_j with P_ij = exp(s_ij − LSE_i) and LSE_i including exp(sink_h):
  *     ∂O_i/∂sink_h = −P_sink,i · O_i,   P_sink,i = exp(sink_h − LSE_i)
  *     dsinks[h] = −Σ_{b,i} P_sink,i · (dO_i · O_i)
- * in double, in (b, i) order (deterministic, one thread: O(B·Hq·Lq·Dv) work). dQ, dK and dV need
+ * over the rows below qlen(b), in double, in (b, i) order (deterministic, one thread: O(B·Hq·Lq·Dv)
+ * work). dQ, dK and dV need
  * nothing else: the backward recomputes P from the LSE, which holds the sink.
  */
 #include "internal.h"
@@ -17,7 +18,7 @@ attn_status attn__backward_sinks(const attn__problem *pr, const float *o, const 
     const double sink = p->sinks[h];
     double acc = 0.0;
     for (int64_t b = 0; b < p->batch && sink != -INFINITY; b++)
-      for (int64_t i = 0; i < p->len_q; i++) {
+      for (int64_t i = 0; i < attn__qlen(p, b); i++) { /* padding rows are not in the problem */
         const int64_t row_o = b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
         const int64_t row_g = b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
         double delta = 0.0; /* dO·O */

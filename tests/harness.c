@@ -287,6 +287,12 @@ void tcase_make(tcase *c, const tspec *s) {
       c->kv_len[b] = b == 0 && s->B > 1 ? 0 : b == s->B - 1 ? s->Lk : rng_int(&r, 0, s->Lk);
     p->kv_len = c->kv_len;
   }
+  if (s->q_len) { /* padding rows past q_len[b]: none, all, and random counts */
+    c->q_len = malloc(sizeof(int64_t) * (size_t)(s->B + 1));
+    for (int64_t b = 0; b < s->B; b++)
+      c->q_len[b] = b == s->B - 1 ? s->Lq : b % 3 == 1 ? 0 : rng_int(&r, 0, s->Lq);
+    p->q_len = c->q_len;
+  }
 
   const int64_t B = s->B, Hq = s->Hq, Lq = s->Lq, Lk = s->Lk;
   if (s->mask != MASK_NONE) {
@@ -468,17 +474,19 @@ void tcase_free(tcase *c) {
   free(c->alibi);
   free(c->sinks);
   free(c->kv_len);
+  free(c->q_len);
 }
 
 const char *tcase_label(const tcase *c, char *buf, size_t size) {
   const tspec *s = &c->spec;
-  snprintf(buf, size,
-           "B=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 " Lq=%" PRId64 " Lk=%" PRId64 " D=%" PRId64
-           " Dv=%" PRId64 " layout=%d causal=%d align=%d window=(%" PRId64 ",%" PRId64
-           ") kv_len=%d mask=%d bias=%d softcap=%g alibi=%d sinks=%d scale=%s%g seed=%" PRIu64,
-           s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->Dv, s->layout, s->causal, (int)s->align,
-           s->window_left, s->window_right, s->kv_len, s->mask, s->bias, (double)s->softcap,
-           s->alibi, s->sinks, s->has_scale ? "" : "default/", (double)s->scale, s->seed);
+  snprintf(
+      buf, size,
+      "B=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 " Lq=%" PRId64 " Lk=%" PRId64 " D=%" PRId64
+      " Dv=%" PRId64 " layout=%d causal=%d align=%d window=(%" PRId64 ",%" PRId64
+      ") kv_len=%d q_len=%d mask=%d bias=%d softcap=%g alibi=%d sinks=%d scale=%s%g seed=%" PRIu64,
+      s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->Dv, s->layout, s->causal, (int)s->align,
+      s->window_left, s->window_right, s->kv_len, s->q_len, s->mask, s->bias, (double)s->softcap,
+      s->alibi, s->sinks, s->has_scale ? "" : "default/", (double)s->scale, s->seed);
   return buf;
 }
 
@@ -541,9 +549,15 @@ void tresult_free(tresult *r) {
 
 /* ---- oracle: straight from semantics.md, in double ---- */
 
-/* Visibility of key j for query i (rules 1–5); window arithmetic in double cannot overflow. */
+int64_t oracle_pos(const attn_params *p, int64_t b, int64_t i) {
+  if (p->align != ATTN_ALIGN_BOTTOM_RIGHT) return i;
+  return i + (p->kv_len ? p->kv_len[b] : p->len_k) - (p->q_len ? p->q_len[b] : p->len_q);
+}
+
+/* Visibility of key j for query i (rules 0–5); window arithmetic in double cannot overflow. */
 int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t klen,
                    int64_t pos) {
+  if (p->q_len && i >= p->q_len[b]) return 0;
   if (j >= klen) return 0;
   if (p->causal && j > pos) return 0;
   if (p->window_left >= 0 && (double)j < (double)pos - (double)p->window_left) return 0;
@@ -568,7 +582,7 @@ void oracle_forward(const attn_params *p, const float *q, const float *k, const 
     for (int64_t h = 0; h < Hq; h++)
       for (int64_t i = 0; i < Lq; i++) {
         const int64_t hk = h / group, klen = p->kv_len ? p->kv_len[b] : Lk;
-        const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - Lq : i;
+        const int64_t pos = oracle_pos(p, b, i);
         const int64_t row = (b * Hq + h) * Lq + i;
         double m = -INFINITY;
         int n_vis = 0, has_nan = 0;
@@ -643,7 +657,7 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
     for (int64_t h = 0; h < Hq; h++)
       for (int64_t i = 0; i < Lq; i++) {
         const int64_t hk = h / group, klen = p->kv_len ? p->kv_len[b] : Lk;
-        const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - Lq : i;
+        const int64_t pos = oracle_pos(p, b, i);
         const int64_t row = (b * Hq + h) * Lq + i;
         for (int64_t d = 0; d < D; d++)
           qs[d] =
@@ -874,6 +888,8 @@ static void f_window_right(tspec *s) { s->window_right = 3; }
 static void f_window_zero(tspec *s) { s->window_left = s->window_right = 0; }
 static void f_window_huge(tspec *s) { s->window_left = s->window_right = 100000; }
 static void f_kv_len(tspec *s) { s->kv_len = 1; }
+static void f_q_len(tspec *s) { s->q_len = 1; }
+static void f_varlen(tspec *s) { s->q_len = s->kv_len = 1, s->causal = 1; }
 static void f_mask_full(tspec *s) { s->mask = MASK_FULL; }
 static void f_mask_bcast(tspec *s) { s->mask = MASK_BCAST_BH; }
 static void f_mask_keypad(tspec *s) { s->mask = MASK_KEYPAD; }
@@ -893,6 +909,8 @@ const t_feature t_features[] = {
     {"window_zero", f_window_zero},
     {"window_huge", f_window_huge},
     {"kv_len", f_kv_len},
+    {"q_len", f_q_len},
+    {"varlen_causal", f_varlen},
     {"mask_full", f_mask_full},
     {"mask_bcast", f_mask_bcast},
     {"mask_keypad", f_mask_keypad},

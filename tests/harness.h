@@ -108,6 +108,7 @@ typedef struct tspec {
   attn_align align;
   int64_t window_left, window_right;
   int kv_len; /* 0: none; 1: random per batch, including 0 and Lk */
+  int q_len;  /* 0: none; 1: random per batch, including 0 and Lq */
   int mask;   /* MASK_* */
   int bias;   /* BIAS_* */
   float softcap;
@@ -145,7 +146,7 @@ typedef struct tcase {
   tbuf q, k, v, mask, bias;
   tbuf q16, k16, v16; /* 16-bit copies (tcase_set_types), run when p's q/k/v_dtype say so */
   float *alibi, *sinks;
-  int64_t *kv_len;
+  int64_t *kv_len, *q_len;
   /* paged K and V (tcase_page), passed by tcase_input while p.block_table is set */
   int32_t *table;
   void *k_pool, *v_pool;
@@ -194,8 +195,10 @@ tresult t_run_gather(tcase *c, attn_kernel kernel, int threads);
 int tresult_same(const tresult *a, const tresult *b);
 void tresult_free(tresult *r);
 
-/* The contract's visibility of key j for query i (batch b, head h) at key position pos, written
+/* The contract's key position pos(i) of query i of batch b (top-left i; bottom-right i + klen(b) −
+ * qlen(b)), and its visibility of key j for query i (batch b, head h) at key position pos, written
  * independently of the library. */
+int64_t oracle_pos(const attn_params *p, int64_t b, int64_t i);
 int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t klen,
                    int64_t pos);
 

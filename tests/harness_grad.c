@@ -157,10 +157,10 @@ void baseline_backward(const attn_params *p, int order, const float *q, const fl
     for (int64_t h = 0; h < Hq; h++)
       for (int64_t i = 0; i < Lq; i++) {
         const int64_t hk = h / group, klen = p->kv_len ? p->kv_len[b] : Lk;
-        const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - Lq : i;
+        const int64_t pos = oracle_pos(p, b, i);
         float m = -INFINITY;
         for (int64_t j = 0; j < Lk; j++) {
-          int ok = j < klen && !(p->causal && j > pos) &&
+          int ok = !(p->q_len && i >= p->q_len[b]) && j < klen && !(p->causal && j > pos) &&
                    !(p->window_left >= 0 && pos - j > p->window_left) &&
                    !(p->window_right >= 0 && j - pos > p->window_right);
           if (ok && p->mask &&

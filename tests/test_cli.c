@@ -126,6 +126,11 @@ static void check_case_f16(const tspec *s, const char *extra, int f16) {
     for (int64_t b = 0; b < s->B; b++)
       ADD("%s%lld", b ? "," : "", (long long)c.kv_len[b]);
   }
+  if (s->q_len) {
+    ADD(" --q-len ");
+    for (int64_t b = 0; b < s->B; b++)
+      ADD("%s%lld", b ? "," : "", (long long)c.q_len[b]);
+  }
   if (s->mask) {
     write_npy("mask.npy", c.mask.base, NPY_U8, 4, c.mask.size);
     ADD(" --mask %s", path("mask.npy"));
@@ -206,6 +211,8 @@ static void test_good_runs(void) {
   s = base, s.has_scale = 1, s.scale = -0.3f;
   check_case(&s, "");
   s = base, s.sinks = 1, s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  check_case(&s, "");
+  s = base, s.q_len = 1, s.kv_len = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
   check_case(&s, "");
   s = base, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.kv_len = 1, s.mask = MASK_KEYPAD,
   s.bias = BIAS_NEGINF, s.softcap = 8.0f, s.alibi = 1, s.window_left = 20;
@@ -335,6 +342,8 @@ static void test_bad_inputs(void) {
       {"unknown kernel", "--kernel avx9000", "--kernel 'avx9000'"},
       {"kv-len count", "--kv-len 3,4", "must list 1 integers"},
       {"kv-len range", "--kv-len 9 --align top-left", "[0, Lk = 7]"},
+      {"q-len count", "--q-len 3,4", "--q-len '3,4' must list 1 integers"},
+      {"q-len range", "--q-len -1", "[0, Lq = "},
       {"softcap", "--softcap -1", "--softcap"},
       {"alibi missing", "--alibi NOPE", "nope"},
       {"flag twice", "--threads 1 --threads 2", "given twice"},
@@ -405,6 +414,12 @@ static void check_grad(const tspec *s) {
     snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --sinks %s --dsinks %s",
              path("sinks.npy"), path("ds.npy"));
   }
+  if (s->q_len) {
+    strcat(flags, " --q-len ");
+    for (int64_t b = 0; b < s->B; b++)
+      snprintf(flags + strlen(flags), sizeof flags - strlen(flags), "%s%lld", b ? "," : "",
+               (long long)c.q_len[b]);
+  }
   int rc = run_attn("grad --q %s --k %s --v %s --dout %s --dq %s --dk %s --dv %s --out %s%s",
                     path("q.npy"), path("k.npy"), path("v.npy"), path("do.npy"), path("dq.npy"),
                     path("dk.npy"), path("dv.npy"), path("o.npy"), flags);
@@ -444,6 +459,8 @@ static void test_grad(void) {
   s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.bias = BIAS_BCAST;
   check_grad(&s);
   s.sinks = 1;
+  check_grad(&s);
+  s.q_len = 1; /* padding query rows: zero gradients, nothing added to dK, dV, dBias */
   check_grad(&s);
   /* bad grad input: exit 2, nothing written */
   const int64_t qs[4] = {1, 2, 5, 4}, ks[4] = {1, 2, 7, 4}, os[4] = {1, 2, 5, 4},

@@ -51,7 +51,7 @@ static void split_make(split *sp, const tcase *c, int n, const int64_t *cuts) {
       const int64_t klen = p->kv_len ? p->kv_len[b] : p->len_k;
       for (int64_t h = 0; h < Hq; h++)
         for (int64_t i = 0; i < Lq; i++) {
-          const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - Lq : i;
+          const int64_t pos = oracle_pos(p, b, i);
           for (int64_t j = 0; j < len; j++)
             sp->mask[k][((b * Hq + h) * Lq + i) * len + j] =
                 (uint8_t)oracle_visible(p, b, h, i, a + j, klen, pos);

@@ -4,7 +4,8 @@
  * kind of mask; visible NaN propagation; −FLT_MAX bias is data; causal prefix property; GQA =
  * explicit head repetition; infinite scores; P rows sum to 1; causal flag = explicit mask; default
  * scale = explicit scale; batched = per item; Lk = 1; scale 0 averages; attention sinks (−inf =
- * none, bitwise; empty rows give LSE = sink; P sums to 1 − the sink's weight; invalid values).
+ * none, bitwise; empty rows give LSE = sink; P sums to 1 − the sink's weight; invalid values);
+ * query lengths (padding rows are empty rows, NaN in their Q and dO rows changes nothing).
  */
 #include "harness.h"
 
@@ -93,8 +94,8 @@ static void poison_hidden_bias(tcase *c, float x) {
       for (int64_t i = 0; i < p->len_q; i++)
         for (int64_t j = 0; j < p->len_k; j++) {
           const int64_t klen = p->kv_len ? p->kv_len[b] : p->len_k;
-          const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - p->len_q : i;
-          int hidden = j >= klen || (p->causal && j > pos) ||
+          const int64_t pos = oracle_pos(p, b, i);
+          int hidden = (p->q_len && i >= p->q_len[b]) || j >= klen || (p->causal && j > pos) ||
                        (p->window_left >= 0 && j < pos - p->window_left) ||
                        (p->window_right >= 0 && j > pos + p->window_right) ||
                        (p->mask && !p->mask[b * p->mask_stride[0] + h * p->mask_stride[1] +
@@ -545,6 +546,89 @@ static void test_sinks(attn_kernel kern) {
   tcase_free(&c);
 }
 
+/* ---- query lengths: rows past q_len[b] are padding ---- */
+/* They come out as empty rows (O = +0, LSE = −inf or the sink, P = 0); NaN stored in their Q rows
+ * and in their dO rows changes nothing — forward, backward and the sinks' gradient bitwise — and
+ * their dQ rows are +0. */
+static void test_q_len(attn_kernel kern) {
+  tspec s = tspec_shape(3, 4, 2, 37, 150, 16, 8);
+  s.q_len = s.kv_len = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.sinks = 1;
+  tcase c, poisoned;
+  tcase_make(&c, &s);
+  tcase_make(&poisoned, &s);
+  const int64_t *ql = c.q_len;
+  size_t n_pad = 0, bad = 0;
+  for (int64_t b = 0; b < 3; b++)
+    for (int64_t h = 0; h < 4; h++)
+      for (int64_t i = ql[b]; i < 37; i++, n_pad++)
+        for (int64_t d = 0; d < 16; d++)
+          tbuf_f32(&poisoned.q)[tbuf_index(&poisoned.q, b, h, i, d)] = NAN;
+  tresult r = t_run_gather(&c, kern, 2), rp = t_run_gather(&poisoned, kern, 2);
+  CHECKF(tresult_same(&r, &rp), "NaN in padding query rows changed the result (%s)",
+         attn_kernel_name(kern));
+  for (int64_t b = 0; b < 3; b++)
+    for (int64_t h = 0; h < 4; h++)
+      for (int64_t i = ql[b]; i < 37; i++) {
+        const size_t row = (size_t)((b * 4 + h) * 37 + i);
+        const float want_lse = c.sinks[h]; /* the sinks include −inf: LSE = sink, or −inf */
+        bad += memcmp(&r.lse[row], &want_lse, sizeof want_lse) != 0;
+        for (size_t d = 0; d < 8; d++)
+          bad += r.o[row * 8 + d] != 0.0f || signbit(r.o[row * 8 + d]);
+        for (size_t j = 0; j < 150; j++)
+          bad += r.probs[row * 150 + j] != 0.0f;
+      }
+  CHECKF(n_pad > 37 && bad == 0, "%zu values of %zu padding rows are not empty rows (%s)", bad,
+         n_pad, attn_kernel_name(kern));
+
+  /* the backward: dO NaN in the padding rows changes nothing; their dQ is +0 */
+  tgrad g;
+  tgrad_make(&g, &c, 0, kern, 5);
+  tgrads clean = t_backward_gather(&c, &g, kern, 2);
+  attn_params pk = c.p; /* the sinks' gradient on the same O, LSE, dO */
+  memcpy(pk.o_stride, g.o.stride, sizeof pk.o_stride);
+  memcpy(pk.lse_stride, g.lse.stride, sizeof pk.lse_stride);
+  memcpy(pk.dout_stride, g.dout.stride, sizeof pk.dout_stride);
+  float ds_clean[4], ds_poisoned[4];
+  CHECK(attn_backward_sinks(&pk, tbuf_f32(&g.o), tbuf_f32(&g.lse), tbuf_f32(&g.dout), ds_clean) ==
+        ATTN_STATUS_OK);
+  for (int64_t b = 0; b < 3; b++)
+    for (int64_t h = 0; h < 4; h++)
+      for (int64_t i = ql[b]; i < 37; i++)
+        for (int64_t d = 0; d < 8; d++)
+          tbuf_f32(&g.dout)[tbuf_index(&g.dout, b, h, i, d)] = NAN;
+  tgrads dirty = t_backward_gather(&c, &g, kern, 2);
+  CHECKF(tgrads_same(&clean, &dirty), "NaN in padding dO rows changed the gradients (%s)",
+         attn_kernel_name(kern));
+  CHECK(attn_backward_sinks(&pk, tbuf_f32(&g.o), tbuf_f32(&g.lse), tbuf_f32(&g.dout),
+                            ds_poisoned) == ATTN_STATUS_OK);
+  CHECKF(memcmp(ds_clean, ds_poisoned, sizeof ds_clean) == 0 && isfinite(ds_clean[0]),
+         "dsinks read padding rows (%s)", attn_kernel_name(kern));
+  bad = 0;
+  for (int64_t b = 0; b < 3; b++)
+    for (int64_t h = 0; h < 4; h++)
+      for (int64_t i = ql[b]; i < 37; i++)
+        for (size_t d = 0; d < 16; d++) {
+          const float x = clean.dq[(size_t)((b * 4 + h) * 37 + i) * 16 + d];
+          bad += x != 0.0f || signbit(x);
+        }
+  CHECKF(bad == 0, "%zu dQ values of padding rows are not +0 (%s)", bad, attn_kernel_name(kern));
+  /* q_len out of range: named, nothing written */
+  touts out;
+  touts_make(&out, &c, 1, 0);
+  c.q_len[1] = 38;
+  CHECK(t_run(&c, kern, 1, &out) == ATTN_STATUS_INVALID_ARGUMENT &&
+        strstr(attn_last_error(), "q_len[1] (38) must be in [0, len_q = 37]"));
+  CHECK(tbuf_check_output(&out.o, "o", 0));
+  c.q_len[1] = 0, c.p.align = ATTN_ALIGN_UNSET;
+  CHECK(t_run(&c, kern, 1, &out) == ATTN_STATUS_INVALID_ARGUMENT &&
+        strstr(attn_last_error(), "or q_len is given"));
+  touts_free(&out);
+  tgrads_free(&clean), tgrads_free(&dirty);
+  tgrad_free(&g);
+  tresult_free(&r), tresult_free(&rp);
+  tcase_free(&c), tcase_free(&poisoned);
+}
+
 int main(void) {
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
     const attn_kernel kern = (attn_kernel)k;
@@ -562,6 +646,7 @@ int main(void) {
     test_equivalences(kern);
     test_probs_and_simple(kern);
     test_sinks(kern);
+    test_q_len(kern);
   }
   return t_finish("test_rules");
 }

@@ -313,6 +313,7 @@ static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int6
     w->lse[r] = job->t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
     w->delta[r] = job->delta[bh * p->len_q + i];
     attn__row_key_range(p, i + shift, klen, &w->lo[r], &w->hi[r]);
+    if (i >= attn__qlen(p, b)) w->lo[r] = w->hi[r] = 0; /* padding row: sees nothing */
   }
   return job->qfin[bh * job->n_qb + qb];
 }
@@ -417,15 +418,16 @@ static int64_t slice_of(int64_t kb, int64_t n_slices) {
 }
 
 /* Query blocks [*qb0, *qb1) of which some row may see a key in [j0, j1): the visible range of a
- * row never moves left as the row index grows. */
+ * row never moves left as the row index grows (among the rows below qlen(b); the rest see
+ * nothing). */
 static void query_block_range(const bwd_job *job, int64_t b, int64_t j0, int64_t j1, int64_t *qb0,
                               int64_t *qb1) {
   const attn_params *p = job->pr->p;
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
-  int64_t a = 0, e = job->n_qb, lo, hi;
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b), qlen = attn__qlen(p, b);
+  const int64_t n_qb = (qlen + BR - 1) / BR; /* the blocks holding rows below qlen */
+  int64_t a = 0, e = n_qb, lo, hi;
   while (a < e) { /* first block whose last row's range ends after j0 */
-    const int64_t mid = (a + e) / 2,
-                  last = (mid + 1) * BR < p->len_q ? (mid + 1) * BR - 1 : p->len_q - 1;
+    const int64_t mid = (a + e) / 2, last = (mid + 1) * BR < qlen ? (mid + 1) * BR - 1 : qlen - 1;
     attn__row_key_range(p, last + shift, klen, &lo, &hi);
     if (hi > j0)
       e = mid;
@@ -433,7 +435,7 @@ static void query_block_range(const bwd_job *job, int64_t b, int64_t j0, int64_t
       a = mid + 1;
   }
   *qb0 = a;
-  e = job->n_qb;
+  e = n_qb;
   while (a < e) { /* first block whose first row's range starts at or after j1 */
     const int64_t mid = (a + e) / 2;
     attn__row_key_range(p, mid * BR + shift, klen, &lo, &hi);

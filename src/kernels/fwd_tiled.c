@@ -429,12 +429,13 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   const attn_params *p = pr->p;
   const int64_t D = p->dim, Dv = p->dim_v, dvp = job->dvp;
   const int bc = uk->bc, rows_p = (int)attn__round_up(rows, uk->mr);
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b);
+  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b), qlen = attn__qlen(p, b);
 
-  /* key range of every row and of the block */
+  /* key range of every row (padding rows past qlen: empty) and of the block */
   int64_t blo = j_hi, bhi = j_lo;
   for (int r = 0; r < rows; r++) {
     attn__row_key_range(p, ts->row_i[r] + shift, klen, &ts->lo[r], &ts->hi[r]);
+    if (ts->row_i[r] >= qlen) ts->lo[r] = ts->hi[r] = 0;
     if (ts->lo[r] < j_lo) ts->lo[r] = j_lo;
     if (ts->hi[r] > j_hi) ts->hi[r] = j_hi;
     if (ts->lo[r] < ts->hi[r]) {

@@ -14,7 +14,7 @@
 
 int attn__ref_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t pos,
                       int64_t klen, double *bias) {
-  int visible = j < klen;
+  int visible = i < attn__qlen(p, b) && j < klen;
   if (visible && p->causal && j > pos) visible = 0;
   if (visible && p->window_left >= 0 && pos - j > p->window_left) visible = 0;
   if (visible && p->window_right >= 0 && j - pos > p->window_right) visible = 0;
@@ -43,7 +43,8 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   const attn_params *p = pr->p;
   const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / pr->group;
   const int64_t klen = p->kv_len ? p->kv_len[b] : Lk;
-  const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - p->len_q : i;
+  const int64_t qlen = p->q_len ? p->q_len[b] : p->len_q;
+  const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - qlen : i;
   const float *qi = q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
 
   /* 1. visibility and scores */

@@ -1,9 +1,9 @@
 /*
  * fuzz_api.c — libFuzzer target for the library's entry points. The input bytes choose a call:
  * sizes (valid and not), strides per tensor (packed, [B, L, H, D], padded, negative, zero, huge),
- * every option with valid and invalid values (sinks included), the types of Q, K and V (fp32, fp16,
- * bf16, invalid), input data (NaN and inf included). Every tensor is allocated to exactly its
- * extent, so AddressSanitizer sees any read or write outside it. Then:
+ * every option with valid and invalid values (sinks and query/key lengths included), the types of
+ * Q, K and V (fp32, fp16, bf16, invalid), input data (NaN and inf included). Every tensor is
+ * allocated to exactly its extent, so AddressSanitizer sees any read or write outside it. Then:
  *   - attn_forward_scratch_bytes / attn_backward_scratch_bytes agree with the calls on validity;
  *   - a refused call leaves every output byte as it was and says why, naming the function;
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
@@ -42,17 +42,20 @@ static void dump(const attn_params *p) {
   dump4("o", p->o_stride, 4), dump4("lse", p->lse_stride, 3), dump4("P", p->probs_stride, 4);
   fprintf(stderr,
           "\n causal %d align %d window %lld,%lld softcap %g scale %s%g alibi %s "
-          "kv_len %s mask %s bias %s threads %d kernel %d types %d %d %d\n",
+          "kv_len %s q_len %s mask %s bias %s threads %d kernel %d types %d %d %d\n",
           p->causal, (int)p->align, (long long)p->window_left, (long long)p->window_right,
           (double)p->softcap, p->has_scale ? "" : "default ", (double)p->scale,
-          p->alibi_slopes ? "yes" : "no", p->kv_len ? "yes" : "no", p->mask ? "yes" : "no",
-          p->bias ? "yes" : "no", p->threads, (int)p->kernel, (int)p->q_dtype, (int)p->k_dtype,
-          (int)p->v_dtype);
+          p->alibi_slopes ? "yes" : "no", p->kv_len ? "yes" : "no", p->q_len ? "yes" : "no",
+          p->mask ? "yes" : "no", p->bias ? "yes" : "no", p->threads, (int)p->kernel,
+          (int)p->q_dtype, (int)p->k_dtype, (int)p->v_dtype);
   if (p->mask) dump4("mask", p->mask_stride, 4);
   if (p->bias) dump4("bias", p->bias_stride, 4);
   if (p->kv_len)
     for (int64_t b = 0; b < p->batch; b++)
       fprintf(stderr, " kv_len[%lld] = %lld", (long long)b, (long long)p->kv_len[b]);
+  if (p->q_len)
+    for (int64_t b = 0; b < p->batch; b++)
+      fprintf(stderr, " q_len[%lld] = %lld", (long long)b, (long long)p->q_len[b]);
   fputc('\n', stderr);
 }
 
@@ -266,7 +269,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const int wide =
       p.q_dtype != ATTN_DTYPE_F32 || p.k_dtype != ATTN_DTYPE_F32 || p.v_dtype != ATTN_DTYPE_F32;
 
-  int64_t kv_len[3];
+  int64_t kv_len[3], q_len[3];
   float slopes[9], sinks[9];
   tensor q, k, v, mask, bias, dout;
   memset(&q, 0, sizeof q), memset(&k, 0, sizeof k), memset(&v, 0, sizeof v);
@@ -275,6 +278,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int64_t i = 0; i < batch; i++)
       kv_len[i] = (int64_t)(next(&b) % (unsigned)(lk + 2)) - (next(&b) % 17 == 0);
     p.kv_len = kv_len;
+  }
+  if (next(&b) % 4 == 0) { /* padding query rows; rarely an invalid length */
+    for (int64_t i = 0; i < batch; i++)
+      q_len[i] = (int64_t)(next(&b) % (unsigned)(lq + 2)) - (next(&b) % 17 == 0);
+    p.q_len = q_len;
   }
   if (next(&b) % 4 == 0) {
     for (int64_t h = 0; h < hq && h < 9; h++)
