@@ -159,7 +159,7 @@ typedef enum attn_status {
 typedef enum attn_align {
   ATTN_ALIGN_UNSET = 0,        /* accepted only when Lq = Lk and kv_len, q_len are NULL */
   ATTN_ALIGN_TOP_LEFT = 1,     /* pos(i) = i */
-  ATTN_ALIGN_BOTTOM_RIGHT = 2, /* pos(i) = i + klen(b) − Lq */
+  ATTN_ALIGN_BOTTOM_RIGHT = 2, /* pos(i) = i + klen(b) − qlen(b) */
 } attn_align;
 
 /*
