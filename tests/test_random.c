@@ -1,13 +1,13 @@
 /*
  * test_random.c — random cases beyond the structured sweeps of test_kernels and test_backward:
- * every option drawn independently (layout, causal, alignment, windows, per-batch key lengths,
- * each mask and bias kind, softcap, ALiBi, explicit scale, larger logits), shapes drawn around all
- * of the forward's paths (decode Lq ≤ 16 and query blocks against 1000–5000 keys, where the keys
- * are split for decode and for few items; ordinary tiles otherwise), D and Dv from 1 to 300, 1–5
- * threads. Each case runs on every kernel against the fp64 oracle under the tolerance rule
- * (forward: O, LSE and, for small cases, P; backward: dQ, dK, dV and dBias). Deterministic for a
- * seed. Usage: test_random [seed [cases]]   (seed 0 and 48 cases of each pass by default; CI passes
- * a rotating seed). ATTN_TEST_KERNELS limits the kernels as in test_kernels.
+ * every option drawn independently (layout, causal, alignment, windows, per-batch key and query
+ * lengths, each mask and bias kind, softcap, ALiBi, explicit scale, larger logits, sinks), shapes
+ * drawn around all of the forward's paths (decode Lq ≤ 16 and query blocks against 1000–5000 keys,
+ * where the keys are split for decode and for few items; ordinary tiles otherwise), D and Dv from
+ * 1 to 300, 1–5 threads. Each case runs on every kernel against the fp64 oracle under the
+ * tolerance rule (forward: O, LSE and, for small cases, P; backward: dQ, dK, dV and dBias).
+ * Deterministic for a seed. Usage: test_random [seed [cases]]   (seed 0 and 48 cases of each pass
+ * by default; CI passes a rotating seed). ATTN_TEST_KERNELS limits the kernels as in test_kernels.
  */
 #include "harness.h"
 
@@ -57,7 +57,8 @@ static tspec random_spec(rng *r, int backward, uint64_t seed) {
    * error of an fp32 implementation is a few scores' rounding luck, which a random case's small
    * sample cannot compare fairly (test_kernels covers them on a fixed large sample) */
   if (rng_uniform(r) < 0.1) s.q_mul = s.k_mul = 3.0f;
-  s.sinks = rng_uniform(r) < 0.15; /* drawn last: the earlier draws of a seed stay as they were */
+  s.sinks = rng_uniform(r) < 0.15; /* drawn late: the earlier draws of a seed stay as they were */
+  s.q_len = rng_uniform(r) < 0.2;
   s.seed = seed;
   return s;
 }
