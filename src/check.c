@@ -145,20 +145,17 @@ static attn_status check_options(const char *fn, const attn_params *p) {
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: window_right (%" PRId64 ") must be -1 (unbounded) or at least 0", fn,
                       p->window_right);
-  if (p->kv_len)
-    for (int64_t b = 0; b < p->batch; b++)
-      if (p->kv_len[b] < 0 || p->kv_len[b] > p->len_k)
+  const struct {
+    const char *name, *max_name;
+    const int64_t *len, max;
+  } lengths[] = {{"kv_len", "len_k", p->kv_len, p->len_k}, {"q_len", "len_q", p->q_len, p->len_q}};
+  for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++)
+    for (int64_t b = 0; lengths[i].len && b < p->batch; b++)
+      if (lengths[i].len[b] < 0 || lengths[i].len[b] > lengths[i].max)
         return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                          "%s: kv_len[%" PRId64 "] (%" PRId64 ") must be in [0, len_k = %" PRId64
-                          "]",
-                          fn, b, p->kv_len[b], p->len_k);
-  if (p->q_len)
-    for (int64_t b = 0; b < p->batch; b++)
-      if (p->q_len[b] < 0 || p->q_len[b] > p->len_q)
-        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                          "%s: q_len[%" PRId64 "] (%" PRId64 ") must be in [0, len_q = %" PRId64
-                          "]",
-                          fn, b, p->q_len[b], p->len_q);
+                          "%s: %s[%" PRId64 "] (%" PRId64 ") must be in [0, %s = %" PRId64 "]", fn,
+                          lengths[i].name, b, lengths[i].len[b], lengths[i].max_name,
+                          lengths[i].max);
   if (p->alibi_slopes)
     for (int64_t h = 0; h < p->heads_q; h++)
       if (!isfinite(p->alibi_slopes[h]))
