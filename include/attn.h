@@ -54,7 +54,9 @@
  *
  * Variable lengths in a batch: kv_len gives each batch item its number of keys, q_len its number
  * of queries (padded layout: items are padded to Lk keys and Lq queries). Query rows i ≥ qlen(b)
- * are padding: they see no key (rule 0 below), so they get the empty-row result and cost nothing.
+ * are padding: they see no key (rule 0 below), so they get the empty-row result. The fused kernels
+ * skip query blocks and row groups of padding; a decode block (Lq ≤ 16) computes a KV group's
+ * padding rows beside its real ones, which costs little there (decode is bound by reading K, V).
  * Together with bottom-right alignment this is a batch of sequences that each add qlen(b) tokens
  * to a cache of klen(b) − qlen(b), e.g. prefill chunks and single decode tokens in one call.
  *
