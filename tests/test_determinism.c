@@ -1,6 +1,8 @@
 /*
  * test_determinism.c — the same input gives bitwise the same output: 50 repeated runs, thread
- * counts {1, 2, 3, 4, 7, 8, 16, nproc}, and concurrent calls from user threads, for every kernel.
+ * counts {1, 2, 3, 4, 7, 8, 16, nproc}, and concurrent calls from user threads, for every kernel;
+ * the split-key paths (decode, few query blocks, paged decode with padding query rows) over the
+ * same thread counts.
  */
 #include "harness.h"
 
@@ -76,15 +78,20 @@ int main(void) {
     tcase_free(&c);
 
     /* the split-key path, every thread count bitwise equal: decode (Lq = 3 against 2600 keys),
-     * then prefill with few query blocks (two heads of one KV group, 130 queries: 3 row blocks) */
+     * then prefill with few query blocks (two heads of one KV group, 130 queries: 3 row blocks),
+     * then decode from a paged cache (pages of 16 keys, shuffled) with padding query rows */
     tspec d = tspec_shape(2, 8, 2, 3, 2600, 64, 64);
     d.causal = 1, d.align = ATTN_ALIGN_BOTTOM_RIGHT, d.kv_len = 1, d.bias = BIAS_FULL;
     tspec f = tspec_shape(1, 2, 1, 130, 2600, 64, 64);
     f.window_left = 900, f.window_right = 3, f.bias = BIAS_FULL, f.align = ATTN_ALIGN_BOTTOM_RIGHT;
-    const tspec *splits[] = {&d, &f};
-    for (int si = 0; si < 2; si++) {
+    tspec g = tspec_shape(3, 8, 2, 4, 2600, 64, 64);
+    g.causal = 1, g.align = ATTN_ALIGN_BOTTOM_RIGHT, g.kv_len = 1, g.q_len = 1;
+    const tspec *splits[] = {&d, &f, &g};
+    static const char *const names[] = {"decode", "few query blocks", "paged decode"};
+    for (int si = 0; si < 3; si++) {
       tcase dc;
       tcase_make(&dc, splits[si]);
+      if (splits[si] == &g) tcase_page(&dc, 16, 0, 0, 3);
       touts o1, on;
       touts_make(&o1, &dc, 1, 0);
       CHECK(t_run(&dc, kern, 1, &o1) == ATTN_STATUS_OK);
@@ -93,8 +100,8 @@ int main(void) {
         CHECK(t_run(&dc, kern, counts[t], &on) == ATTN_STATUS_OK);
         CHECKF(memcmp(o1.o.alloc, on.o.alloc, 2 * T_GUARD_BYTES + o1.o.extent_bytes) == 0 &&
                    memcmp(o1.lse.alloc, on.lse.alloc, 2 * T_GUARD_BYTES + o1.lse.extent_bytes) == 0,
-               "%s: %d threads differ from 1 thread (%s)", si ? "few query blocks" : "decode",
-               counts[t], attn_kernel_name(kern));
+               "%s: %d threads differ from 1 thread (%s)", names[si], counts[t],
+               attn_kernel_name(kern));
         touts_free(&on);
       }
       touts_free(&o1);
