@@ -302,7 +302,7 @@ static int pack_kv(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t hk, in
  * LSE, Δ and key ranges. Returns bit 0: Q finite, bit 1: dO finite. */
 static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_t qb, int rows) {
   const attn_params *p = job->pr->p;
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b), i0 = qb * BR;
+  const int64_t i0 = qb * BR;
   const int64_t bh = b * p->heads_q + h;
   w->qs = job->qs_all + (bh * job->lq_p + i0) * job->dp;
   w->dos = job->dos_all + (bh * job->lq_p + i0) * job->dvp;
@@ -312,8 +312,7 @@ static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int6
     const int64_t i = i0 + r;
     w->lse[r] = job->t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
     w->delta[r] = job->delta[bh * p->len_q + i];
-    attn__row_key_range(p, i + shift, klen, &w->lo[r], &w->hi[r]);
-    if (i >= attn__qlen(p, b)) w->lo[r] = w->hi[r] = 0; /* padding row: sees nothing */
+    attn__row_key_range(p, b, i, &w->lo[r], &w->hi[r]); /* a padding row sees nothing */
   }
   return job->qfin[bh * job->n_qb + qb];
 }
@@ -423,12 +422,12 @@ static int64_t slice_of(int64_t kb, int64_t n_slices) {
 static void query_block_range(const bwd_job *job, int64_t b, int64_t j0, int64_t j1, int64_t *qb0,
                               int64_t *qb1) {
   const attn_params *p = job->pr->p;
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b), qlen = attn__qlen(p, b);
+  const int64_t qlen = attn__qlen(p, b);
   const int64_t n_qb = (qlen + BR - 1) / BR; /* the blocks holding rows below qlen */
   int64_t a = 0, e = n_qb, lo, hi;
   while (a < e) { /* first block whose last row's range ends after j0 */
     const int64_t mid = (a + e) / 2, last = (mid + 1) * BR < qlen ? (mid + 1) * BR - 1 : qlen - 1;
-    attn__row_key_range(p, last + shift, klen, &lo, &hi);
+    attn__row_key_range(p, b, last, &lo, &hi);
     if (hi > j0)
       e = mid;
     else
@@ -438,7 +437,7 @@ static void query_block_range(const bwd_job *job, int64_t b, int64_t j0, int64_t
   e = n_qb;
   while (a < e) { /* first block whose first row's range starts at or after j1 */
     const int64_t mid = (a + e) / 2;
-    attn__row_key_range(p, mid * BR + shift, klen, &lo, &hi);
+    attn__row_key_range(p, b, mid * BR, &lo, &hi);
     if (lo >= j1)
       e = mid;
     else

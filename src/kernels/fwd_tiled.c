@@ -119,9 +119,9 @@ typedef struct tile_scratch {
   float *s;               /* [br, bc] scores, then probabilities */
   float *acc;             /* [br, dvp] unnormalised output */
   float *m, *l, *alpha;   /* [br] running max, running sum, this tile's rescale factor */
-  float *ones;            /* [br] 1.0: the rescale factor of a tile's later page runs */
-  unsigned char *vis;     /* [br, bc] 1 where the pair is visible */
-  int *grp;  /* [2·br] on a ragged tile: column range of each row group (group_cols) */
+  float *ones;        /* [br] 1.0 (set once per call): the rescale of a tile's later page runs */
+  unsigned char *vis; /* [br, bc] 1 where the pair is visible */
+  int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
   float *kc; /* [bc, D] a 16-bit or paged K tile widened to fp32 (empty for fp32 K in place) */
   float *vc; /* [bc, Dv] the same for V, for the decode forms */
 } tile_scratch;
@@ -175,8 +175,6 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.grp = (int *)(void *)(base + o[15]);
   t.kc = (float *)(void *)(base + o[16]);
   t.vc = (float *)(void *)(base + o[17]);
-  for (int r = 0; r < job->uk->br; r++)
-    t.ones[r] = 1.0f;
   return t;
 }
 
@@ -429,13 +427,12 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   const attn_params *p = pr->p;
   const int64_t D = p->dim, Dv = p->dim_v, dvp = job->dvp;
   const int bc = uk->bc, rows_p = (int)attn__round_up(rows, uk->mr);
-  const int64_t klen = attn__klen(p, b), shift = attn__pos_shift(p, b), qlen = attn__qlen(p, b);
+  const int64_t shift = attn__pos_shift(p, b);
 
   /* key range of every row (padding rows past qlen: empty) and of the block */
   int64_t blo = j_hi, bhi = j_lo;
   for (int r = 0; r < rows; r++) {
-    attn__row_key_range(p, ts->row_i[r] + shift, klen, &ts->lo[r], &ts->hi[r]);
-    if (ts->row_i[r] >= qlen) ts->lo[r] = ts->hi[r] = 0;
+    attn__row_key_range(p, b, ts->row_i[r], &ts->lo[r], &ts->hi[r]);
     if (ts->lo[r] < j_lo) ts->lo[r] = j_lo;
     if (ts->hi[r] > j_hi) ts->hi[r] = j_hi;
     if (ts->lo[r] < ts->hi[r]) {
@@ -878,6 +875,11 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
                       "attn_forward: could not allocate %d x %zu bytes of tile scratch and %zu "
                       "bytes of partial results, V checks and packed K",
                       workers, job.scratch_bytes, (np + nk) * sizeof(float) + nb * sizeof(int64_t));
+  }
+  for (int w = 0; w < workers; w++) { /* the constant part of each worker's scratch */
+    const tile_scratch t = carve(&job, w);
+    for (int r = 0; r < uk->br; r++)
+      t.ones[r] = 1.0f;
   }
   const attn_params *p = pr->p;
   if (job.v_bad) attn__parallel_for(workers, p->batch * p->heads_kv, count_bad_v_item, &job);

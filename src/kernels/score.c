@@ -7,9 +7,13 @@
 #include <math.h>
 #include <string.h>
 
-void attn__row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64_t *lo,
-                         int64_t *hi) {
-  int64_t a = 0, e = klen; /* written to avoid overflow for any window */
+void attn__row_key_range(const attn_params *p, int64_t b, int64_t i, int64_t *lo, int64_t *hi) {
+  if (i >= attn__qlen(p, b)) { /* padding row */
+    *lo = *hi = 0;
+    return;
+  }
+  const int64_t pos = i + attn__pos_shift(p, b);
+  int64_t a = 0, e = attn__klen(p, b); /* written to avoid overflow for any window */
   if (p->causal && pos < e - 1) e = pos + 1;
   if (p->window_left >= 0 && pos - a > p->window_left) a = pos - p->window_left;
   if (p->window_right >= 0 && e - 1 - pos > p->window_right) e = pos + p->window_right + 1;

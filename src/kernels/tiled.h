@@ -91,9 +91,11 @@ int attn__widen_rows(attn_dtype t, const void *src, int64_t row_stride, int64_t 
 /* 1 if the rows [0, cols) × [0, n) of a matrix with unit column stride are all finite. */
 int attn__rows_finite(const float *src, int64_t row_stride, int cols, int64_t n);
 
-/* Visible key range [lo, hi) of a query at key position pos from key length, causal and window
- * (mask and bias are per pair: attn__score_row). lo and hi never decrease as pos grows. */
-void attn__row_key_range(const attn_params *p, int64_t pos, int64_t klen, int64_t *lo, int64_t *hi);
+/* Visible key range [lo, hi) of query row i of batch item b by the rules that bound it: query
+ * length (a padding row, i ≥ qlen(b), sees nothing: lo = hi = 0), key length, causal and window
+ * (mask and bias are per pair: attn__score_row). Over the rows below qlen(b), lo and hi never
+ * decrease as i grows. */
+void attn__row_key_range(const attn_params *p, int64_t b, int64_t i, int64_t *lo, int64_t *hi);
 
 /* Turns one row of scaled dot products srow[c] = (scale·q_i)·k_j for keys j = j0 + c, c < cols, of
  * query i (head h, batch b, key position pos, key range [lo, hi)) into the contract's scores:
