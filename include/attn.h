@@ -46,11 +46,12 @@
  *     ATTN_ALIGN_TOP_LEFT:      pos(i) = i
  *     ATTN_ALIGN_BOTTOM_RIGHT:  pos(i) = i + klen(b) − qlen(b)   (KV-cache convention: the last
  *                               query lines up with the last valid key)
- *   where klen(b) = kv_len[b] if kv_len is given, else Lk, and qlen(b) = q_len[b] if q_len is
- *   given, else Lq. Causal masking, windows and ALiBi all measure from pos(i). If Lq ≠ Lk or kv_len
- *   or q_len is given, and causal, a window or ALiBi is used, the alignment must be set
- *   explicitly; leaving it ATTN_ALIGN_UNSET is an error. When Lq = Lk and neither kv_len nor q_len
- *   is given the two coincide and UNSET is accepted.
+ *   where klen(b) = kv_len[b] if kv_len is given (cu_seqlens_k[b + 1] − cu_seqlens_k[b] if that
+ *   is), else Lk, and qlen(b) = q_len[b] if q_len is given (likewise from cu_seqlens_q), else Lq.
+ *   Causal masking, windows and ALiBi all measure from pos(i). If Lq ≠ Lk or any of kv_len, q_len,
+ *   cu_seqlens_q, cu_seqlens_k is given, and causal, a window or ALiBi is used, the alignment must
+ *   be set explicitly; leaving it ATTN_ALIGN_UNSET is an error. When Lq = Lk and none of them is
+ *   given the two coincide and UNSET is accepted.
  *
  * Variable lengths in a batch: kv_len gives each batch item its number of keys, q_len its number
  * of queries (padded layout: items are padded to Lk keys and Lq queries). Query rows i ≥ qlen(b)
@@ -59,6 +60,22 @@
  * padding rows beside its real ones, which costs little there (decode is bound by reading K, V).
  * Together with bottom-right alignment this is a batch of sequences that each add qlen(b) tokens
  * to a cache of klen(b) − qlen(b), e.g. prefill chunks and single decode tokens in one call.
+ *
+ * Packed sequences (FlashAttention's varlen, xFormers' block-diagonal batches): with
+ * cu_seqlens_q set, the batch items' queries are packed one after another with no padding:
+ *     qlen(b) = cu_seqlens_q[b + 1] − cu_seqlens_q[b],   cu_seqlens_q[0] = 0,   0 ≤ qlen(b) ≤ Lq
+ * (Lq is the longest), and query i of item b is row cu_seqlens_q[b] + i of every tensor of query
+ * rows, Q, O, LSE, dO and dQ: its element d of head h is at h·stride[1] + (cu_seqlens_q[b] +
+ * i)·stride[2] + d·stride[3] (stride[0] is not used; for Q [total_q, Hq, D] as FlashAttention
+ * keeps it, attn_strides_blhd(p.q_stride, Hq, total_q, D), and LSE [Hq, total_q] is lse_stride =
+ * {0, total_q, 1}). cu_seqlens_k does the same for the keys: klen(b) from it, key j of item b is
+ * row cu_seqlens_k[b] + j of K, V, dK and dV. The tensors of query–key pairs (mask, bias, dBias,
+ * P) keep their [B, Hq, Lq, Lk] indices. The result is bitwise that of the padded call with
+ * q_len = qlen and kv_len = klen (its padding rows simply have no storage: nothing is read or
+ * written for them), on every kernel, forward and backward. cu_seqlens_q excludes q_len,
+ * cu_seqlens_k excludes kv_len and block_table (a paged cache addresses its keys itself; give
+ * kv_len, and cu_seqlens_q for packed queries). attn_merge and attn_backward_sinks take packed
+ * queries too; attn_ring does not.
  *
  * Which keys are visible: key j is visible to query i of batch b, head h, when all of these hold
  *   0. i < qlen(b);
@@ -236,6 +253,9 @@ typedef struct attn_params {
   const int64_t *kv_len;  /* [batch] key lengths 0 ≤ kv_len[b] ≤ len_k, or NULL */
   const int64_t *q_len;   /* [batch] query lengths 0 ≤ q_len[b] ≤ len_q (rows past: padding), or
                              NULL */
+  const int64_t *cu_seqlens_q; /* [batch + 1] packed sequences' query offsets (see "Packed
+                                  sequences"), or NULL */
+  const int64_t *cu_seqlens_k; /* [batch + 1] the same for keys, or NULL */
   const uint8_t *mask;    /* [B, Hq, Lq, Lk] non-zero = visible, or NULL */
   int64_t mask_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
   const float *bias;      /* [B, Hq, Lq, Lk] additive bias, −inf masks, or NULL */

@@ -138,6 +138,10 @@ static attn_status check_local(const attn_params *p, int ranks) {
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: q_len is not supported across shards (every rank holds the same "
                      "number of query rows)");
+  if (p->cu_seqlens_q || p->cu_seqlens_k)
+    return ring_fail(ATTN_STATUS_UNSUPPORTED,
+                     "attn_ring: cu_seqlens_q or cu_seqlens_k is set: packed sequences are not "
+                     "supported across shards (each rank holds [B, H, L, D] shards)");
   if (p->block_table)
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: block_table is set: each rank holds its K and V rows as an "

@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 void attn_strides_packed(int64_t stride[4], int64_t n1, int64_t n2, int64_t n3) {
   stride[3] = 1;
@@ -69,11 +70,14 @@ static void zero_if_empty(int64_t *stride, int n, const int64_t *shape) {
 static void copy_params(const attn_params *p, attn_params *c) {
   *c = *p;
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv, Lq = p->len_q, Lk = p->len_k;
-  /* K and V: [B, Hkv, Lk, ·], or pools of pages [num_pages, Hkv, page_size, ·] */
-  const int64_t kv_n = p->block_table ? p->num_pages : B, kv_l = p->block_table ? p->page_size : Lk;
-  const int64_t q[4] = {B, Hq, Lq, p->dim}, k[4] = {kv_n, Hkv, kv_l, p->dim};
-  const int64_t v[4] = {kv_n, Hkv, kv_l, p->dim_v}, o[4] = {B, Hq, Lq, p->dim_v};
-  const int64_t s[4] = {B, Hq, Lq, Lk}, l[3] = {B, Hq, Lq};
+  /* tensors of query rows and K, V: [B, H, L, ·], or packed [1, H, cu_seqlens[B], ·]; or paged K
+   * and V: pools of pages [num_pages, Hkv, page_size, ·] */
+  int64_t qn, ql, kv_n, kv_l;
+  attn__q_rows(p, &qn, &ql), attn__k_rows(p, &kv_n, &kv_l);
+  if (p->block_table) kv_n = p->num_pages, kv_l = p->page_size;
+  const int64_t q[4] = {qn, Hq, ql, p->dim}, k[4] = {kv_n, Hkv, kv_l, p->dim};
+  const int64_t v[4] = {kv_n, Hkv, kv_l, p->dim_v}, o[4] = {qn, Hq, ql, p->dim_v};
+  const int64_t s[4] = {B, Hq, Lq, Lk}, l[3] = {qn, Hq, ql};
   zero_if_empty(c->q_stride, 4, q), zero_if_empty(c->dq_stride, 4, q);
   zero_if_empty(c->k_stride, 4, k), zero_if_empty(c->dk_stride, 4, k); /* dK, dV: not paged */
   zero_if_empty(c->v_stride, 4, v), zero_if_empty(c->dv_stride, 4, v);
@@ -96,14 +100,23 @@ typedef struct widened {
   float *buf[3];
 } widened;
 
+/* Sizes [n, H, L, ·] of the fp32 copies of Q, K, V in sz: as the caller's tensors, but paged K
+ * and V gathered into [B, Hkv, Lk, ·]. */
+static void widened_sizes(const attn_params *p, int64_t sz[3][4]) {
+  int64_t qn, ql, kn, kl;
+  attn__q_rows(p, &qn, &ql), attn__k_rows(p, &kn, &kl);
+  const int64_t q[4] = {qn, p->heads_q, ql, p->dim}, k[4] = {kn, p->heads_kv, kl, p->dim};
+  memcpy(sz[0], q, sizeof q), memcpy(sz[1], k, sizeof k), memcpy(sz[2], k, sizeof k);
+  sz[2][3] = p->dim_v;
+}
+
 /* Element counts of the copies of Q, K, V in *n (0 for an fp32 input that is not paged, which is
  * never copied); 0 on overflow. */
 static int widened_counts(const attn_params *p, int64_t n[3]) {
   const attn_dtype t[3] = {p->q_dtype, p->k_dtype, p->v_dtype};
   const int paged[3] = {0, p->block_table != NULL, p->block_table != NULL};
-  const int64_t sz[3][4] = {{p->batch, p->heads_q, p->len_q, p->dim},
-                            {p->batch, p->heads_kv, p->len_k, p->dim},
-                            {p->batch, p->heads_kv, p->len_k, p->dim_v}};
+  int64_t sz[3][4];
+  widened_sizes(p, sz);
   for (int i = 0; i < 3; i++) {
     n[i] = t[i] == ATTN_DTYPE_F32 && !paged[i] ? 0 : 1;
     for (int d = 0; d < 4; d++)
@@ -126,23 +139,24 @@ static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *b
 }
 
 /* For each 16-bit input among q, k, v, and for paged k and v (of a validated call; c is its
- * copy_params copy): a packed [B, H, L, ·] fp32 copy (exact; keys at or past klen(b) of paged K
- * and V, never read, as 0), its packed strides, ATTN_DTYPE_F32 and no block table in *c. Nothing
+ * copy_params copy): a packed fp32 copy (exact) in the layout widened_sizes gives — packed
+ * sequences stay packed, paged K and V are gathered into [B, Hkv, Lk, ·] with the keys at or past
+ * klen(b), never read, as 0 — its packed strides, ATTN_DTYPE_F32 and no block table in *c. Nothing
  * is written to the outputs, so a failure here leaves them untouched. */
 static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, const void *k,
                                 const void *v, widened *w) {
   *w = (widened){q, k, v, {NULL, NULL, NULL}};
-  int64_t n[3];
+  int64_t n[3], sz[3][4];
   if (!widened_counts(c, n))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "%s: the fp32 copies of the 16-bit inputs overflow", fn);
+  widened_sizes(c, sz);
   const void *src[3] = {q, k, v};
   const char *const names[3] = {"q", "k", "v"};
   const void **dst[3] = {&w->q, &w->k, &w->v};
   attn_dtype *type[3] = {&c->q_dtype, &c->k_dtype, &c->v_dtype};
   int64_t *stride[3] = {c->q_stride, c->k_stride, c->v_stride};
-  const int64_t heads[3] = {c->heads_q, c->heads_kv, c->heads_kv};
-  const int64_t len[3] = {c->len_q, c->len_k, c->len_k}, dim[3] = {c->dim, c->dim, c->dim_v};
+  const int64_t len[3] = {c->len_q, c->len_k, c->len_k};
   for (int i = 0; i < 3; i++) {
     if (n[i] == 0) { /* fp32 already, or empty (then never read) */
       *type[i] = ATTN_DTYPE_F32;
@@ -156,24 +170,33 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
                         (long long)n[i] * 4, names[i], attn_dtype_name(*type[i]));
     }
   }
+  attn_params to = *c; /* the copies' addressing: packed strides, no block table */
+  to.block_table = NULL;
   for (int i = 0; i < 3; i++) {
     if (n[i] == 0) continue;
-    float *out = w->buf[i];
-    const int paged = i > 0 && c->block_table;
-    for (int64_t b = 0; b < c->batch; b++)
-      for (int64_t h = 0; h < heads[i]; h++)
-        for (int64_t l = 0; l < len[i]; l++, out += dim[i])
-          if (!paged || l < attn__klen(c, b)) /* attn__kv_row reads the table if paged */
-            attn__widen(*type[i], src[i],
-                        i == 0 ? b * stride[i][0] + h * stride[i][1] + l * stride[i][2]
-                               : attn__kv_row(c, stride[i], b, h, l),
-                        stride[i][3], dim[i], out);
-          else
-            for (int64_t d = 0; d < dim[i]; d++)
-              out[d] = 0.0f;
+    int64_t to_stride[4];
+    attn_strides_packed(to_stride, sz[i][1], sz[i][2], sz[i][3]);
+    const int64_t dim = sz[i][3];
+    for (int64_t b = 0; b < c->batch; b++) {
+      const int64_t stored = i == 0 ? attn__q_stored(c, b) : attn__k_stored(c, b);
+      const int paged = i > 0 && c->block_table;
+      for (int64_t h = 0; h < sz[i][1]; h++)
+        for (int64_t l = 0; l < (paged ? len[i] : stored); l++) { /* packed: rows that exist */
+          float *out = w->buf[i] + (i == 0 ? attn__q_row(&to, to_stride, b, h, l)
+                                           : attn__kv_row(&to, to_stride, b, h, l));
+          if (l >= stored) { /* paged keys past klen(b): not in the table, never read */
+            memset(out, 0, sizeof(float) * (size_t)dim);
+            continue;
+          }
+          attn__widen(*type[i], src[i],
+                      i == 0 ? attn__q_row(c, stride[i], b, h, l)
+                             : attn__kv_row(c, stride[i], b, h, l),
+                      stride[i][3], dim, out);
+        }
+    }
     *dst[i] = w->buf[i];
     *type[i] = ATTN_DTYPE_F32;
-    attn_strides_packed(stride[i], heads[i], len[i], dim[i]);
+    memcpy(stride[i], to_stride, sizeof to_stride);
   }
   c->block_table = NULL; /* K and V, if paged, are now gathered */
   return ATTN_STATUS_OK;

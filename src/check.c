@@ -156,6 +156,32 @@ static attn_status check_options(const char *fn, const attn_params *p) {
                           "%s: %s[%" PRId64 "] (%" PRId64 ") must be in [0, %s = %" PRId64 "]", fn,
                           lengths[i].name, b, lengths[i].len[b], lengths[i].max_name,
                           lengths[i].max);
+  const struct {
+    const char *name, *other, *max_name;
+    const int64_t *cu, *other_len, max;
+  } packed[] = {{"cu_seqlens_q", "q_len", "len_q", p->cu_seqlens_q, p->q_len, p->len_q},
+                {"cu_seqlens_k", "kv_len", "len_k", p->cu_seqlens_k, p->kv_len, p->len_k}};
+  for (size_t i = 0; i < sizeof packed / sizeof packed[0]; i++) {
+    const int64_t *cu = packed[i].cu;
+    if (!cu) continue;
+    if (packed[i].other_len)
+      return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                        "%s: %s and %s are both given: packed sequences take their lengths from "
+                        "%s (give one of them)",
+                        fn, packed[i].name, packed[i].other, packed[i].name);
+    if (cu[0] != 0)
+      return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                        "%s: %s[0] (%" PRId64 ") must be 0: the first sequence starts at row 0",
+                        fn, packed[i].name, cu[0]);
+    for (int64_t b = 0; b < p->batch; b++) /* cu[b] ≥ 0 here, so the difference cannot overflow */
+      if (cu[b + 1] < cu[b] || cu[b + 1] - cu[b] > packed[i].max)
+        return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                          "%s: %s[%" PRId64 "] - %s[%" PRId64 "] (%" PRId64 " - %" PRId64
+                          "), the length of batch item %" PRId64 ", must be in [0, %s = %" PRId64
+                          "]",
+                          fn, packed[i].name, b + 1, packed[i].name, b, cu[b + 1], cu[b], b,
+                          packed[i].max_name, packed[i].max);
+  }
   if (p->alibi_slopes)
     for (int64_t h = 0; h < p->heads_q; h++)
       if (!isfinite(p->alibi_slopes[h]))
@@ -170,14 +196,18 @@ static attn_status check_options(const char *fn, const attn_params *p) {
                           (double)p->sinks[h]);
   int uses_position =
       p->causal || p->window_left >= 0 || p->window_right >= 0 || p->alibi_slopes != NULL;
-  int positions_differ = p->len_q != p->len_k || p->kv_len != NULL || p->q_len != NULL;
+  int positions_differ = p->len_q != p->len_k || p->kv_len != NULL || p->q_len != NULL ||
+                         p->cu_seqlens_q != NULL || p->cu_seqlens_k != NULL;
   if (uses_position && positions_differ && p->align == ATTN_ALIGN_UNSET)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: align is unset but causal, window or ALiBi needs query positions and "
-                      "len_q (%" PRId64 ") != len_k (%" PRId64 ")%s%s: choose ATTN_ALIGN_TOP_LEFT "
-                      "(pos(i) = i) or ATTN_ALIGN_BOTTOM_RIGHT (pos(i) = i + klen - qlen)",
+                      "len_q (%" PRId64 ") != len_k (%" PRId64 ")%s%s%s%s: choose "
+                      "ATTN_ALIGN_TOP_LEFT (pos(i) = i) or ATTN_ALIGN_BOTTOM_RIGHT (pos(i) = i + "
+                      "klen - qlen)",
                       fn, p->len_q, p->len_k, p->kv_len ? " or kv_len is given" : "",
-                      p->q_len ? " or q_len is given" : "");
+                      p->q_len ? " or q_len is given" : "",
+                      p->cu_seqlens_q ? " or cu_seqlens_q is given" : "",
+                      p->cu_seqlens_k ? " or cu_seqlens_k is given" : "");
   if (p->threads < 0 || p->threads > ATTN_MAX_THREADS)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: threads (%d) must be 0 (one per CPU) or in [1, %d]", fn, p->threads,
@@ -201,6 +231,11 @@ static attn_status check_options(const char *fn, const attn_params *p) {
  * tensor extents are checked with the other tensors). */
 static attn_status check_paged(const char *fn, const attn_params *p) {
   if (!p->block_table) return ATTN_STATUS_OK;
+  if (p->cu_seqlens_k)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: cu_seqlens_k and block_table are both given: a paged cache addresses "
+                      "its keys through the table (give kv_len for the key lengths)",
+                      fn);
   if (p->page_size < 1)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: page_size (%" PRId64 ") must be at least 1 when block_table is given",
@@ -286,11 +321,13 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
                 ve = (int64_t)attn__dtype_size(p->v_dtype);
   /* K and V: [B, Hkv, Lk, ·], or pools of pages [num_pages, Hkv, page_size, ·] */
   const int paged = p->block_table != NULL;
-  const int64_t kv_n = paged ? p->num_pages : B, kv_l = paged ? p->page_size : Lk;
+  int64_t qn, ql, kv_n, kv_l;
+  attn__q_rows(p, &qn, &ql), attn__k_rows(p, &kv_n, &kv_l);
+  if (paged) kv_n = p->num_pages, kv_l = p->page_size;
   const int64_t bt_stride[2] = {paged ? attn__block_table_stride(p) : 0, 1};
   enum { Q, K, V, TABLE, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [Q] = {"q", "q_stride", q, 4, {B, Hq, Lq, p->dim}, p->q_stride, qe, 0, 0, 0, 0, 0},
+      [Q] = {"q", "q_stride", q, 4, {qn, Hq, ql, p->dim}, p->q_stride, qe, 0, 0, 0, 0, 0},
       [K] = {"k", "k_stride", k, 4, {kv_n, Hkv, kv_l, p->dim}, p->k_stride, ke, 0, 0, 0, 0, 0},
       [V] = {"v", "v_stride", v, 4, {kv_n, Hkv, kv_l, p->dim_v}, p->v_stride, ve, 0, 0, 0, 0, 0},
       [TABLE] = {"block_table",
@@ -309,8 +346,8 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
           {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0, 0},
       [BIAS] =
           {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0, 0},
-      [O] = {"o", "o_stride", o, 4, {B, Hq, Lq, p->dim_v}, p->o_stride, 4, 1, 0, 0, 0, 0},
-      [LSE] = {"lse", "lse_stride", lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 1, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", o, 4, {qn, Hq, ql, p->dim_v}, p->o_stride, 4, 1, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", lse, 3, {qn, Hq, ql, 1}, p->lse_stride, 4, 1, 0, 0, 0, 0},
       [PROBS] =
           {"probs", "probs_stride", probs, 4, {B, Hq, Lq, Lk}, p->probs_stride, 4, 1, 0, 0, 0, 0},
   };
@@ -336,7 +373,9 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: dbias is given but p->bias is NULL: there is no bias to differentiate",
                       fn);
-  if (check_pointers && !x->lse && B * Hq * Lq > 0)
+  int64_t qn, ql, kn, kl;
+  attn__q_rows(p, &qn, &ql), attn__k_rows(p, &kn, &kl);
+  if (check_pointers && !x->lse && qn * Hq * ql > 0)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: lse is NULL: the backward needs the forward's log-sum-exp", fn);
   int64_t db[4] = {B, Hq, Lq, Lk}; /* dbias: size 1 where the bias is broadcast */
@@ -347,20 +386,20 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
                 ve = (int64_t)attn__dtype_size(p->v_dtype);
   enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [Q] = {"q", "q_stride", x->q, 4, {B, Hq, Lq, D}, p->q_stride, qe, 0, 0, 0, 0, 0},
-      [K] = {"k", "k_stride", x->k, 4, {B, Hkv, Lk, D}, p->k_stride, ke, 0, 0, 0, 0, 0},
-      [V] = {"v", "v_stride", x->v, 4, {B, Hkv, Lk, Dv}, p->v_stride, ve, 0, 0, 0, 0, 0},
-      [O] = {"o", "o_stride", x->o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
-      [LSE] = {"lse", "lse_stride", x->lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
+      [Q] = {"q", "q_stride", x->q, 4, {qn, Hq, ql, D}, p->q_stride, qe, 0, 0, 0, 0, 0},
+      [K] = {"k", "k_stride", x->k, 4, {kn, Hkv, kl, D}, p->k_stride, ke, 0, 0, 0, 0, 0},
+      [V] = {"v", "v_stride", x->v, 4, {kn, Hkv, kl, Dv}, p->v_stride, ve, 0, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", x->o, 4, {qn, Hq, ql, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", x->lse, 3, {qn, Hq, ql, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
       [DOUT] =
-          {"dout", "dout_stride", x->dout, 4, {B, Hq, Lq, Dv}, p->dout_stride, 4, 0, 0, 0, 0, 0},
+          {"dout", "dout_stride", x->dout, 4, {qn, Hq, ql, Dv}, p->dout_stride, 4, 0, 0, 0, 0, 0},
       [MASK] =
           {"mask", "mask_stride", p->mask, 4, {B, Hq, Lq, Lk}, p->mask_stride, 1, 0, 0, 0, 0, 0},
       [BIAS] =
           {"bias", "bias_stride", p->bias, 4, {B, Hq, Lq, Lk}, p->bias_stride, 4, 0, 0, 0, 0, 0},
-      [DQ] = {"dq", "dq_stride", x->dq, 4, {B, Hq, Lq, D}, p->dq_stride, 4, 1, 0, 0, 0, 0},
-      [DK] = {"dk", "dk_stride", x->dk, 4, {B, Hkv, Lk, D}, p->dk_stride, 4, 1, 0, 0, 0, 0},
-      [DV] = {"dv", "dv_stride", x->dv, 4, {B, Hkv, Lk, Dv}, p->dv_stride, 4, 1, 0, 0, 0, 0},
+      [DQ] = {"dq", "dq_stride", x->dq, 4, {qn, Hq, ql, D}, p->dq_stride, 4, 1, 0, 0, 0, 0},
+      [DK] = {"dk", "dk_stride", x->dk, 4, {kn, Hkv, kl, D}, p->dk_stride, 4, 1, 0, 0, 0, 0},
+      [DV] = {"dv", "dv_stride", x->dv, 4, {kn, Hkv, kl, Dv}, p->dv_stride, 4, 1, 0, 0, 0, 0},
       [DBIAS] = {"dbias",
                  "dbias_stride",
                  x->dbias,
@@ -389,13 +428,15 @@ attn_status attn__check_sinks_backward(const char *fn, const attn_params *p, con
   if (!p->sinks)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: p->sinks is NULL: there are no sinks to differentiate", fn);
-  const int64_t B = p->batch, Hq = p->heads_q, Lq = p->len_q, Dv = p->dim_v;
+  const int64_t Hq = p->heads_q, Dv = p->dim_v;
+  int64_t qn, ql;
+  attn__q_rows(p, &qn, &ql);
   static const int64_t unit[4] = {1, 0, 0, 0};
   enum { O, LSE, DOUT, DSINKS, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
-      [O] = {"o", "o_stride", o, 4, {B, Hq, Lq, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
-      [LSE] = {"lse", "lse_stride", lse, 3, {B, Hq, Lq, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
-      [DOUT] = {"dout", "dout_stride", dout, 4, {B, Hq, Lq, Dv}, p->dout_stride, 4, 0, 0, 0, 0, 0},
+      [O] = {"o", "o_stride", o, 4, {qn, Hq, ql, Dv}, p->o_stride, 4, 0, 0, 0, 0, 0},
+      [LSE] = {"lse", "lse_stride", lse, 3, {qn, Hq, ql, 1}, p->lse_stride, 4, 0, 0, 0, 0, 0},
+      [DOUT] = {"dout", "dout_stride", dout, 4, {qn, Hq, ql, Dv}, p->dout_stride, 4, 0, 0, 0, 0, 0},
       [DSINKS] = {"dsinks", "(contiguous)", dsinks, 1, {Hq, 1, 1, 1}, unit, 4, 1, 0, 0, 0, 0},
   };
   const int present[N_TENSORS] = {1, 1, 1, 1};
@@ -419,7 +460,9 @@ attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__
     if (n > 0 && !arrays[a][1] && check_pointers)
       return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: %s is NULL but n_parts is %d", fn,
                         arrays[a][0], n);
-  const int64_t B = p->batch, Hq = p->heads_q, Lq = p->len_q, Dv = p->dim_v;
+  const int64_t Hq = p->heads_q, Dv = p->dim_v;
+  int64_t qn, ql;
+  attn__q_rows(p, &qn, &ql);
   /* inputs: parts' O and LSE, then (backward) O, LSE, dO, dLSE; outputs: O and LSE (forward) or
    * the parts' dO and dLSE (backward) */
   const int n_t = bwd ? 4 * n + 4 : 2 * n + 2;
@@ -433,12 +476,12 @@ attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__
   int at = 0;
   const tensor_desc o_like = {.stride = "o_stride",
                               .rank = 4,
-                              .size = {B, Hq, Lq, Dv},
+                              .size = {qn, Hq, ql, Dv},
                               .strides = p->o_stride,
                               .elem_size = 4};
   const tensor_desc lse_like = {.stride = "lse_stride",
                                 .rank = 3,
-                                .size = {B, Hq, Lq, 1},
+                                .size = {qn, Hq, ql, 1},
                                 .strides = p->lse_stride,
                                 .elem_size = 4};
   tensor_desc do_like = o_like, dlse_like = lse_like;

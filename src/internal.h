@@ -69,14 +69,54 @@ typedef struct attn__merge_tensors {
 attn_status attn__check_merge(const char *fn, const attn_params *p, const attn__merge_tensors *x,
                               int check_pointers, attn__problem *pr);
 
-/* klen(b): per-batch key length or len_k. */
+/* klen(b): per-batch key length (kv_len, or packed keys' cu_seqlens_k) or len_k. */
 static inline int64_t attn__klen(const attn_params *p, int64_t b) {
+  if (p->cu_seqlens_k) return p->cu_seqlens_k[b + 1] - p->cu_seqlens_k[b];
   return p->kv_len ? p->kv_len[b] : p->len_k;
 }
 
-/* qlen(b): per-batch query length or len_q (rows at or past it are padding and see no key). */
+/* qlen(b): per-batch query length (q_len, or packed queries' cu_seqlens_q) or len_q (rows at or
+ * past it are padding and see no key). */
 static inline int64_t attn__qlen(const attn_params *p, int64_t b) {
+  if (p->cu_seqlens_q) return p->cu_seqlens_q[b + 1] - p->cu_seqlens_q[b];
   return p->q_len ? p->q_len[b] : p->len_q;
+}
+
+/* The first two sizes and the row count of a tensor of query rows (Q, O, LSE, dO, dQ) as its
+ * strides see it: [B, ·, Lq, ·], or one run of cu_seqlens_q[B] rows when the queries are packed. */
+static inline void attn__q_rows(const attn_params *p, int64_t *n, int64_t *rows) {
+  *n = p->cu_seqlens_q ? 1 : p->batch;
+  *rows = p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->len_q;
+}
+
+/* The same for the key rows of K, V, dK, dV (not paged). */
+static inline void attn__k_rows(const attn_params *p, int64_t *n, int64_t *rows) {
+  *n = p->cu_seqlens_k ? 1 : p->batch;
+  *rows = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->len_k;
+}
+
+/* 1 when keys at or past klen(b) have no storage (paged or packed K and V): never address them. */
+static inline int attn__kv_per_seq(const attn_params *p) {
+  return p->block_table != NULL || p->cu_seqlens_k != NULL;
+}
+
+/* Query rows of batch item b that have storage: qlen(b) when the queries are packed, else Lq. */
+static inline int64_t attn__q_stored(const attn_params *p, int64_t b) {
+  return p->cu_seqlens_q ? attn__qlen(p, b) : p->len_q;
+}
+
+/* Key rows of batch item b that have storage: klen(b) when paged or packed, else Lk. */
+static inline int64_t attn__k_stored(const attn_params *p, int64_t b) {
+  return attn__kv_per_seq(p) ? attn__klen(p, b) : p->len_k;
+}
+
+/* Element offset of row i (i < qlen(b) when the queries are packed) of head h of batch item b in
+ * a tensor of query rows (Q, O, LSE, dO, dQ) whose strides are `stride`: row cu_seqlens_q[b] + i
+ * of [·, H, total, ·] when packed (stride[0] unused). */
+static inline int64_t attn__q_row(const attn_params *p, const int64_t *stride, int64_t b,
+                                  int64_t h, int64_t i) {
+  if (p->cu_seqlens_q) return h * stride[1] + (p->cu_seqlens_q[b] + i) * stride[2];
+  return b * stride[0] + h * stride[1] + i * stride[2];
 }
 
 /* The offset between query index and key position: pos(i) = i + attn__pos_shift(p, b). */
@@ -92,10 +132,12 @@ static inline int64_t attn__block_table_stride(const attn_params *p) {
   return p->block_table_stride >= 0 ? p->block_table_stride : attn__pages_per_seq(p);
 }
 
-/* Element offset of the row of key j (j < klen(b)) of KV head hk of batch item b in K or V, whose
- * strides are `stride`: through the block table when K and V are paged. */
+/* Element offset of the row of key j (j < klen(b) when paged or packed) of KV head hk of batch
+ * item b in K or V (or dK, dV), whose strides are `stride`: through the block table when K and V
+ * are paged, row cu_seqlens_k[b] + j when packed. */
 static inline int64_t attn__kv_row(const attn_params *p, const int64_t stride[4], int64_t b,
                                    int64_t hk, int64_t j) {
+  if (p->cu_seqlens_k) return hk * stride[1] + (p->cu_seqlens_k[b] + j) * stride[2];
   if (!p->block_table) return b * stride[0] + hk * stride[1] + j * stride[2];
   const int64_t page = p->block_table[b * attn__block_table_stride(p) + j / p->page_size];
   return page * stride[0] + hk * stride[1] + j % p->page_size * stride[2];

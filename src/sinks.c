@@ -19,12 +19,12 @@ attn_status attn__backward_sinks(const attn__problem *pr, const float *o, const 
     double acc = 0.0;
     for (int64_t b = 0; b < p->batch && sink != -INFINITY; b++)
       for (int64_t i = 0; i < attn__qlen(p, b); i++) { /* padding rows are not in the problem */
-        const int64_t row_o = b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
-        const int64_t row_g = b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
+        const int64_t row_o = attn__q_row(p, p->o_stride, b, h, i);
+        const int64_t row_g = attn__q_row(p, p->dout_stride, b, h, i);
         double delta = 0.0; /* dO·O */
         for (int64_t d = 0; d < p->dim_v; d++)
           delta += (double)dout[row_g + d * p->dout_stride[3]] * o[row_o + d * p->o_stride[3]];
-        const double l = lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
+        const double l = lse[attn__q_row(p, p->lse_stride, b, h, i)];
         acc -= exp(sink - l) * delta;
       }
     dsinks[h] = (float)acc;

@@ -278,8 +278,10 @@ static int pack_kv(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t hk, in
                    int cols) {
   const attn_params *p = job->pr->p;
   const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
-  const float *kb = (const float *)job->t->k + b * p->k_stride[0] + hk * p->k_stride[1];
-  const float *vb = (const float *)job->t->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  const float *kb = (const float *)job->t->k + attn__kv_row(p, p->k_stride, b, hk, 0);
+  const float *vb = (const float *)job->t->v + attn__kv_row(p, p->v_stride, b, hk, 0);
+  const int64_t stored = attn__k_stored(p, b) - j0; /* packed K, V: no rows past klen(b) */
+  if (stored < cols) cols = stored < 0 ? 0 : (int)stored;   /* (their columns stay zero) */
   const int kfin = attn__pack_rows(kb, p->k_stride[2], p->k_stride[3], j0, cols, D, dp, w->kr);
   memset(w->kr + cols * dp, 0, sizeof(float) * (size_t)((BC - cols) * dp));
   memset(w->kt, 0, sizeof(float) * (size_t)(dp * BC));
@@ -310,9 +312,10 @@ static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int6
     w->lse[r] = -INFINITY, w->delta[r] = 0.0f;
     if (r >= rows) continue;
     const int64_t i = i0 + r;
-    w->lse[r] = job->t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
-    w->delta[r] = job->delta[bh * p->len_q + i];
     attn__row_key_range(p, b, i, &w->lo[r], &w->hi[r]); /* a padding row sees nothing */
+    if (i >= attn__qlen(p, b)) continue;                 /* its LSE may not exist (packed) */
+    w->lse[r] = job->t->lse[attn__q_row(p, p->lse_stride, b, h, i)];
+    w->delta[r] = job->delta[bh * p->len_q + i];
   }
   return job->qfin[bh * job->n_qb + qb];
 }
@@ -388,13 +391,13 @@ static void prepare_item(void *ctx, int64_t item, int worker) {
   memset(qs, 0, sizeof(float) * (size_t)(BR * dp));
   memset(dos, 0, sizeof(float) * (size_t)(BR * dvp));
   uint32_t nonfinite_q = 0, nonfinite_do = 0;
-  for (int64_t r = 0; r < BR && qb * BR + r < p->len_q; r++) {
+  /* padding rows stay zero (Δ too): they see nothing, and have no storage when packed */
+  const int64_t qlen = attn__qlen(p, b);
+  for (int64_t r = 0; r < BR && qb * BR + r < qlen; r++) {
     const int64_t i = qb * BR + r;
-    const float *q =
-        (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
-    const float *o = t->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
-    const float *d_o =
-        t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
+    const float *q = (const float *)t->q + attn__q_row(p, p->q_stride, b, h, i);
+    const float *o = t->o + attn__q_row(p, p->o_stride, b, h, i);
+    const float *d_o = t->dout + attn__q_row(p, p->dout_stride, b, h, i);
     for (int64_t d = 0; d < D; d++)
       qs[r * dp + d] = q[d * p->q_stride[3]] * job->pr->scale;
     float sum = 0.0f;
@@ -495,10 +498,10 @@ static void main_item(void *ctx, int64_t item, int worker) {
         else
           gemm_masked(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.vis, BC, 1, w.kr, dp, dq, dp, 1);
       }
-    for (int c = 0; c < cols; c++) {
-      const int64_t j = j0 + c;
-      float *dk = t->dk + b * p->dk_stride[0] + hk * p->dk_stride[1] + j * p->dk_stride[2];
-      float *dv = t->dv + b * p->dv_stride[0] + hk * p->dv_stride[1] + j * p->dv_stride[2];
+    for (int c = 0; c < cols && j0 + c < attn__k_stored(p, b); c++) {
+      const int64_t j = j0 + c; /* (keys of packed K past klen(b) have no dK, dV rows) */
+      float *dk = t->dk + attn__kv_row(p, p->dk_stride, b, hk, j);
+      float *dv = t->dv + attn__kv_row(p, p->dv_stride, b, hk, j);
       for (int64_t d = 0; d < p->dim; d++)
         dk[d * p->dk_stride[3]] = w.dk[c * dp + d];
       for (int64_t d = 0; d < p->dim_v; d++)
@@ -517,8 +520,9 @@ static void dq_item(void *ctx, int64_t item, int worker) {
   const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / group, hh = h % group;
   const int64_t part_stride = group * job->lq_p * dp;
   const float *part0 = job->dq_part + (b * p->heads_kv + hk) * S * part_stride;
-  for (int64_t i = qb * BR; i < p->len_q && i < (qb + 1) * BR; i++) {
-    float *dq = job->t->dq + b * p->dq_stride[0] + h * p->dq_stride[1] + i * p->dq_stride[2];
+  const int64_t rows = attn__q_stored(p, b); /* packed: no padding */
+  for (int64_t i = qb * BR; i < rows && i < (qb + 1) * BR; i++) {
+    float *dq = job->t->dq + attn__q_row(p, p->dq_stride, b, h, i);
     for (int64_t d = 0; d < p->dim; d++) {
       float sum = 0.0f;
       for (int64_t s = 0; s < S; s++)

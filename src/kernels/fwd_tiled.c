@@ -287,21 +287,23 @@ static const void *direct_row(const fwd_job *job, kv_tensor x, int wide, const f
 }
 
 /* 1 if rows [j0, j0 + cols) of a KV head lie stride[2] apart in memory: always, unless K and V
- * are paged and the rows span pages or reach klen(b) (whose pages are not in the table). */
+ * are paged and the rows span pages, or paged or packed and the rows reach past klen(b) (rows
+ * with no storage). */
 static int kv_rows_in_place(const fwd_job *job, int64_t b, int64_t j0, int cols) {
   const attn_params *p = job->pr->p;
-  return !p->block_table || (page_run(p, j0, cols) == cols && j0 + cols <= attn__klen(p, b));
+  return !attn__kv_per_seq(p) ||
+         (page_run(p, j0, cols) == cols && j0 + cols <= attn__klen(p, b));
 }
 
 /* Widens rows [j0, j0 + cols) of KV head (b, hk) of x into dst [cols, ld] (columns [n, ld) zero),
- * one run of rows per page when paged, where rows at or past klen(b) (only the once-per-call K
- * pre-pack asks for them) are zero; returns 1 if every value is finite. */
+ * one run of rows per page when paged, where rows at or past klen(b) when paged or packed (only
+ * the once-per-call K pre-pack asks for them) are zero; returns 1 if every value is finite. */
 static int kv_rows_widen(const fwd_job *job, kv_tensor x, int64_t b, int64_t hk, int64_t j0,
                          int cols, int64_t ld, float *dst) {
   const attn_params *p = job->pr->p;
   int finite = 1;
   for (int c = 0, run; c < cols; c += run) {
-    if (p->block_table && j0 + c >= attn__klen(p, b)) {
+    if (attn__kv_per_seq(p) && j0 + c >= attn__klen(p, b)) {
       memset(dst + (int64_t)c * ld, 0, sizeof(float) * (size_t)(cols - c) * (size_t)ld);
       break;
     }
@@ -443,11 +445,15 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   if (bhi <= blo) blo = bhi = 0;
   *blo_out = blo, *bhi_out = bhi;
 
-  /* Q rows, pre-scaled: s = (scale·q)·k */
+  /* Q rows, pre-scaled: s = (scale·q)·k; padding rows (no storage when packed) as zeros */
+  const int64_t qlen = attn__qlen(p, b);
   for (int r = 0; r < rows; r++) {
-    const int64_t q_at =
-        b * p->q_stride[0] + ts->row_h[r] * p->q_stride[1] + ts->row_i[r] * p->q_stride[2];
+    const int64_t q_at = attn__q_row(p, p->q_stride, b, ts->row_h[r], ts->row_i[r]);
     float *dst = ts->qs + (int64_t)r * D;
+    if (ts->row_i[r] >= qlen) {
+      memset(dst, 0, sizeof(float) * (size_t)D);
+      continue;
+    }
     if (p->q_dtype != ATTN_DTYPE_F32) { /* widened (exactly), then scaled as an fp32 row is */
       attn__widen(p->q_dtype, job->q, q_at, p->q_stride[3], D, dst);
       for (int64_t d = 0; d < D; d++)
@@ -593,11 +599,12 @@ static float fold_sink(const attn_params *p, int64_t h, float *m, float *l) {
 }
 
 /* Writes O = a·acc / l and LSE = m + log l for one row (a from fold_sink); empty rows give O = +0,
- * LSE = −inf. */
+ * LSE = −inf; padding rows of packed queries have no storage and are not written. */
 static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const float *acc,
                       float a, float m, float l) {
   const attn_params *p = job->pr->p;
-  float *orow = job->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
+  if (i >= attn__q_stored(p, b)) return;
+  float *orow = job->o + attn__q_row(p, p->o_stride, b, h, i);
   float row_lse;
   if (l == 0.0f) {
     for (int64_t d = 0; d < p->dim_v; d++)
@@ -612,21 +619,23 @@ static void write_row(const fwd_job *job, int64_t b, int64_t h, int64_t i, const
         orow[d * p->o_stride[3]] = acc[d] * a / l;
     row_lse = m + logf(l);
   }
-  if (job->lse)
-    job->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = row_lse;
+  if (job->lse) job->lse[attn__q_row(p, p->lse_stride, b, h, i)] = row_lse;
 }
 
-/* Pre-pass item (b, KV head) of in-place V: prefix counts of V rows holding a non-finite value. */
+/* Pre-pass item (b, KV head) of in-place V (fp32, not paged): prefix counts of V rows holding a
+ * non-finite value (rows of packed V past klen(b) do not exist: counted as finite). */
 static void count_bad_v_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn_params *p = job->pr->p;
   (void)worker;
   const int64_t hk = item % p->heads_kv, b = item / p->heads_kv;
-  const float *vbase = (const float *)job->v + b * p->v_stride[0] + hk * p->v_stride[1]; /* fp32 */
+  const int64_t rows = attn__k_stored(p, b);
+  const float *vbase = (const float *)job->v + attn__kv_row(p, p->v_stride, b, hk, 0);
   int64_t *bad = job->v_bad + item * (p->len_k + 1);
   bad[0] = 0;
   for (int64_t j = 0; j < p->len_k; j++)
-    bad[j + 1] = bad[j] + !attn__rows_finite(vbase + j * p->v_stride[2], 0, 1, p->dim_v);
+    bad[j + 1] =
+        bad[j] + (j < rows && !attn__rows_finite(vbase + j * p->v_stride[2], 0, 1, p->dim_v));
 }
 
 /* Pre-pass item (b, KV head, tile of bc keys) of pre-packed K. */

@@ -32,15 +32,13 @@ static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
   const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / w->pr->group;
   const int64_t klen = attn__klen(p, b), pos = i + attn__pos_shift(p, b);
   const double scale = w->pr->scale, cap = p->softcap;
-  const float *qi =
-      (const float *)t->q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
-  const float *doi =
-      t->dout + b * p->dout_stride[0] + h * p->dout_stride[1] + i * p->dout_stride[2];
-  const float *kb = (const float *)t->k + b * p->k_stride[0] + hk * p->k_stride[1];
-  const float *vb = (const float *)t->v + b * p->v_stride[0] + hk * p->v_stride[1];
+  const float *qi = (const float *)t->q + attn__q_row(p, p->q_stride, b, h, i);
+  const float *doi = t->dout + attn__q_row(p, p->dout_stride, b, h, i);
+  const float *kb = (const float *)t->k + attn__kv_row(p, p->k_stride, b, hk, 0);
+  const float *vb = (const float *)t->v + attn__kv_row(p, p->v_stride, b, hk, 0);
 
-  const double lse = t->lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]];
-  const float *oi = t->o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
+  const double lse = t->lse[attn__q_row(p, p->lse_stride, b, h, i)];
+  const float *oi = t->o + attn__q_row(p, p->o_stride, b, h, i);
   int any = 0;
   for (int64_t j = 0; j < Lk; j++) {
     double bias;
@@ -94,7 +92,7 @@ static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
         dvj[d] += w->pw[j] * doi[d * p->dout_stride[3]];
     }
   }
-  float *dqi = t->dq + b * p->dq_stride[0] + h * p->dq_stride[1] + i * p->dq_stride[2];
+  float *dqi = t->dq + attn__q_row(p, p->dq_stride, b, h, i);
   for (int64_t d = 0; d < D; d++)
     dqi[d * p->dq_stride[3]] = (float)w->dq[d]; /* no visible key: +0 */
 }
@@ -141,16 +139,16 @@ attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors 
   w.s = w.x + n[3], w.pw = w.s + n[3], w.dp = w.pw + n[3];
   for (int64_t b = 0; b < p->batch; b++)
     for (int64_t h = 0; h < p->heads_q; h++)
-      for (int64_t i = 0; i < p->len_q; i++)
-        ref_bwd_row(&w, b, h, i);
+      for (int64_t i = 0; i < attn__q_stored(p, b); i++)
+        ref_bwd_row(&w, b, h, i); /* packed: no padding rows */
 
   for (int64_t b = 0; b < p->batch; b++)
     for (int64_t hk = 0; hk < p->heads_kv; hk++)
-      for (int64_t j = 0; j < p->len_k; j++) {
+      for (int64_t j = 0; j < attn__k_stored(p, b); j++) {
         const double *dkj = w.dk + ((b * p->heads_kv + hk) * p->len_k + j) * p->dim;
         const double *dvj = w.dv + ((b * p->heads_kv + hk) * p->len_k + j) * p->dim_v;
-        float *dk = t->dk + b * p->dk_stride[0] + hk * p->dk_stride[1] + j * p->dk_stride[2];
-        float *dv = t->dv + b * p->dv_stride[0] + hk * p->dv_stride[1] + j * p->dv_stride[2];
+        float *dk = t->dk + attn__kv_row(p, p->dk_stride, b, hk, j);
+        float *dv = t->dv + attn__kv_row(p, p->dv_stride, b, hk, j);
         for (int64_t d = 0; d < p->dim; d++)
           dk[d * p->dk_stride[3]] = (float)dkj[d];
         for (int64_t d = 0; d < p->dim_v; d++)

@@ -42,10 +42,9 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
                     unsigned char *vis) {
   const attn_params *p = pr->p;
   const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / pr->group;
-  const int64_t klen = p->kv_len ? p->kv_len[b] : Lk;
-  const int64_t qlen = p->q_len ? p->q_len[b] : p->len_q;
+  const int64_t klen = attn__klen(p, b), qlen = attn__qlen(p, b);
   const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - qlen : i;
-  const float *qi = q + b * p->q_stride[0] + h * p->q_stride[1] + i * p->q_stride[2];
+  const float *qi = q + attn__q_row(p, p->q_stride, b, h, i);
 
   /* 1. visibility and scores */
   double m = -INFINITY;
@@ -56,7 +55,7 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
     vis[j] = (unsigned char)visible;
     if (!visible) continue;
 
-    const float *kj = k + b * p->k_stride[0] + hk * p->k_stride[1] + j * p->k_stride[2];
+    const float *kj = k + attn__kv_row(p, p->k_stride, b, hk, j);
     double dot = 0.0;
     for (int64_t d = 0; d < D; d++)
       dot += (double)qi[d * p->q_stride[3]] * kj[d * p->k_stride[3]];
@@ -91,15 +90,15 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   }
 
   /* 3. O = P·V; P written if requested */
-  float *oi = o + b * p->o_stride[0] + h * p->o_stride[1] + i * p->o_stride[2];
-  const float *vb = v + b * p->v_stride[0] + hk * p->v_stride[1];
+  float *oi = o + attn__q_row(p, p->o_stride, b, h, i);
   for (int64_t d = 0; d < Dv; d++) {
     double acc = 0.0;
     for (int64_t j = 0; j < Lk; j++)
-      if (vis[j]) acc += weight(s[j], m, sum) * vb[j * p->v_stride[2] + d * p->v_stride[3]];
+      if (vis[j])
+        acc += weight(s[j], m, sum) * v[attn__kv_row(p, p->v_stride, b, hk, j) + d * p->v_stride[3]];
     oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
   }
-  if (lse) lse[b * p->lse_stride[0] + h * p->lse_stride[1] + i * p->lse_stride[2]] = (float)row_lse;
+  if (lse) lse[attn__q_row(p, p->lse_stride, b, h, i)] = (float)row_lse;
   if (probs) {
     float *pi = probs + b * p->probs_stride[0] + h * p->probs_stride[1] + i * p->probs_stride[2];
     for (int64_t j = 0; j < Lk; j++)
@@ -122,8 +121,8 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const voi
   }
   for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens 16-bit ones for ref */
     for (int64_t h = 0; h < p->heads_q; h++)
-      for (int64_t i = 0; i < p->len_q; i++)
-        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis);
+      for (int64_t i = 0; i < attn__q_stored(p, b); i++)
+        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis); /* packed: no padding rows */
   free(s);
   free(vis);
   return ATTN_STATUS_OK;
