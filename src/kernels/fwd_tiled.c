@@ -122,7 +122,7 @@ typedef struct tile_scratch {
   float *ones;        /* [br] 1.0 (set once per call): the rescale of a tile's later page runs */
   unsigned char *vis; /* [br, bc] 1 where the pair is visible */
   int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
-  float *kc; /* [bc, D] a 16-bit or paged K tile widened to fp32 (empty for fp32 K in place) */
+  float *kc; /* [bc, D] a 16-bit, paged or packed K tile widened to fp32 (empty for fp32 K in place) */
   float *vc; /* [bc, Dv] the same for V, for the decode forms */
 } tile_scratch;
 
@@ -133,9 +133,9 @@ static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int
                           size_t offs[N_PARTS], size_t *total) {
   const int64_t br = uk->br, bc = uk->bc, D = p->dim;
   const int64_t qp = uk->pack_q ? br * D : 0;
-  const int paged = p->block_table != NULL;
-  const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 || paged ? bc * D : 0;
-  const int64_t vc = p->v_dtype != ATTN_DTYPE_F32 || paged ? bc * p->dim_v : 0;
+  const int per_seq = attn__kv_per_seq(p); /* tiles may span pages or reach rows past klen(b) */
+  const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 || per_seq ? bc * D : 0;
+  const int64_t vc = p->v_dtype != ATTN_DTYPE_F32 || per_seq ? bc * p->dim_v : 0;
   /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, ones, vis, grp, kc, vc */
   const int64_t counts[N_PARTS] = {br,       br, br, br, br * D, qp,      bc * D, bc * dvp, br * bc,
                                    br * dvp, br, br, br, br,     br * bc, 2 * br, kc,       vc};
@@ -301,13 +301,15 @@ static int kv_rows_in_place(const fwd_job *job, int64_t b, int64_t j0, int cols)
 static int kv_rows_widen(const fwd_job *job, kv_tensor x, int64_t b, int64_t hk, int64_t j0,
                          int cols, int64_t ld, float *dst) {
   const attn_params *p = job->pr->p;
+  const int64_t stored = attn__k_stored(p, b);
   int finite = 1;
   for (int c = 0, run; c < cols; c += run) {
-    if (attn__kv_per_seq(p) && j0 + c >= attn__klen(p, b)) {
+    if (j0 + c >= stored) {
       memset(dst + (int64_t)c * ld, 0, sizeof(float) * (size_t)(cols - c) * (size_t)ld);
       break;
     }
     run = page_run(p, j0 + c, cols - c);
+    if (run > stored - (j0 + c)) run = (int)(stored - (j0 + c));
     finite &= widen_rows(job->uk, x.type, kv_row_at(job, x, b, hk, j0 + c), x.stride[2],
                          x.stride[3], 0, run, x.n, ld, dst + (int64_t)c * ld);
   }

@@ -91,14 +91,14 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
 
   /* 3. O = P·V; P written if requested */
   float *oi = o + attn__q_row(p, p->o_stride, b, h, i);
-  for (int64_t d = 0; d < Dv; d++) {
+  for (int64_t d = 0; d < Dv && i < attn__q_stored(p, b); d++) { /* packed: padding rows have only P */
     double acc = 0.0;
     for (int64_t j = 0; j < Lk; j++)
       if (vis[j])
         acc += weight(s[j], m, sum) * v[attn__kv_row(p, p->v_stride, b, hk, j) + d * p->v_stride[3]];
     oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
   }
-  if (lse) lse[attn__q_row(p, p->lse_stride, b, h, i)] = (float)row_lse;
+  if (lse && i < attn__q_stored(p, b)) lse[attn__q_row(p, p->lse_stride, b, h, i)] = (float)row_lse;
   if (probs) {
     float *pi = probs + b * p->probs_stride[0] + h * p->probs_stride[1] + i * p->probs_stride[2];
     for (int64_t j = 0; j < Lk; j++)
@@ -121,8 +121,8 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const voi
   }
   for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens 16-bit ones for ref */
     for (int64_t h = 0; h < p->heads_q; h++)
-      for (int64_t i = 0; i < attn__q_stored(p, b); i++)
-        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis); /* packed: no padding rows */
+      for (int64_t i = 0; i < p->len_q; i++)
+        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis);
   free(s);
   free(vis);
   return ATTN_STATUS_OK;
