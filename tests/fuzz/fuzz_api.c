@@ -11,7 +11,9 @@
  *     and 3 threads, and with 16-bit inputs bitwise the call on their fp32 widening; attn_merge of
  * its (O, LSE) with itself gives O and LSE + log 2 (in place too); the call with K and V moved
  * into shuffled pages of a drawn size (p.block_table) gives bitwise the same outputs, and with one
- * table entry out of range is refused without a write; an accepted backward (dBias too,
+ * table entry out of range is refused without a write; the call with its sequences packed
+ * (p.cu_seqlens_q, p.cu_seqlens_k) gives bitwise the same rows, and with an invalid offset is
+ * refused without a write; an accepted backward (dBias too,
  * when the call has a bias) is bitwise the same with 1 and 3 threads and, on data without NaN or
  * inf, matches the ref backward within the same loose tolerance. Any violation aborts, which
  * libFuzzer reports with the input that caused it.
@@ -219,6 +221,115 @@ static void check_paged(bytes *b, const attn_params *p, const tensor *q, const t
   free(table);
 }
 
+/* Copies rows [0, len[bi]) of every (bi, h) of src (strides fs) into the packed tensor dst
+ * (strides ts: row cu[bi] + i); es bytes per element, n per row. */
+static void pack_rows(const tensor *src, const int64_t *fs, tensor *dst, const int64_t *ts,
+                      int64_t B, int64_t H, int64_t n, const int64_t *cu, size_t es) {
+  for (int64_t bi = 0; bi < B; bi++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < cu[bi + 1] - cu[bi]; i++)
+        for (int64_t d = 0; d < n; d++)
+          memcpy((char *)dst->base + (h * ts[1] + (cu[bi] + i) * ts[2] + d * ts[3]) * (int64_t)es,
+                 (const char *)src->base +
+                     (bi * fs[0] + h * fs[1] + i * fs[2] + d * fs[3]) * (int64_t)es,
+                 es);
+}
+
+/* 1 if every packed row of x (strides xs, row cu[bi] + i) equals the padded tensor a's (strides
+ * as) bitwise; rank 3 (LSE) has no element dimension. */
+static int same_packed_rows(const tensor *x, const int64_t *xs, const tensor *a, const int64_t *as,
+                            int rank, int64_t B, int64_t H, int64_t n, const int64_t *cu) {
+  for (int64_t bi = 0; bi < B; bi++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < cu[bi + 1] - cu[bi]; i++)
+        for (int64_t d = 0; d < n; d++) {
+          const int64_t at = h * xs[1] + (cu[bi] + i) * xs[2] + (rank > 3 ? d * xs[3] : 0);
+          const int64_t from = bi * as[0] + h * as[1] + i * as[2] + (rank > 3 ? d * as[3] : 0);
+          if (memcmp(fp(x) + at, fp(a) + from, 4) != 0) return 0;
+        }
+  return 1;
+}
+
+/* The accepted call p (outputs a) again with its sequences packed: queries (cu_seqlens_q from
+ * q_len, or Lq each), keys (cu_seqlens_k from kv_len, or Lk each) or both, the packed Q, K, V, O
+ * and LSE [total, H, ·] tensors of exactly their size: bitwise the same rows, P the same. Then
+ * an invalid cu_seqlens_q: refused, nothing written. */
+static void check_packed(bytes *b, const attn_params *p, const tensor *q, const tensor *k,
+                         const tensor *v, const call_out *a, int want_lse, int want_probs) {
+  const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv;
+  if (p->block_table || B == 0) return;
+  const unsigned sides = 1 + next(b) % 3; /* bit 0: queries packed, bit 1: keys */
+  int64_t cu_q[4] = {0}, cu_k[4] = {0}; /* B ≤ 2 */
+  for (int64_t bi = 0; bi < B; bi++) {
+    cu_q[bi + 1] = cu_q[bi] + (p->q_len ? p->q_len[bi] : p->len_q);
+    cu_k[bi + 1] = cu_k[bi] + (p->kv_len ? p->kv_len[bi] : p->len_k);
+  }
+  attn_params pp = *p;
+  if (pp.align == ATTN_ALIGN_UNSET) pp.align = ATTN_ALIGN_TOP_LEFT; /* accepted: they coincide */
+  const int64_t tq = cu_q[B], tk = cu_k[B];
+  tensor t[5]; /* Q, K, V, O, LSE */
+  memset(t, 0, sizeof t);
+  int ok = 1;
+  if (sides & 1) {
+    pp.q_len = NULL, pp.cu_seqlens_q = cu_q;
+    const int64_t nq[4] = {1, Hq, tq, p->dim}, no[4] = {1, Hq, tq, p->dim_v};
+    const int64_t nl[3] = {1, Hq, tq};
+    attn_strides_blhd(pp.q_stride, Hq, tq, p->dim), attn_strides_blhd(pp.o_stride, Hq, tq, p->dim_v);
+    pp.lse_stride[0] = 0, pp.lse_stride[1] = 1, pp.lse_stride[2] = Hq;
+    ok &= make(&t[0], 4, nq, pp.q_stride, esize_of(p->q_dtype)) &&
+          make(&t[3], 4, no, pp.o_stride, 4) && (!want_lse || make(&t[4], 3, nl, pp.lse_stride, 4));
+    if (ok && t[0].buf)
+      pack_rows(q, p->q_stride, &t[0], pp.q_stride, B, Hq, p->dim, cu_q, esize_of(p->q_dtype));
+  }
+  if (sides & 2) {
+    pp.kv_len = NULL, pp.cu_seqlens_k = cu_k;
+    const int64_t nk[4] = {1, Hkv, tk, p->dim}, nv[4] = {1, Hkv, tk, p->dim_v};
+    attn_strides_blhd(pp.k_stride, Hkv, tk, p->dim), attn_strides_packed(pp.v_stride, Hkv, tk, p->dim_v);
+    ok &= make(&t[1], 4, nk, pp.k_stride, esize_of(p->k_dtype)) &&
+          make(&t[2], 4, nv, pp.v_stride, esize_of(p->v_dtype));
+    if (ok && t[1].buf)
+      pack_rows(k, p->k_stride, &t[1], pp.k_stride, B, Hkv, p->dim, cu_k, esize_of(p->k_dtype));
+    if (ok && t[2].buf)
+      pack_rows(v, p->v_stride, &t[2], pp.v_stride, B, Hkv, p->dim_v, cu_k, esize_of(p->v_dtype));
+  }
+  call_out c; /* the padded outputs (O, LSE when queries are not packed; P always) */
+  if (ok && make_out(&c, p, want_lse, want_probs)) {
+    poison(&t[3]), poison(&t[4]);
+    tensor *o = sides & 1 ? &t[3] : &c.o, *l = sides & 1 ? &t[4] : &c.lse;
+    const attn_status st = attn_forward(&pp, fp(sides & 1 ? &t[0] : q), fp(sides & 2 ? &t[1] : k),
+                                        fp(sides & 2 ? &t[2] : v), fp(o), fp(l), fp(&c.probs));
+    REQUIRE(st == ATTN_STATUS_OK, "the packed call (sides %u) refused: %s", sides,
+            attn_last_error());
+    int same = !c.probs.buf || !memcmp(c.probs.buf, a->probs.buf, c.probs.size);
+    if (sides & 1)
+      same = same &&
+             (!t[3].buf || same_packed_rows(&t[3], pp.o_stride, &a->o, p->o_stride, 4, B, Hq,
+                                            p->dim_v, cu_q)) &&
+             (!t[4].buf ||
+              same_packed_rows(&t[4], pp.lse_stride, &a->lse, p->lse_stride, 3, B, Hq, 1, cu_q));
+    else
+      same = same && (!c.o.buf || !memcmp(c.o.buf, a->o.buf, c.o.size)) &&
+             (!c.lse.buf || !memcmp(c.lse.buf, a->lse.buf, c.lse.size));
+    REQUIRE(same, "packed sequences (sides %u) differ from the padded call", sides);
+    if (sides & 1) { /* an invalid offset: refused, nothing written */
+      poison(&t[3]), poison(&t[4]), poison(&c.probs);
+      int64_t bad[4];
+      memcpy(bad, cu_q, sizeof bad);
+      bad[0] = 1;
+      pp.cu_seqlens_q = bad;
+      REQUIRE(attn_forward(&pp, fp(&t[0]), fp(sides & 2 ? &t[1] : k), fp(sides & 2 ? &t[2] : v),
+                           fp(&t[3]), fp(&t[4]), fp(&c.probs)) == ATTN_STATUS_INVALID_ARGUMENT &&
+                  strstr(attn_last_error(), "cu_seqlens_q[0] (1) must be 0") != NULL,
+              "cu_seqlens_q[0] = 1 was not refused: %s", attn_last_error());
+      REQUIRE(untouched(&t[3]) && untouched(&t[4]) && untouched(&c.probs),
+              "a refused packed call wrote an output");
+    }
+  }
+  drop_out(&c);
+  for (int i = 0; i < 5; i++)
+    drop(&t[i]);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   bytes b = {data, size, 0};
   attn_params p;
@@ -407,6 +518,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       drop_out(&c1), drop_out(&c3);
     }
     if (next(&b) % 3 == 0) check_paged(&b, &p, &q, &k, &v, &a, want_lse, want_probs);
+    if (next(&b) % 3 == 0) check_packed(&b, &p, &q, &k, &v, &a, want_lse, want_probs);
     /* attn_merge of the result with itself: the same O, and LSE + log 2 (into fresh outputs, or in
      * place over the first part, which the header allows) */
     if (want_lse && a.o.buf && next(&b) % 2 == 0) {
