@@ -253,13 +253,14 @@ typedef struct attn_params {
   const int64_t *kv_len;  /* [batch] key lengths 0 ≤ kv_len[b] ≤ len_k, or NULL */
   const int64_t *q_len;   /* [batch] query lengths 0 ≤ q_len[b] ≤ len_q (rows past: padding), or
                              NULL */
-  const int64_t *cu_seqlens_q; /* [batch + 1] packed sequences' query offsets (see "Packed
-                                  sequences"), or NULL */
-  const int64_t *cu_seqlens_k; /* [batch + 1] the same for keys, or NULL */
   const uint8_t *mask;    /* [B, Hq, Lq, Lk] non-zero = visible, or NULL */
   int64_t mask_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
   const float *bias;      /* [B, Hq, Lq, Lk] additive bias, −inf masks, or NULL */
   int64_t bias_stride[4]; /* default: packed [B, Hq, Lq, Lk]; 0 broadcasts a dimension */
+
+  /* Packed sequences (see "Packed sequences"): row offsets, or NULL for [B, H, L, ·] tensors. */
+  const int64_t *cu_seqlens_q; /* [batch + 1] query rows of each sequence in Q, O, LSE, dO, dQ */
+  const int64_t *cu_seqlens_k; /* [batch + 1] key rows of each sequence in K, V, dK, dV */
 
   /* Paged K and V (see "Paged K and V"; attn_forward only, attn_backward refuses them). */
   const int32_t *block_table; /* [batch, ceil(len_k / page_size)] page of each page_size keys, or

@@ -171,8 +171,8 @@ static attn_status check_options(const char *fn, const attn_params *p) {
                         fn, packed[i].name, packed[i].other, packed[i].name);
     if (cu[0] != 0)
       return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                        "%s: %s[0] (%" PRId64 ") must be 0: the first sequence starts at row 0",
-                        fn, packed[i].name, cu[0]);
+                        "%s: %s[0] (%" PRId64 ") must be 0: the first sequence starts at row 0", fn,
+                        packed[i].name, cu[0]);
     for (int64_t b = 0; b < p->batch; b++) /* cu[b] ≥ 0 here, so the difference cannot overflow */
       if (cu[b + 1] < cu[b] || cu[b + 1] - cu[b] > packed[i].max)
         return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,

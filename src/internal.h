@@ -113,8 +113,8 @@ static inline int64_t attn__k_stored(const attn_params *p, int64_t b) {
 /* Element offset of row i (i < qlen(b) when the queries are packed) of head h of batch item b in
  * a tensor of query rows (Q, O, LSE, dO, dQ) whose strides are `stride`: row cu_seqlens_q[b] + i
  * of [·, H, total, ·] when packed (stride[0] unused). */
-static inline int64_t attn__q_row(const attn_params *p, const int64_t *stride, int64_t b,
-                                  int64_t h, int64_t i) {
+static inline int64_t attn__q_row(const attn_params *p, const int64_t *stride, int64_t b, int64_t h,
+                                  int64_t i) {
   if (p->cu_seqlens_q) return h * stride[1] + (p->cu_seqlens_q[b] + i) * stride[2];
   return b * stride[0] + h * stride[1] + i * stride[2];
 }

@@ -31,7 +31,8 @@ static void merge_item(void *ctx, int64_t item, int worker) {
   double *w = job->scratch + (size_t)worker * (size_t)(job->n + Dv + 1), *acc = w + job->n;
   const int64_t rows = attn__q_stored(p, b); /* packed: no padding */
   for (int64_t i = 0; i < rows; i++) {
-    const int64_t lo = attn__q_row(p, p->lse_stride, b, h, i), oo = attn__q_row(p, p->o_stride, b, h, i);
+    const int64_t lo = attn__q_row(p, p->lse_stride, b, h, i),
+                  oo = attn__q_row(p, p->o_stride, b, h, i);
     double m = -INFINITY;
     for (int k = 0; k < job->n; k++) {
       const double l = job->lse_parts[k][lo];
@@ -65,10 +66,12 @@ static void merge_backward_item(void *ctx, int64_t item, int worker) {
   const int64_t rows = attn__q_stored(p, b); /* packed: no padding */
   (void)worker;
   for (int64_t i = 0; i < rows; i++) {
-    const int64_t lo = attn__q_row(p, p->lse_stride, b, h, i), oo = attn__q_row(p, p->o_stride, b, h, i);
+    const int64_t lo = attn__q_row(p, p->lse_stride, b, h, i),
+                  oo = attn__q_row(p, p->o_stride, b, h, i);
     const attn__merge_tensors *x = job->x;
     const double lse = x->lse[lo], dl = x->dlse ? x->dlse[lo] : 0.0;
-    const int64_t go = attn__q_row(p, p->dout_stride, b, h, i), so = p->o_stride[3], sg = p->dout_stride[3];
+    const int64_t go = attn__q_row(p, p->dout_stride, b, h, i), so = p->o_stride[3],
+                  sg = p->dout_stride[3];
     for (int k = 0; k < job->n; k++) {
       const double lk = job->lse_parts[k][lo];
       const double wk = lk == -INFINITY || lse == -INFINITY ? 0.0 : exp(lk - lse);

@@ -175,7 +175,13 @@ static void check_errors(void) {
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "block_table"),
          "paged K and V are unsupported across shards: %s", attn_ring_last_error());
-  p.block_table = NULL, p.causal = 1, p.len_q = p.len_k = LL - 1;
+  p.block_table = NULL;
+  const int64_t cu[B + 1] = {0};
+  p.cu_seqlens_q = cu;
+  st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
+  CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "cu_seqlens_q"),
+         "packed sequences are unsupported across shards: %s", attn_ring_last_error());
+  p.cu_seqlens_q = NULL, p.causal = 1, p.len_q = p.len_k = LL - 1;
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_INVALID_ARGUMENT && strstr(attn_ring_last_error(), "even"),
          "causal needs an even local length: %s", attn_ring_last_error());

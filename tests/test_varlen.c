@@ -98,8 +98,8 @@ static void pack_from(ptensor *t, const int64_t *cu, const void *src, const int6
 
 /* 1 if every packed row equals the padded tensor's row bitwise (fp32; padded tensor packed
  * [B, H, L, dim]). */
-static int same_rows(const ptensor *t, const int64_t *cu, const float *padded, int64_t B,
-                     int64_t L, const int64_t *len, const char *what) {
+static int same_rows(const ptensor *t, const int64_t *cu, const float *padded, int64_t B, int64_t L,
+                     const int64_t *len, const char *what) {
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < t->heads; h++)
       for (int64_t i = 0; i < len[b]; i++)
@@ -148,8 +148,8 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
   char label[512];
   tcase_label(&c, label, sizeof label);
   const attn_params *cp = &c.p;
-  const int64_t B = cp->batch, Hq = cp->heads_q, Hkv = cp->heads_kv, Lq = cp->len_q,
-                Lk = cp->len_k, D = cp->dim, Dv = cp->dim_v;
+  const int64_t B = cp->batch, Hq = cp->heads_q, Hkv = cp->heads_kv, Lq = cp->len_q, Lk = cp->len_k,
+                D = cp->dim, Dv = cp->dim_v;
   int64_t *qlen = calloc((size_t)B + 1, sizeof *qlen), *klen = calloc((size_t)B + 1, sizeof *klen);
   for (int64_t b = 0; b < B; b++)
     qlen[b] = c.q_len ? c.q_len[b] : Lq, klen[b] = c.kv_len ? c.kv_len[b] : Lk;
@@ -202,8 +202,8 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
     if (!t_kernel_selected(kernel)) continue;
     pad.kernel = var.kernel = kernel, pad.threads = var.threads = 2;
     float *o = falloc(no, NAN), *lse = falloc(nl, NAN), *pr = falloc(np, NAN);
-    attn_status st = attn_forward(&pad, tcase_input(&c, 0), tcase_input(&c, 1),
-                                  tcase_input(&c, 2), o, lse, want_probs ? pr : NULL);
+    attn_status st = attn_forward(&pad, tcase_input(&c, 0), tcase_input(&c, 1), tcase_input(&c, 2),
+                                  o, lse, want_probs ? pr : NULL);
     CHECKF(st == ATTN_STATUS_OK, "%s: padded call: %s\n  case: %s", attn_kernel_name(kernel),
            attn_last_error(), label);
     /* packed O, LSE (queries packed) or the padded layout (keys packed alone) */
@@ -232,7 +232,8 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
       else
         same = memcmp(o, o2, no * 4) == 0 && memcmp(lse, lse2, nl * 4) == 0;
       same = same && memcmp(pr, pr2, np * 4) == 0;
-      CHECKF(same, "%s: packed (sides %d, layout %d, %s/%s/%s, %d threads) is not bitwise the "
+      CHECKF(same,
+             "%s: packed (sides %d, layout %d, %s/%s/%s, %d threads) is not bitwise the "
              "padded call\n  case: %s",
              attn_kernel_name(kernel), sides, layout, attn_dtype_name(mixes[m][0]),
              attn_dtype_name(mixes[m][1]), attn_dtype_name(mixes[m][2]), threads, label);
@@ -288,8 +289,8 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
                attn_kernel_name(kernel), attn_last_error(), label);
         int same = memcmp(dbias, dbias2, nb * 4) == 0;
         if (sides & PACK_Q)
-          same = same && ptensor_written(&pdq, "dq") &&
-                 same_rows(&pdq, cu_q, dq, B, Lq, qlen, "dq");
+          same =
+              same && ptensor_written(&pdq, "dq") && same_rows(&pdq, cu_q, dq, B, Lq, qlen, "dq");
         else
           same = same && memcmp(dq, dq2, nq * 4) == 0;
         if (sides & PACK_K)
@@ -298,7 +299,8 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
                  same_rows(&pdv, cu_k, dv, B, Lk, klen, "dv");
         else
           same = same && memcmp(dk, dk2, nk * 4) == 0 && memcmp(dv, dv2, nv * 4) == 0;
-        CHECKF(same, "%s: packed backward (sides %d, layout %d, %d threads) is not bitwise the "
+        CHECKF(same,
+               "%s: packed backward (sides %d, layout %d, %d threads) is not bitwise the "
                "padded one\n  case: %s",
                attn_kernel_name(kernel), sides, layout, threads, label);
       }
@@ -313,8 +315,7 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
         free(dk2), free(dv2);
       free(dout), free(dq), free(dk), free(dv), free(dbias), free(dbias2);
     }
-    if (sides & PACK_Q)
-      ptensor_free(&po), ptensor_free(&pl);
+    if (sides & PACK_Q) ptensor_free(&po), ptensor_free(&pl);
     free(o), free(lse), free(pr), free(o2), free(lse2), free(pr2);
   }
   if (sides & PACK_Q) ptensor_free(&pq);
@@ -325,10 +326,10 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
 
 /* Shapes around the tiles (one tile, tile ± 1, several query blocks: K packed once per call). */
 static void sweep_shapes(void) {
-  static const int64_t shapes[][7] = {
-      {1, 1, 1, 1, 1, 8, 8},      {3, 2, 1, 63, 129, 17, 17}, {2, 4, 2, 130, 257, 64, 64},
-      {3, 2, 2, 97, 200, 128, 128}, {4, 3, 1, 33, 127, 80, 48}, {2, 2, 1, 5, 0, 8, 8},
-      {2, 2, 2, 7, 9, 16, 0},     {5, 1, 1, 1, 1, 4, 4}};
+  static const int64_t shapes[][7] = {{1, 1, 1, 1, 1, 8, 8},       {3, 2, 1, 63, 129, 17, 17},
+                                      {2, 4, 2, 130, 257, 64, 64}, {3, 2, 2, 97, 200, 128, 128},
+                                      {4, 3, 1, 33, 127, 80, 48},  {2, 2, 1, 5, 0, 8, 8},
+                                      {2, 2, 2, 7, 9, 16, 0},      {5, 1, 1, 1, 1, 4, 4}};
   int n = 0;
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
     for (int sides = PACK_Q; sides <= PACK_BOTH; sides++, n++) {
@@ -510,7 +511,8 @@ static void test_errors(void) {
   CHECK(msg_has("or cu_seqlens_q is given or cu_seqlens_k is given"));
   /* the default LSE strides [B, H, Lq] make the packed rows of two heads overlap */
   attn_params_init(&e, B, H, H, L, L, D, D);
-  memcpy(e.q_stride, p.q_stride, sizeof e.q_stride), memcpy(e.o_stride, p.o_stride, sizeof e.o_stride);
+  memcpy(e.q_stride, p.q_stride, sizeof e.q_stride),
+      memcpy(e.o_stride, p.o_stride, sizeof e.o_stride);
   e.cu_seqlens_q = cu;
   CHECK(attn_forward(&e, q, q, q, o, lse, NULL) == ATTN_STATUS_INVALID_ARGUMENT);
   CHECK(msg_has("lse_stride[1] (6) makes output lse overlap itself"));

@@ -280,8 +280,8 @@ static int pack_kv(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t hk, in
   const int64_t D = p->dim, Dv = p->dim_v, dp = job->dp, dvp = job->dvp;
   const float *kb = (const float *)job->t->k + attn__kv_row(p, p->k_stride, b, hk, 0);
   const float *vb = (const float *)job->t->v + attn__kv_row(p, p->v_stride, b, hk, 0);
-  const int64_t stored = attn__k_stored(p, b) - j0; /* packed K, V: no rows past klen(b) */
-  if (stored < cols) cols = stored < 0 ? 0 : (int)stored;   /* (their columns stay zero) */
+  const int64_t stored = attn__k_stored(p, b) - j0;       /* packed K, V: no rows past klen(b) */
+  if (stored < cols) cols = stored < 0 ? 0 : (int)stored; /* (their columns stay zero) */
   const int kfin = attn__pack_rows(kb, p->k_stride[2], p->k_stride[3], j0, cols, D, dp, w->kr);
   memset(w->kr + cols * dp, 0, sizeof(float) * (size_t)((BC - cols) * dp));
   memset(w->kt, 0, sizeof(float) * (size_t)(dp * BC));
@@ -313,7 +313,7 @@ static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int6
     if (r >= rows) continue;
     const int64_t i = i0 + r;
     attn__row_key_range(p, b, i, &w->lo[r], &w->hi[r]); /* a padding row sees nothing */
-    if (i >= attn__qlen(p, b)) continue;                 /* its LSE may not exist (packed) */
+    if (i >= attn__qlen(p, b)) continue;                /* its LSE may not exist (packed) */
     w->lse[r] = job->t->lse[attn__q_row(p, p->lse_stride, b, h, i)];
     w->delta[r] = job->delta[bh * p->len_q + i];
   }

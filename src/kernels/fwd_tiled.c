@@ -122,7 +122,8 @@ typedef struct tile_scratch {
   float *ones;        /* [br] 1.0 (set once per call): the rescale of a tile's later page runs */
   unsigned char *vis; /* [br, bc] 1 where the pair is visible */
   int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
-  float *kc; /* [bc, D] a 16-bit, paged or packed K tile widened to fp32 (empty for fp32 K in place) */
+  float *
+      kc; /* [bc, D] a 16-bit, paged or packed K tile widened to fp32 (empty for fp32 K in place) */
   float *vc; /* [bc, Dv] the same for V, for the decode forms */
 } tile_scratch;
 
@@ -291,8 +292,7 @@ static const void *direct_row(const fwd_job *job, kv_tensor x, int wide, const f
  * with no storage). */
 static int kv_rows_in_place(const fwd_job *job, int64_t b, int64_t j0, int cols) {
   const attn_params *p = job->pr->p;
-  return !attn__kv_per_seq(p) ||
-         (page_run(p, j0, cols) == cols && j0 + cols <= attn__klen(p, b));
+  return !attn__kv_per_seq(p) || (page_run(p, j0, cols) == cols && j0 + cols <= attn__klen(p, b));
 }
 
 /* Widens rows [j0, j0 + cols) of KV head (b, hk) of x into dst [cols, ld] (columns [n, ld) zero),

@@ -91,11 +91,13 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
 
   /* 3. O = P·V; P written if requested */
   float *oi = o + attn__q_row(p, p->o_stride, b, h, i);
-  for (int64_t d = 0; d < Dv && i < attn__q_stored(p, b); d++) { /* packed: padding rows have only P */
+  for (int64_t d = 0; d < Dv && i < attn__q_stored(p, b);
+       d++) { /* packed: padding rows have only P */
     double acc = 0.0;
     for (int64_t j = 0; j < Lk; j++)
       if (vis[j])
-        acc += weight(s[j], m, sum) * v[attn__kv_row(p, p->v_stride, b, hk, j) + d * p->v_stride[3]];
+        acc +=
+            weight(s[j], m, sum) * v[attn__kv_row(p, p->v_stride, b, hk, j) + d * p->v_stride[3]];
     oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
   }
   if (lse && i < attn__q_stored(p, b)) lse[attn__q_row(p, p->lse_stride, b, h, i)] = (float)row_lse;

@@ -259,7 +259,7 @@ static void check_packed(bytes *b, const attn_params *p, const tensor *q, const 
   const int64_t B = p->batch, Hq = p->heads_q, Hkv = p->heads_kv;
   if (p->block_table || B == 0) return;
   const unsigned sides = 1 + next(b) % 3; /* bit 0: queries packed, bit 1: keys */
-  int64_t cu_q[4] = {0}, cu_k[4] = {0}; /* B ≤ 2 */
+  int64_t cu_q[4] = {0}, cu_k[4] = {0};   /* B ≤ 2 */
   for (int64_t bi = 0; bi < B; bi++) {
     cu_q[bi + 1] = cu_q[bi] + (p->q_len ? p->q_len[bi] : p->len_q);
     cu_k[bi + 1] = cu_k[bi] + (p->kv_len ? p->kv_len[bi] : p->len_k);
@@ -274,7 +274,8 @@ static void check_packed(bytes *b, const attn_params *p, const tensor *q, const 
     pp.q_len = NULL, pp.cu_seqlens_q = cu_q;
     const int64_t nq[4] = {1, Hq, tq, p->dim}, no[4] = {1, Hq, tq, p->dim_v};
     const int64_t nl[3] = {1, Hq, tq};
-    attn_strides_blhd(pp.q_stride, Hq, tq, p->dim), attn_strides_blhd(pp.o_stride, Hq, tq, p->dim_v);
+    attn_strides_blhd(pp.q_stride, Hq, tq, p->dim),
+        attn_strides_blhd(pp.o_stride, Hq, tq, p->dim_v);
     pp.lse_stride[0] = 0, pp.lse_stride[1] = 1, pp.lse_stride[2] = Hq;
     ok &= make(&t[0], 4, nq, pp.q_stride, esize_of(p->q_dtype)) &&
           make(&t[3], 4, no, pp.o_stride, 4) && (!want_lse || make(&t[4], 3, nl, pp.lse_stride, 4));
@@ -284,7 +285,8 @@ static void check_packed(bytes *b, const attn_params *p, const tensor *q, const 
   if (sides & 2) {
     pp.kv_len = NULL, pp.cu_seqlens_k = cu_k;
     const int64_t nk[4] = {1, Hkv, tk, p->dim}, nv[4] = {1, Hkv, tk, p->dim_v};
-    attn_strides_blhd(pp.k_stride, Hkv, tk, p->dim), attn_strides_packed(pp.v_stride, Hkv, tk, p->dim_v);
+    attn_strides_blhd(pp.k_stride, Hkv, tk, p->dim),
+        attn_strides_packed(pp.v_stride, Hkv, tk, p->dim_v);
     ok &= make(&t[1], 4, nk, pp.k_stride, esize_of(p->k_dtype)) &&
           make(&t[2], 4, nv, pp.v_stride, esize_of(p->v_dtype));
     if (ok && t[1].buf)
@@ -303,8 +305,8 @@ static void check_packed(bytes *b, const attn_params *p, const tensor *q, const 
     int same = !c.probs.buf || !memcmp(c.probs.buf, a->probs.buf, c.probs.size);
     if (sides & 1)
       same = same &&
-             (!t[3].buf || same_packed_rows(&t[3], pp.o_stride, &a->o, p->o_stride, 4, B, Hq,
-                                            p->dim_v, cu_q)) &&
+             (!t[3].buf ||
+              same_packed_rows(&t[3], pp.o_stride, &a->o, p->o_stride, 4, B, Hq, p->dim_v, cu_q)) &&
              (!t[4].buf ||
               same_packed_rows(&t[4], pp.lse_stride, &a->lse, p->lse_stride, 3, B, Hq, 1, cu_q));
     else
