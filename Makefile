@@ -75,11 +75,11 @@ fuzz: deps
 # The main job: word sense from context on a real pretrained model (all-MiniLM-L6-v2 through attn):
 # the similarity of "bank" across sentences, attention heatmaps and build/demo/index.html; then
 # the examples (the three kinds of attention, a bf16 KV cache, a paged KV cache shared by
-# several sequences, and a model trained with attn_backward).
+# several sequences, documents packed without padding, and a model trained with attn_backward).
 demo: deps build
 	./$(BUILD)/attn-bert demo --model $(MODEL_DIR) --out $(BUILD)/demo
 	@echo "open $(BUILD)/demo/index.html to see the heatmaps and the similarity matrix"
-	@for ex in bidirectional causal cross kv_cache paged_kv_cache train; do echo; echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; done
+	@for ex in bidirectional causal cross kv_cache paged_kv_cache packed_sequences train; do echo; echo "== examples/$$ex.c"; ./$(BUILD)/example_$$ex || exit 1; done
 
 # Speed: attn's own table (% of the FMA peak measured in the same run; again for a bf16 KV
 # cache and for K/V in shuffled pages of 16 and 128 keys), then the same shapes through PyTorch
