@@ -24,6 +24,10 @@
  * Non-finite values: products that accumulate over pairs (dV, dK, dQ) skip invisible pairs
  * instead of multiplying them by 0 when the operand tile they read holds NaN or inf (gemm_masked),
  * which gives bitwise the fast path's result whenever the data are finite.
+ *
+ * Padding rows (past qlen(b)) are loaded as zeros and get no dQ write when the queries are packed
+ * (cu_seqlens_q: they have no storage); keys of packed K and V past klen(b) are packed as zero
+ * columns and get no dK, dV rows. So a packed call is bitwise the padded one.
  */
 #include "tiled.h"
 

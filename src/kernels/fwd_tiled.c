@@ -59,6 +59,12 @@
  * pages is gathered run by run into kc first, and V tiles are always packed (never read in
  * place). Only the addresses change, so the results are bitwise those of the call on the gathered
  * tensors.
+ *
+ * Packed sequences (cu_seqlens_q, cu_seqlens_k): only the addresses change (attn__q_row,
+ * attn__kv_row), plus the rule that rows with no storage are never touched: query rows past
+ * qlen(b) are packed as zeros and not written (write_row), key rows past klen(b) are widened as
+ * zeros (kv_rows_widen, which the K pre-pack reaches) and never read in place. So the results are
+ * bitwise those of the padded call with q_len and kv_len.
  */
 #include "tiled.h"
 
