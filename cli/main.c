@@ -28,6 +28,8 @@ static void usage(FILE *f) {
         "  attn run --q Q.npy --k K.npy --v V.npy --out O.npy [--lse LSE.npy] [--probs P.npy]\n"
         "           [--scale S] [--causal] [--align top-left|bottom-right] [--window LEFT,RIGHT]\n"
         "           [--kv-len N0,N1,...] [--q-len N0,N1,...] [--mask M.npy] [--bias B.npy]\n"
+        "           [--cu-seqlens-q 0,E1,...,EB] [--cu-seqlens-k 0,E1,...,EB]  (packed sequences:\n"
+        "           Q, O, LSE or K, V [1, H, total, ·]; sequence b is rows E(b) to E(b+1) - 1)\n"
         "           [--softcap C] [--alibi SLOPES.npy] [--sinks SINKS.npy] [--threads N]\n"
         "           [--kernel auto|ref|generic|avx2|avx512]\n"
         "  attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy\n"
@@ -86,12 +88,15 @@ static int cmd_run(int argc, char **argv, int grad) {
   const int64_t B = p.batch, Hq = p.heads_q, Hkv = p.heads_kv, Lq = p.len_q, Lk = p.len_k;
   const int64_t D = p.dim, Dv = p.dim_v;
   const int64_t *bs = in.bias.shape;
-  const int64_t shapes[N_OUTS][4] = {{B, Hq, Lq, Dv},
-                                     {B, Hq, Lq, 1},
+  /* tensors of query rows and of key rows: [B, H, L, ·], or packed [1, H, total, ·] */
+  const int64_t qn = p.cu_seqlens_q ? 1 : B, ql = p.cu_seqlens_q ? in.q.shape[2] : Lq;
+  const int64_t kn = p.cu_seqlens_k ? 1 : B, kl = p.cu_seqlens_k ? in.k.shape[2] : Lk;
+  const int64_t shapes[N_OUTS][4] = {{qn, Hq, ql, Dv},
+                                     {qn, Hq, ql, 1},
                                      {B, Hq, Lq, Lk},
-                                     {B, Hq, Lq, D},
-                                     {B, Hkv, Lk, D},
-                                     {B, Hkv, Lk, Dv},
+                                     {qn, Hq, ql, D},
+                                     {kn, Hkv, kl, D},
+                                     {kn, Hkv, kl, Dv},
                                      {bs[0], bs[1], bs[2], bs[3]},
                                      {Hq, 1, 1, 1}};
   const int ranks[N_OUTS] = {4, 3, 4, 4, 4, 4, 4, 1};

@@ -190,6 +190,8 @@ int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*cli_usage)(FIL
       {"--window", &o->window},
       {"--kv-len", &o->kv_len},
       {"--q-len", &o->q_len},
+      {"--cu-seqlens-q", &o->cu_seqlens_q},
+      {"--cu-seqlens-k", &o->cu_seqlens_k},
       {"--softcap", &o->softcap},
       {"--threads", &o->threads},
       {"--kernel", &o->kernel},
@@ -256,11 +258,63 @@ static int parse_lengths(const char *flag, const char *max_name, const char *tex
   return 0;
 }
 
+/* Entries of a comma-separated list (its commas + 1). */
+static int64_t list_entries(const char *text) {
+  int64_t n = 1;
+  for (; *text; text++)
+    n += *text == ',';
+  return n;
+}
+
+/* Packed sequences: the B + 1 row offsets of --cu-seqlens-q or -k into dst, starting at 0, never
+ * decreasing, ending at the tensor's row count `rows` (of `tensor`, whose batch size must be 1);
+ * *max gets the longest sequence. */
+static int parse_offsets(const char *flag, const char *text, const char *tensor,
+                         const int64_t *shape, int64_t B, int64_t *dst, int64_t *max) {
+  if (cli_parse_list(text, dst, B + 1) != B + 1)
+    return cli_fail(EXIT_BAD_INPUT, "%s '%s' must list integers separated by commas", flag, text);
+  if (shape[0] != 1)
+    return cli_fail(EXIT_BAD_INPUT,
+                    "%s: %s must be [1, H, total, D] (sequences packed along dimension 2), not "
+                    "batch %" PRId64,
+                    flag, tensor, shape[0]);
+  *max = 0;
+  for (int64_t b = 0; b <= B; b++) {
+    if ((b == 0 && dst[0] != 0) || (b > 0 && dst[b] < dst[b - 1]))
+      return cli_fail(EXIT_BAD_INPUT,
+                      "%s: entry %" PRId64 " (%" PRId64 ") must be %s: offsets start at 0 and "
+                      "never decrease",
+                      flag, b, dst[b], b == 0 ? "0" : "at least the one before");
+    if (b > 0 && dst[b] - dst[b - 1] > *max) *max = dst[b] - dst[b - 1];
+  }
+  if (dst[B] != shape[2])
+    return cli_fail(EXIT_BAD_INPUT,
+                    "%s: the last offset (%" PRId64 ") must equal the %" PRId64
+                    " rows of %s (dimension 2)",
+                    flag, dst[B], shape[2], tensor);
+  return 0;
+}
+
 int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_len) {
   const int64_t *qs = in->q.shape, *ks = in->k.shape, *vs = in->v.shape;
-  if (ks[0] != qs[0] || vs[0] != qs[0])
-    return cli_fail(EXIT_BAD_INPUT, "batch sizes differ: q %" PRId64 ", k %" PRId64 ", v %" PRId64,
-                    qs[0], ks[0], vs[0]);
+  /* packed sequences: the batch is the number of offsets − 1 */
+  const int64_t bq = o->cu_seqlens_q ? list_entries(o->cu_seqlens_q) - 1 : qs[0];
+  const int64_t bk = o->cu_seqlens_k ? list_entries(o->cu_seqlens_k) - 1 : ks[0];
+  if (bq != bk || (!o->cu_seqlens_k && vs[0] != ks[0]))
+    return cli_fail(
+        EXIT_BAD_INPUT, "batch sizes differ: q %" PRId64 ", k %" PRId64 ", v %" PRId64 "%s", bq, bk,
+        vs[0], o->cu_seqlens_q || o->cu_seqlens_k ? " (packed: the offsets' count - 1)" : "");
+  if (o->cu_seqlens_k && vs[0] != 1)
+    return cli_fail(EXIT_BAD_INPUT,
+                    "--cu-seqlens-k: v must be [1, Hkv, total, Dv], not batch %" PRId64, vs[0]);
+  const int64_t B = bq;
+  *kv_len = malloc(sizeof(int64_t) * (size_t)(4 * B + 4));
+  if (!*kv_len) return cli_fail(EXIT_RUNTIME, "out of memory");
+  int64_t *cu_q = *kv_len + 2 * B + 2, *cu_k = *kv_len + 3 * B + 3, lq = qs[2], lk = ks[2];
+  if ((o->cu_seqlens_q &&
+       parse_offsets("--cu-seqlens-q", o->cu_seqlens_q, "q", qs, B, cu_q, &lq)) ||
+      (o->cu_seqlens_k && parse_offsets("--cu-seqlens-k", o->cu_seqlens_k, "k", ks, B, cu_k, &lk)))
+    return EXIT_BAD_INPUT;
   if (ks[3] != qs[3])
     return cli_fail(EXIT_BAD_INPUT, "head dims differ: q has D = %" PRId64 ", k has D = %" PRId64,
                     qs[3], ks[3]);
@@ -269,11 +323,26 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
                     "v [B, Hkv, Lk, Dv] must match k in Hkv and Lk: k has %" PRId64 ", %" PRId64
                     ", v has %" PRId64 ", %" PRId64,
                     ks[1], ks[2], vs[1], vs[2]);
-  attn_params_init(p, qs[0], qs[1], ks[1], qs[2], ks[2], qs[3], vs[3]);
+  attn_params_init(p, B, qs[1], ks[1], lq, lk, qs[3], vs[3]);
+  if (o->cu_seqlens_q) { /* Q, O, dO, dQ [1, Hq, total_q, ·], LSE [1, Hq, total_q] */
+    p->cu_seqlens_q = cu_q;
+    attn_strides_packed(p->q_stride, qs[1], qs[2], qs[3]);
+    attn_strides_packed(p->o_stride, qs[1], qs[2], vs[3]);
+    attn_strides_packed(p->dout_stride, qs[1], qs[2], vs[3]);
+    attn_strides_packed(p->dq_stride, qs[1], qs[2], qs[3]);
+    p->lse_stride[0] = qs[1] * qs[2], p->lse_stride[1] = qs[2], p->lse_stride[2] = 1;
+  }
+  if (o->cu_seqlens_k) { /* K, V, dK, dV [1, Hkv, total_k, ·] */
+    p->cu_seqlens_k = cu_k;
+    attn_strides_packed(p->k_stride, ks[1], ks[2], ks[3]);
+    attn_strides_packed(p->v_stride, ks[1], ks[2], vs[3]);
+    attn_strides_packed(p->dk_stride, ks[1], ks[2], ks[3]);
+    attn_strides_packed(p->dv_stride, ks[1], ks[2], vs[3]);
+  }
   p->q_dtype = in->q.dtype == NPY_F16 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32;
   p->k_dtype = in->k.dtype == NPY_F16 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32;
   p->v_dtype = in->v.dtype == NPY_F16 ? ATTN_DTYPE_F16 : ATTN_DTYPE_F32;
-  const int64_t full[4] = {qs[0], qs[1], qs[2], ks[2]};
+  const int64_t full[4] = {B, qs[1], lq, lk};
 
   if (o->scale) {
     if (parse_f32(o->scale, &p->scale) != 0 || !isfinite(p->scale))
@@ -301,16 +370,11 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
     p->window_left = w[0];
     p->window_right = w[1];
   }
-  if (o->kv_len || o->q_len) { /* one allocation: kv_len at 0, q_len at B + 1 */
-    const int64_t B = qs[0];
-    *kv_len = malloc(sizeof(int64_t) * (size_t)(2 * B + 2));
-    if (!*kv_len) return cli_fail(EXIT_RUNTIME, "out of memory");
-    if ((o->kv_len && parse_lengths("--kv-len", "Lk", o->kv_len, B, ks[2], *kv_len)) ||
-        (o->q_len && parse_lengths("--q-len", "Lq", o->q_len, B, qs[2], *kv_len + B + 1)))
-      return EXIT_BAD_INPUT;
-    if (o->kv_len) p->kv_len = *kv_len;
-    if (o->q_len) p->q_len = *kv_len + B + 1;
-  }
+  if ((o->kv_len && parse_lengths("--kv-len", "Lk", o->kv_len, B, lk, *kv_len)) ||
+      (o->q_len && parse_lengths("--q-len", "Lq", o->q_len, B, lq, *kv_len + B + 1)))
+    return EXIT_BAD_INPUT;
+  if (o->kv_len) p->kv_len = *kv_len;
+  if (o->q_len) p->q_len = *kv_len + B + 1;
   if (o->mask) {
     if (cli_load("--mask", o->mask, CLI_U8, 4, &in->mask) ||
         cli_broadcast_strides("--mask", &in->mask, full, p->mask_stride))

@@ -115,11 +115,18 @@ static int prepare(const run_opts *o, inputs *in, npy_array *dout, attn_params *
       (rc = cli_load("--k", o->k, CLI_F32, 4, &in->k)) ||
       (rc = cli_load("--v", o->v, CLI_F32, 4, &in->v)) || (rc = cli_configure(o, in, p, kv_len)))
     return rc;
-  const char *refused[][2] = {
-      {"--mask", o->mask},   {"--bias", o->bias},     {"--window", o->window},
-      {"--alibi", o->alibi}, {"--probs", o->probs},   {"--dbias", o->dbias},
-      {"--sinks", o->sinks}, {"--dsinks", o->dsinks}, {"--q-len", o->q_len}};
-  for (int i = 0; i < 9; i++)
+  const char *refused[][2] = {{"--mask", o->mask},
+                              {"--bias", o->bias},
+                              {"--window", o->window},
+                              {"--alibi", o->alibi},
+                              {"--probs", o->probs},
+                              {"--dbias", o->dbias},
+                              {"--sinks", o->sinks},
+                              {"--dsinks", o->dsinks},
+                              {"--q-len", o->q_len},
+                              {"--cu-seqlens-q", o->cu_seqlens_q},
+                              {"--cu-seqlens-k", o->cu_seqlens_k}};
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
     if (refused[i][1])
       return cli_fail(EXIT_BAD_INPUT,
                       "%s is not available across ranks (per-pair data, key positions or the "

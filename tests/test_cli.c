@@ -344,6 +344,14 @@ static void test_bad_inputs(void) {
       {"kv-len range", "--kv-len 9 --align top-left", "[0, Lk = 7]"},
       {"q-len count", "--q-len 3,4", "--q-len '3,4' must list 1 integers"},
       {"q-len range", "--q-len -1", "[0, Lq = "},
+      {"cu-seqlens start", "--cu-seqlens-q 1,5", "--cu-seqlens-q: entry 0 (1) must be 0"},
+      {"cu-seqlens end", "--cu-seqlens-q 0,6", "the last offset (6) must equal the 5 rows of q"},
+      {"cu-seqlens decreasing", "--cu-seqlens-q 0,3,2 --cu-seqlens-k 0,3,7",
+       "entry 2 (2) must be at least the one before"},
+      {"cu-seqlens count", "--cu-seqlens-q 0,2,5", "batch sizes differ: q 2, k 1"},
+      {"cu-seqlens word", "--cu-seqlens-k 0,x", "--cu-seqlens-k '0,x' must list integers"},
+      {"cu-seqlens and q-len", "--cu-seqlens-q 0,5 --q-len 5",
+       "cu_seqlens_q and q_len are both given"},
       {"softcap", "--softcap -1", "--softcap"},
       {"alibi missing", "--alibi NOPE", "nope"},
       {"flag twice", "--threads 1 --threads 2", "given twice"},
@@ -453,6 +461,116 @@ static void check_grad(const tspec *s) {
   tcase_free(&c);
 }
 
+/* Rows [0, len[b]) of every (b, h) of a [B, H, L, n] array, packed into [1, H, total, n] at rows
+ * cu[b] + i (unpack = 0), or back (unpack = 1: only the packed rows are written). */
+static void repack(float *padded, float *packed, int64_t B, int64_t H, int64_t L, int64_t n,
+                   const int64_t *cu, int unpack) {
+  const int64_t total = cu[B];
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < cu[b + 1] - cu[b]; i++) {
+        float *pd = padded + ((b * H + h) * L + i) * n, *pk = packed + (h * total + cu[b] + i) * n;
+        memcpy(unpack ? pd : pk, unpack ? pk : pd, sizeof(float) * (size_t)n);
+      }
+}
+
+/* attn grad (which runs attn run's forward) on packed sequences, --cu-seqlens-q and -k with
+ * [1, H, total, ·] files: every row bitwise the padded run's with --q-len and --kv-len. */
+static void test_packed(void) {
+  tspec s = tspec_shape(3, 4, 2, 9, 13, 16, 12);
+  s.q_len = s.kv_len = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.seed = 21;
+  tcase c;
+  tcase_make(&c, &s); /* LAYOUT_BHLD: packed C-order arrays */
+  const int64_t B = s.B, Hq = s.Hq, Hkv = s.Hkv, Lq = s.Lq, Lk = s.Lk, D = s.D, Dv = s.Dv;
+  int64_t cu_q[4] = {0}, cu_k[4] = {0};
+  char lens[128] = "", offs[128] = "";
+  for (int64_t b = 0; b < B; b++) {
+    cu_q[b + 1] = cu_q[b] + c.q_len[b], cu_k[b + 1] = cu_k[b] + c.kv_len[b];
+    snprintf(lens + strlen(lens), sizeof lens - strlen(lens), "%s%lld", b ? "," : " --q-len ",
+             (long long)c.q_len[b]);
+  }
+  for (int64_t b = 0; b < B; b++)
+    snprintf(lens + strlen(lens), sizeof lens - strlen(lens), "%s%lld", b ? "," : " --kv-len ",
+             (long long)c.kv_len[b]);
+  for (int64_t b = 0; b <= B; b++)
+    snprintf(offs + strlen(offs), sizeof offs - strlen(offs), "%s%lld",
+             b ? "," : " --cu-seqlens-q ", (long long)cu_q[b]);
+  for (int64_t b = 0; b <= B; b++)
+    snprintf(offs + strlen(offs), sizeof offs - strlen(offs), "%s%lld",
+             b ? "," : " --cu-seqlens-k ", (long long)cu_k[b]);
+  const int64_t qs[4] = {B, Hq, Lq, D}, ks[4] = {B, Hkv, Lk, D}, vs[4] = {B, Hkv, Lk, Dv},
+                os[4] = {B, Hq, Lq, Dv};
+  const int64_t pqs[4] = {1, Hq, cu_q[B], D}, pks[4] = {1, Hkv, cu_k[B], D},
+                pvs[4] = {1, Hkv, cu_k[B], Dv}, pos[4] = {1, Hq, cu_q[B], Dv},
+                pls[3] = {1, Hq, cu_q[B]}, ls[3] = {B, Hq, Lq};
+  float *dout = malloc(sizeof(float) * (size_t)(B * Hq * Lq * Dv));
+  rng r = {5};
+  for (int64_t i = 0; i < B * Hq * Lq * Dv; i++)
+    dout[i] = rng_normal(&r);
+  float *pq = malloc(sizeof(float) * (size_t)(cu_q[B] * Hq * D + 1)),
+        *pk = malloc(sizeof(float) * (size_t)(cu_k[B] * Hkv * D + 1)),
+        *pv = malloc(sizeof(float) * (size_t)(cu_k[B] * Hkv * Dv + 1)),
+        *pdo = malloc(sizeof(float) * (size_t)(cu_q[B] * Hq * Dv + 1));
+  repack(tbuf_f32(&c.q), pq, B, Hq, Lq, D, cu_q, 0),
+      repack(tbuf_f32(&c.k), pk, B, Hkv, Lk, D, cu_k, 0);
+  repack(tbuf_f32(&c.v), pv, B, Hkv, Lk, Dv, cu_k, 0), repack(dout, pdo, B, Hq, Lq, Dv, cu_q, 0);
+  write_npy("q.npy", tbuf_f32(&c.q), NPY_F32, 4, qs),
+      write_npy("k.npy", tbuf_f32(&c.k), NPY_F32, 4, ks);
+  write_npy("v.npy", tbuf_f32(&c.v), NPY_F32, 4, vs), write_npy("do.npy", dout, NPY_F32, 4, os);
+  write_npy("pq.npy", pq, NPY_F32, 4, pqs), write_npy("pk.npy", pk, NPY_F32, 4, pks);
+  write_npy("pv.npy", pv, NPY_F32, 4, pvs), write_npy("pdo.npy", pdo, NPY_F32, 4, pos);
+  const char *common = "--causal --align bottom-right";
+  /* (path() has 8 buffers: the 9 files are named through dir) */
+  const char *names =
+      "--q %1$s/%2$sq.npy --k %1$s/%2$sk.npy --v %1$s/%2$sv.npy --dout %1$s/%2$sdo.npy "
+      "--dq %1$s/%2$sdq.npy --dk %1$s/%2$sdk.npy --dv %1$s/%2$sdv.npy "
+      "--out %1$s/%2$so.npy --lse %1$s/%2$slse.npy";
+  char files[2][1024];
+  snprintf(files[0], sizeof files[0], names, dir, "");
+  snprintf(files[1], sizeof files[1], names, dir, "p");
+  int rc = run_attn("grad %s %s%s", files[0], common, lens);
+  CHECKF(rc == 0, "padded attn grad exited %d", rc);
+  rc = run_attn("grad %s %s%s", files[1], common, offs);
+  char line[512];
+  stderr_lines(line, sizeof line);
+  CHECKF(rc == 0, "packed attn grad exited %d: %s", rc, line);
+  if (rc == 0) {
+    struct {
+      const char *padded, *packed;
+      int ndim;
+      const int64_t *shape, *pshape, *cu;
+    } outs[] = {{"o.npy", "po.npy", 4, os, pos, cu_q},
+                {"lse.npy", "plse.npy", 3, ls, pls, cu_q},
+                {"dq.npy", "pdq.npy", 4, qs, pqs, cu_q},
+                {"dk.npy", "pdk.npy", 4, ks, pks, cu_k},
+                {"dv.npy", "pdv.npy", 4, vs, pvs, cu_k}};
+    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+      const int64_t *sh = outs[i].shape, n = outs[i].ndim > 3 ? sh[3] : 1;
+      float *a = read_f32(outs[i].padded, outs[i].ndim, sh);
+      float *b = read_f32(outs[i].packed, outs[i].ndim, outs[i].pshape);
+      float *back = malloc(sizeof(float) * (size_t)(sh[0] * sh[1] * sh[2] * n));
+      if (a && b) { /* the packed rows into a copy of the padded array: bitwise equal */
+        memcpy(back, a, sizeof(float) * (size_t)(sh[0] * sh[1] * sh[2] * n));
+        for (int64_t e = 0; e < sh[0] * sh[1] * sh[2] * n; e++)
+          back[e] = NAN;
+        repack(back, b, sh[0], sh[1], sh[2], n, outs[i].cu, 1);
+        int same = 1;
+        for (int64_t bb = 0; bb < sh[0]; bb++)
+          for (int64_t h = 0; h < sh[1]; h++)
+            for (int64_t row = 0; row < outs[i].cu[bb + 1] - outs[i].cu[bb]; row++) {
+              const int64_t at = ((bb * sh[1] + h) * sh[2] + row) * n;
+              same &= memcmp(back + at, a + at, sizeof(float) * (size_t)n) == 0;
+            }
+        CHECKF(same, "packed %s differs from the padded run's rows", outs[i].packed);
+      }
+      free(a), free(b), free(back);
+    }
+  }
+  CHECK(tmp_files_left() == 0);
+  free(dout), free(pq), free(pk), free(pv), free(pdo);
+  tcase_free(&c);
+}
+
 static void test_grad(void) {
   tspec s = tspec_shape(2, 4, 2, 37, 53, 16, 12);
   check_grad(&s);
@@ -527,6 +645,7 @@ int main(int argc, char **argv) {
   test_bad_inputs();
   test_bench_options();
   test_grad();
+  test_packed();
   test_info();
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
