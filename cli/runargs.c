@@ -308,9 +308,13 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
     return cli_fail(EXIT_BAD_INPUT,
                     "--cu-seqlens-k: v must be [1, Hkv, total, Dv], not batch %" PRId64, vs[0]);
   const int64_t B = bq;
-  *kv_len = malloc(sizeof(int64_t) * (size_t)(4 * B + 4));
-  if (!*kv_len) return cli_fail(EXIT_RUNTIME, "out of memory");
-  int64_t *cu_q = *kv_len + 2 * B + 2, *cu_k = *kv_len + 3 * B + 3, lq = qs[2], lk = ks[2];
+  if (o->kv_len || o->q_len || o->cu_seqlens_q || o->cu_seqlens_k) { /* one allocation */
+    *kv_len = malloc(sizeof(int64_t) * (size_t)(4 * B + 4));
+    if (!*kv_len) return cli_fail(EXIT_RUNTIME, "out of memory");
+  }
+  int64_t *cu_q = *kv_len ? *kv_len + 2 * B + 2 : NULL,
+          *cu_k = *kv_len ? *kv_len + 3 * B + 3 : NULL;
+  int64_t lq = qs[2], lk = ks[2];
   if ((o->cu_seqlens_q &&
        parse_offsets("--cu-seqlens-q", o->cu_seqlens_q, "q", qs, B, cu_q, &lq)) ||
       (o->cu_seqlens_k && parse_offsets("--cu-seqlens-k", o->cu_seqlens_k, "k", ks, B, cu_k, &lk)))

@@ -44,15 +44,16 @@ int cli_parse_shape(const char *s, int64_t *vals, int n, int *causal);
 typedef struct run_opts {
   const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi, *sinks;
   const char *scale, *align, *window, *kv_len, *q_len, *softcap, *threads, *kernel;
-  const char *cu_seqlens_q, *cu_seqlens_k; /* packed sequences: B + 1 row offsets each */
+  const char *cu_seqlens_q, *cu_seqlens_k;          /* packed sequences: B + 1 row offsets each */
   const char *dout, *dq, *dk, *dv, *dbias, *dsinks; /* attn grad */
   int causal, grad;
 } run_opts;
 int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*usage)(FILE *));
-/* Fills p from the options and the loaded Q, K, V (loading mask, bias, ALiBi, sinks); *kv_len gets
- * one malloc'ed array of the lengths and offsets given (kv_len at 0, q_len at B + 1, cu_seqlens_q
- * at 2B + 2, cu_seqlens_k at 3B + 3). With --cu-seqlens-q, Q is [1, Hq, total_q, D] (O, LSE, dO,
- * dQ likewise) and B comes from the offsets; --cu-seqlens-k the same for K, V, dK, dV. */
+/* Fills p from the options and the loaded Q, K, V (loading mask, bias, ALiBi, sinks); if any of
+ * --kv-len, --q-len, --cu-seqlens-q, --cu-seqlens-k is given, *kv_len gets one malloc'ed array of
+ * them (kv_len at 0, q_len at B + 1, cu_seqlens_q at 2B + 2, cu_seqlens_k at 3B + 3). With
+ * --cu-seqlens-q, Q is [1, Hq, total_q, D] (O, LSE, dO, dQ likewise) and B comes from the offsets;
+ * --cu-seqlens-k the same for K, V, dK, dV. */
 int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_len);
 /* malloc of a·b·c·d floats, NULL on overflow. */
 float *cli_alloc_floats(int64_t a, int64_t b, int64_t c, int64_t d);
