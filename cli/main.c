@@ -31,6 +31,8 @@ static void usage(FILE *f) {
         "           [--cu-seqlens-q 0,E1,...,EB] [--cu-seqlens-k 0,E1,...,EB]  (packed sequences:\n"
         "           Q, O, LSE or K, V [1, H, total, ·]; sequence b is rows E(b) to E(b+1) - 1)\n"
         "           [--softcap C] [--alibi SLOPES.npy] [--sinks SINKS.npy] [--threads N]\n"
+        "           [--dropout P --dropout-seed S]  (attention dropout; attn grad differentiates\n"
+        "           the same mask)\n"
         "           [--kernel auto|ref|generic|avx2|avx512]\n"
         "  attn grad --q Q.npy --k K.npy --v V.npy --dout DO.npy --dq DQ.npy --dk DK.npy\n"
         "           --dv DV.npy [--dbias DB.npy] [--dsinks DS.npy] [--out O.npy] [--lse LSE.npy]\n"

@@ -36,6 +36,17 @@ int cli_parse_i64(const char *s, int64_t *out) {
   return 0;
 }
 
+/* A decimal integer in [0, 2^64) (no sign), the whole string. */
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  if (*s < '0' || *s > '9') return -1;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || *end) return -1;
+  *out = v;
+  return 0;
+}
+
 static int parse_f32(const char *s, float *out) {
   char *end;
   errno = 0;
@@ -192,6 +203,8 @@ int cli_parse_run_args(int argc, char **argv, run_opts *o, void (*cli_usage)(FIL
       {"--q-len", &o->q_len},
       {"--cu-seqlens-q", &o->cu_seqlens_q},
       {"--cu-seqlens-k", &o->cu_seqlens_k},
+      {"--dropout", &o->dropout},
+      {"--dropout-seed", &o->dropout_seed},
       {"--softcap", &o->softcap},
       {"--threads", &o->threads},
       {"--kernel", &o->kernel},
@@ -356,6 +369,12 @@ int cli_configure(const run_opts *o, inputs *in, attn_params *p, int64_t **kv_le
   if (o->softcap &&
       (parse_f32(o->softcap, &p->softcap) != 0 || !isfinite(p->softcap) || p->softcap <= 0))
     return cli_fail(EXIT_BAD_INPUT, "--softcap '%s' must be a finite positive number", o->softcap);
+  if (o->dropout &&
+      (parse_f32(o->dropout, &p->dropout) != 0 || !(p->dropout >= 0.0f) || !(p->dropout < 1.0f)))
+    return cli_fail(EXIT_BAD_INPUT, "--dropout '%s' must be a probability in [0, 1)", o->dropout);
+  if (o->dropout_seed && parse_u64(o->dropout_seed, &p->dropout_seed) != 0)
+    return cli_fail(EXIT_BAD_INPUT, "--dropout-seed '%s' must be an integer in [0, 2^64)",
+                    o->dropout_seed);
   p->causal = o->causal;
   if (o->align) {
     if (strcmp(o->align, "top-left") == 0)

@@ -44,7 +44,8 @@ int cli_parse_shape(const char *s, int64_t *vals, int n, int *causal);
 typedef struct run_opts {
   const char *q, *k, *v, *out, *lse, *probs, *mask, *bias, *alibi, *sinks;
   const char *scale, *align, *window, *kv_len, *q_len, *softcap, *threads, *kernel;
-  const char *cu_seqlens_q, *cu_seqlens_k;          /* packed sequences: B + 1 row offsets each */
+  const char *cu_seqlens_q, *cu_seqlens_k; /* packed sequences: B + 1 row offsets each */
+  const char *dropout, *dropout_seed;
   const char *dout, *dq, *dk, *dv, *dbias, *dsinks; /* attn grad */
   int causal, grad;
 } run_opts;

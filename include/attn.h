@@ -113,6 +113,19 @@
  * never read (they may hold anything, e.g. −1); the others must lie in [0, num_pages). Pages may be
  * shared between batch items (a common prefix) and appear in any order.
  *
+ * Dropout (training; FlashAttention's and SDPA's dropout_p): with p->dropout = p > 0, each
+ * visible pair's weight is kept and scaled by 1/(1 − p), or dropped (set to 0), as decided by a
+ * counter-based hash of (dropout_seed, b, h, i, j) — Philox4x32-10 (Salmon et al., SC'11), keyed
+ * by the seed, on the counter (⌊j/4⌋, i, b·Hq + h, 0) with word j mod 4 (the low 32 bits of the
+ * indices), the pair kept when that word is at least ⌊p·2³²⌋:
+ *     O_i = Σ_j P_ij · Z_ij · v_j,   Z_ij = keep(b, h, i, j) / (1 − p)
+ * LSE, P (the output, before dropout) and the softmax are unchanged: dropout acts on the weights
+ * only, as in PyTorch. The decision depends on the seed and the logical indices only — never on
+ * tiles, threads, kernels, packing or paging — so attn_backward with the same parameters
+ * differentiates exactly the forward's O, and results stay bitwise reproducible.
+ * attn_dropout_keep tells a caller which pairs are kept. A dropped pair still counts as visible:
+ * NaN in its V value propagates (0·NaN), as in a plain implementation.
+ *
  * Rows with no visible key (and no sink): O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN. A
  * visible key whose score is −inf (only infinite Q or K values make one) gets weight exactly 0 (its
  * V enters O as 0·V, as in a plain softmax: an infinite V there makes NaN); a row whose every
@@ -262,6 +275,10 @@ typedef struct attn_params {
   const int64_t *cu_seqlens_q; /* [batch + 1] query rows of each sequence in Q, O, LSE, dO, dQ */
   const int64_t *cu_seqlens_k; /* [batch + 1] key rows of each sequence in K, V, dK, dV */
 
+  /* Attention dropout (see "Dropout"; training): 0 = off. */
+  float dropout;         /* probability in [0, 1) that a visible pair's weight is dropped */
+  uint64_t dropout_seed; /* which pairs: the same seed drops the same pairs, forward and backward */
+
   /* Paged K and V (see "Paged K and V"; attn_forward only, attn_backward refuses them). */
   const int32_t *block_table; /* [batch, ceil(len_k / page_size)] page of each page_size keys, or
                                  NULL: K and V are ordinary [B, Hkv, Lk, ·] tensors */
@@ -295,6 +312,11 @@ ATTN_API void attn_strides_packed(int64_t stride[4], int64_t n1, int64_t n2, int
 /* Strides, in [B, H, L, D] index order, of a tensor stored as [B, L, H, D] in memory (the
  * "BSHD" layout of most projection outputs): {L·H·D, D, H·D, 1}. */
 ATTN_API void attn_strides_blhd(int64_t stride[4], int64_t heads, int64_t len, int64_t dim);
+
+/* Dropout: 1 if the weight of query i, key j of batch item b, head h is kept under p's dropout
+ * and dropout_seed (always 1 when p->dropout is 0), as attn_forward and attn_backward apply it
+ * (see "Dropout"). Indices are logical (as in P); p is not otherwise validated. */
+ATTN_API int attn_dropout_keep(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j);
 
 /*
  * The forward pass.

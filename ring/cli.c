@@ -125,7 +125,8 @@ static int prepare(const run_opts *o, inputs *in, npy_array *dout, attn_params *
                               {"--dsinks", o->dsinks},
                               {"--q-len", o->q_len},
                               {"--cu-seqlens-q", o->cu_seqlens_q},
-                              {"--cu-seqlens-k", o->cu_seqlens_k}};
+                              {"--cu-seqlens-k", o->cu_seqlens_k},
+                              {"--dropout", o->dropout}};
   for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
     if (refused[i][1])
       return cli_fail(EXIT_BAD_INPUT,

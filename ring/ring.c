@@ -138,6 +138,11 @@ static attn_status check_local(const attn_params *p, int ranks) {
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: q_len is not supported across shards (every rank holds the same "
                      "number of query rows)");
+  if (p->dropout != 0.0f)
+    return ring_fail(ATTN_STATUS_UNSUPPORTED,
+                     "attn_ring: dropout (%g) is not supported across shards (a shard's call "
+                     "numbers its queries and keys locally, so it would drop other pairs)",
+                     (double)p->dropout);
   if (p->cu_seqlens_q || p->cu_seqlens_k)
     return ring_fail(ATTN_STATUS_UNSUPPORTED,
                      "attn_ring: cu_seqlens_q or cu_seqlens_k is set: packed sequences are not "

@@ -129,6 +129,10 @@ static attn_status check_options(const char *fn, const attn_params *p) {
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
                       "%s: softcap (%g) must be 0 (off) or a finite positive number", fn,
                       (double)p->softcap);
+  if (!(p->dropout >= 0.0f && p->dropout < 1.0f))
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: dropout (%g) must be in [0, 1): the probability of dropping a weight",
+                      fn, (double)p->dropout);
   if (p->causal != 0 && p->causal != 1)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: causal (%d) must be 0 or 1", fn,
                       p->causal);

@@ -143,6 +143,15 @@ static inline int64_t attn__kv_row(const attn_params *p, const int64_t stride[4]
   return page * stride[0] + hk * stride[1] + j % p->page_size * stride[2];
 }
 
+/* ---- dropout (dropout.c) ---- */
+
+/* Philox4x32-10 of counter ctr (in place) under the 64-bit key. */
+void attn__philox4x32_10(uint32_t ctr[4], uint64_t key);
+/* x[c] for keys j0 + c (c < cols) of row (b, h, i): × 1/(1 − dropout) if kept, else 0 (p->dropout
+ * > 0). The fused kernels' weights; the kept set is attn_dropout_keep's. */
+void attn__dropout_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j0, int cols,
+                       float *x);
+
 /* ---- kernels (dispatch.c, ref/, kernels/) ---- */
 
 /* q, k, v of the types pr->p->q_dtype, k_dtype, v_dtype (the ref kernel gets fp32 copies of

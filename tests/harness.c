@@ -274,6 +274,7 @@ void tcase_make(tcase *c, const tspec *s) {
       c->alibi[h] = 0.5f / (float)(1 << (h % 8)); /* 2^-h/2 */
     p->alibi_slopes = c->alibi;
   }
+  p->dropout = s->dropout, p->dropout_seed = s->seed * 0x9E3779B97F4A7C15u + 1;
   if (s->sinks) {
     static const float values[4] = {0.75f, -INFINITY, 3.0f, -2.0f};
     c->sinks = malloc(sizeof(float) * (size_t)(s->Hq + 1));
@@ -483,10 +484,12 @@ const char *tcase_label(const tcase *c, char *buf, size_t size) {
       buf, size,
       "B=%" PRId64 " Hq=%" PRId64 " Hkv=%" PRId64 " Lq=%" PRId64 " Lk=%" PRId64 " D=%" PRId64
       " Dv=%" PRId64 " layout=%d causal=%d align=%d window=(%" PRId64 ",%" PRId64
-      ") kv_len=%d q_len=%d mask=%d bias=%d softcap=%g alibi=%d sinks=%d scale=%s%g seed=%" PRIu64,
+      ") kv_len=%d q_len=%d mask=%d bias=%d softcap=%g alibi=%d sinks=%d dropout=%g scale=%s%g "
+      "seed=%" PRIu64,
       s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->Dv, s->layout, s->causal, (int)s->align,
       s->window_left, s->window_right, s->kv_len, s->q_len, s->mask, s->bias, (double)s->softcap,
-      s->alibi, s->sinks, s->has_scale ? "" : "default/", (double)s->scale, s->seed);
+      s->alibi, s->sinks, (double)s->dropout, s->has_scale ? "" : "default/", (double)s->scale,
+      s->seed);
   return buf;
 }
 
@@ -571,12 +574,18 @@ int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_
   return 1;
 }
 
+double t_dropout_factor(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  if (!(p->dropout > 0.0f)) return 1.0;
+  return attn_dropout_keep(p, b, h, i, j) ? 1.0 / (1.0 - (double)p->dropout) : 0.0;
+}
+
 void oracle_forward(const attn_params *p, const float *q, const float *k, const float *v, double *o,
                     double *lse, double *probs) {
   const int64_t B = p->batch, Hq = p->heads_q, Lq = p->len_q, Lk = p->len_k, D = p->dim,
                 Dv = p->dim_v, group = p->heads_q / p->heads_kv;
   const double scale = p->has_scale ? (double)p->scale : (double)(float)(1.0 / sqrt((double)D));
-  double *s = malloc(sizeof(double) * (size_t)(Lk + 1));
+  double *s = malloc(sizeof(double) * (size_t)(Lk + 1)),
+         *wt = malloc(sizeof(double) * (size_t)(Lk + 1));
   char *vis = malloc((size_t)(Lk + 1));
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < Hq; h++)
@@ -623,13 +632,14 @@ void oracle_forward(const attn_params *p, const float *q, const float *k, const 
         double z = sink == -INFINITY ? 0 : exp(sink - m);
         for (int64_t j = 0; j < Lk; j++)
           if (vis[j]) z += exp(s[j] - m);
+        for (int64_t j = 0; j < Lk; j++) /* the weights O uses: dropout's factor applied */
+          wt[j] = vis[j] ? exp(s[j] - m) / z * t_dropout_factor(p, b, h, i, j) : 0.0;
         for (int64_t d = 0; d < Dv; d++) {
           double acc = 0;
           for (int64_t j = 0; j < Lk; j++)
             if (vis[j])
-              acc += exp(s[j] - m) / z *
-                     (double)v[b * p->v_stride[0] + hk * p->v_stride[1] + j * p->v_stride[2] +
-                               d * p->v_stride[3]];
+              acc += wt[j] * (double)v[b * p->v_stride[0] + hk * p->v_stride[1] +
+                                       j * p->v_stride[2] + d * p->v_stride[3]];
           o[row * Dv + d] = acc;
         }
         if (lse) lse[row] = m + log(z);
@@ -638,6 +648,7 @@ void oracle_forward(const attn_params *p, const float *q, const float *k, const 
             probs[row * Lk + j] = vis[j] ? exp(s[j] - m) / z : 0.0;
       }
   free(s);
+  free(wt);
   free(vis);
 }
 
@@ -650,7 +661,8 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
   const int64_t B = p->batch, Hq = p->heads_q, Lq = p->len_q, Lk = p->len_k, D = p->dim,
                 Dv = p->dim_v, group = p->heads_q / p->heads_kv;
   const float scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)D));
-  float *s = malloc(sizeof(float) * (size_t)(Lk + 1));
+  float *s = malloc(sizeof(float) * (size_t)(Lk + 1)),
+        *ez = malloc(sizeof(float) * (size_t)(Lk + 1));
   float *qs = malloc(sizeof(float) * (size_t)(D + 1));
   char *vis = malloc((size_t)(Lk + 1));
   for (int64_t b = 0; b < B; b++)
@@ -700,11 +712,12 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
             if (!vis[j]) continue;
             const float mn = isnan(s[j]) || isnan(mo) ? NAN : (s[j] > mo ? s[j] : mo);
             const float alpha = expf(mo - mn), e = expf(s[j] - mn);
+            const float ew = e * (float)t_dropout_factor(p, b, h, i, j); /* O's weight */
             z = z * alpha + e;
             for (int64_t d = 0; d < Dv; d++)
               o[row * Dv + d] =
-                  o[row * Dv + d] * alpha + e * v[b * p->v_stride[0] + hk * p->v_stride[1] +
-                                                  j * p->v_stride[2] + d * p->v_stride[3]];
+                  o[row * Dv + d] * alpha + ew * v[b * p->v_stride[0] + hk * p->v_stride[1] +
+                                                   j * p->v_stride[2] + d * p->v_stride[3]];
             mo = mn;
           }
           if (sink != -INFINITY && !isnan(mo)) { /* the sink, last */
@@ -719,12 +732,14 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
         } else {
           for (int64_t j = 0; j < Lk; j++)
             if (vis[j]) z += expf(s[j] - m);
+          for (int64_t j = 0; j < Lk; j++) /* O's weights, unnormalised: dropout applied */
+            ez[j] = vis[j] ? expf(s[j] - m) * (float)t_dropout_factor(p, b, h, i, j) : 0.0f;
           for (int64_t d = 0; d < Dv; d++) {
             float acc = 0;
             for (int64_t j = 0; j < Lk; j++)
               if (vis[j])
-                acc += expf(s[j] - m) * v[b * p->v_stride[0] + hk * p->v_stride[1] +
-                                          j * p->v_stride[2] + d * p->v_stride[3]];
+                acc += ez[j] * v[b * p->v_stride[0] + hk * p->v_stride[1] + j * p->v_stride[2] +
+                                 d * p->v_stride[3]];
             o[row * Dv + d] = rows_out ? acc / z : 0.0f;
           }
         }
@@ -734,6 +749,7 @@ void baseline_forward(const attn_params *p, int order, const float *q, const flo
             probs[row * Lk + j] = vis[j] ? expf(s[j] - m) / z : 0.0f;
       }
   free(s);
+  free(ez);
   free(qs);
   free(vis);
 }
@@ -900,6 +916,7 @@ static void f_bias_neginf(tspec *s) { s->bias = BIAS_NEGINF; }
 static void f_softcap(tspec *s) { s->softcap = 1.5f, s->q_mul = 3.0f; }
 static void f_alibi(tspec *s) { s->alibi = 1; }
 static void f_sinks(tspec *s) { s->sinks = 1; }
+static void f_dropout(tspec *s) { s->dropout = 0.25f; }
 static void f_scale(tspec *s) { s->has_scale = 1, s->scale = -0.7f; }
 
 const t_feature t_features[] = {
@@ -921,6 +938,7 @@ const t_feature t_features[] = {
     {"softcap", f_softcap},
     {"alibi", f_alibi},
     {"sinks", f_sinks},
+    {"dropout", f_dropout},
     {"scale", f_scale},
 };
 const int t_n_features = (int)(sizeof t_features / sizeof t_features[0]);

@@ -113,7 +113,8 @@ typedef struct tspec {
   int bias;   /* BIAS_* */
   float softcap;
   int alibi;
-  int sinks; /* per-head sink logits (0.75, −inf, 3, −2 repeating) */
+  int sinks;     /* per-head sink logits (0.75, −inf, 3, −2 repeating) */
+  float dropout; /* attention dropout probability (the seed: the case's seed) */
   int has_scale;
   float scale;
   float q_mul, k_mul; /* input magnitudes (1 = N(0,1)) */
@@ -201,6 +202,10 @@ void tresult_free(tresult *r);
 int64_t oracle_pos(const attn_params *p, int64_t b, int64_t i);
 int oracle_visible(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t klen,
                    int64_t pos);
+
+/* Dropout's factor for pair (b, h, i, j) of p: 1/(1 − p) kept, 0 dropped (1 without dropout), as
+ * the header defines it through attn_dropout_keep. */
+double t_dropout_factor(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j);
 
 /* ---- oracle and baseline (packed outputs: O [B,Hq,Lq,Dv], LSE [B,Hq,Lq], P [B,Hq,Lq,Lk]) ---- */
 void oracle_forward(const attn_params *p, const float *q, const float *k, const float *v, double *o,

@@ -194,13 +194,15 @@ void baseline_backward(const attn_params *p, int order, const float *q, const fl
           float acc = 0.0f;
           for (int64_t d = 0; d < Dv; d++)
             acc += at4(dout, p->dout_stride, b, h, i, d) * at4(v, p->v_stride, b, hk, j, d);
-          dp[j] = acc;
-          if (order != 2) delta += pw[j] * acc;
+          dp[j] = acc * (float)t_dropout_factor(p, b, h, i, j); /* ∂L/∂P under dropout */
+          if (order != 2) delta += pw[j] * dp[j];
         }
         for (int64_t d = 0; order == 2 && d < Dv; d++) { /* Δ = rowsum(dO∘O), O in fp32 */
           float o = 0.0f;
           for (int64_t j = 0; j < Lk; j++)
-            if (vis[j]) o += pw[j] * at4(v, p->v_stride, b, hk, j, d);
+            if (vis[j])
+              o +=
+                  pw[j] * (float)t_dropout_factor(p, b, h, i, j) * at4(v, p->v_stride, b, hk, j, d);
           delta += at4(dout, p->dout_stride, b, h, i, d) * o;
         }
         for (int64_t j0 = 0; j0 < Lk; j0++) {
@@ -217,8 +219,9 @@ void baseline_backward(const attn_params *p, int order, const float *q, const fl
             dq[((b * Hq + h) * Lq + i) * D + d] += dx * at4(k, p->k_stride, b, hk, j, d);
             dk[((b * Hkv + hk) * Lk + j) * D + d] += dx * at4(q, p->q_stride, b, h, i, d);
           }
+          const float pz = pw[j] * (float)t_dropout_factor(p, b, h, i, j); /* O's weight */
           for (int64_t d = 0; d < Dv; d++)
-            dv[((b * Hkv + hk) * Lk + j) * Dv + d] += pw[j] * at4(dout, p->dout_stride, b, h, i, d);
+            dv[((b * Hkv + hk) * Lk + j) * Dv + d] += pz * at4(dout, p->dout_stride, b, h, i, d);
         }
       }
   free(s);

@@ -145,6 +145,9 @@ static void check_case_f16(const tspec *s, const char *extra, int f16) {
     ADD(" --alibi %s", path("alibi.npy"));
   }
   if (s->has_scale) ADD(" --scale %.9g", (double)s->scale);
+  if (s->dropout > 0)
+    ADD(" --dropout %.9g --dropout-seed %llu", (double)s->dropout,
+        (unsigned long long)c.p.dropout_seed);
   if (s->sinks) {
     write_npy("sinks.npy", c.sinks, NPY_F32, 1, &s->Hq);
     ADD(" --sinks %s", path("sinks.npy"));
@@ -213,6 +216,8 @@ static void test_good_runs(void) {
   s = base, s.sinks = 1, s.kv_len = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
   check_case(&s, "");
   s = base, s.q_len = 1, s.kv_len = 1, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
+  check_case(&s, "");
+  s = base, s.dropout = 0.2f, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT;
   check_case(&s, "");
   s = base, s.causal = 1, s.align = ATTN_ALIGN_BOTTOM_RIGHT, s.kv_len = 1, s.mask = MASK_KEYPAD,
   s.bias = BIAS_NEGINF, s.softcap = 8.0f, s.alibi = 1, s.window_left = 20;
@@ -344,6 +349,9 @@ static void test_bad_inputs(void) {
       {"kv-len range", "--kv-len 9 --align top-left", "[0, Lk = 7]"},
       {"q-len count", "--q-len 3,4", "--q-len '3,4' must list 1 integers"},
       {"q-len range", "--q-len -1", "[0, Lq = "},
+      {"dropout range", "--dropout 1", "--dropout '1' must be a probability in [0, 1)"},
+      {"dropout word", "--dropout x", "--dropout 'x'"},
+      {"dropout seed", "--dropout 0.1 --dropout-seed -3", "--dropout-seed '-3'"},
       {"cu-seqlens start", "--cu-seqlens-q 1,5", "--cu-seqlens-q: entry 0 (1) must be 0"},
       {"cu-seqlens end", "--cu-seqlens-q 0,6", "the last offset (6) must equal the 5 rows of q"},
       {"cu-seqlens decreasing", "--cu-seqlens-q 0,3,2 --cu-seqlens-k 0,3,7",
@@ -422,6 +430,10 @@ static void check_grad(const tspec *s) {
     snprintf(flags + strlen(flags), sizeof flags - strlen(flags), " --sinks %s --dsinks %s",
              path("sinks.npy"), path("ds.npy"));
   }
+  if (s->dropout > 0)
+    snprintf(flags + strlen(flags), sizeof flags - strlen(flags),
+             " --dropout %.9g --dropout-seed %llu", (double)s->dropout,
+             (unsigned long long)c.p.dropout_seed);
   if (s->q_len) {
     strcat(flags, " --q-len ");
     for (int64_t b = 0; b < s->B; b++)
@@ -579,6 +591,8 @@ static void test_grad(void) {
   s.sinks = 1;
   check_grad(&s);
   s.q_len = 1; /* padding query rows: zero gradients, nothing added to dK, dV, dBias */
+  check_grad(&s);
+  s.dropout = 0.3f; /* the same mask, forward and backward */
   check_grad(&s);
   /* bad grad input: exit 2, nothing written */
   const int64_t qs[4] = {1, 2, 5, 4}, ks[4] = {1, 2, 7, 4}, os[4] = {1, 2, 5, 4},

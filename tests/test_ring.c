@@ -181,7 +181,11 @@ static void check_errors(void) {
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "cu_seqlens_q"),
          "packed sequences are unsupported across shards: %s", attn_ring_last_error());
-  p.cu_seqlens_q = NULL, p.causal = 1, p.len_q = p.len_k = LL - 1;
+  p.cu_seqlens_q = NULL, p.dropout = 0.1f;
+  st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
+  CHECKF(st == ATTN_STATUS_UNSUPPORTED && strstr(attn_ring_last_error(), "dropout"),
+         "dropout is unsupported across shards: %s", attn_ring_last_error());
+  p.dropout = 0.0f, p.causal = 1, p.len_q = p.len_k = LL - 1;
   st = attn_ring_forward(&p, MPI_COMM_WORLD, q, q, q, o, lse);
   CHECKF(st == ATTN_STATUS_INVALID_ARGUMENT && strstr(attn_ring_last_error(), "even"),
          "causal needs an even local length: %s", attn_ring_last_error());

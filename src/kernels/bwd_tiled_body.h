@@ -325,7 +325,8 @@ static int load_q(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int6
 }
 
 /* Recomputes one tile: rows of the packed query block × keys [j0, j0 + cols) of the packed key
- * block. Leaves P in w->s and dS = ∂L/∂s in w->ds (times the softcap factor when chain = 1).
+ * block. Leaves P in w->s (P∘Z under dropout: the weights O used) and dS = ∂L/∂s in w->ds (times
+ * the softcap factor when chain = 1).
  * Returns 1 if every pair of the tile is visible (w->vis is then unwritten). */
 static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_t i0, int rows,
                 int64_t j0, int cols, int chain) {
@@ -358,6 +359,9 @@ static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_
       srow[c] = 0.0f;
   }
   gemm(rows_p, cols_p, (int)p->dim_v, w->dos, job->dvp, 1, w->vt, BC, w->ds, BC, 0);
+  const int dropout = p->dropout > 0.0f; /* O = (P∘Z)·V: ∂L/∂P = Z∘dP, and dV takes P∘Z */
+  for (int r = 0; r < rows && dropout; r++)
+    attn__dropout_row(p, b, h, i0 + r, j0, cols, w->ds + r * BC);
   for (int r = 0; r < rows_p; r++) {
     const float *prow = w->s + r * BC, *grow = w->g + r * BC;
     const unsigned char *vrow = w->vis + r * BC;
@@ -377,6 +381,8 @@ static int tile(const bwd_job *job, bwd_scratch *w, int64_t b, int64_t h, int64_
       dsrow[c] = ds;
     }
   }
+  for (int r = 0; r < rows && dropout; r++) /* after dS, which needs P itself */
+    attn__dropout_row(p, b, h, i0 + r, j0, cols, w->s + r * BC);
   return whole;
 }
 

@@ -558,6 +558,9 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
         for (int r = r0; r < r0 + g; r++)
           ts->alpha[r] = 1.0f;
     }
+    if (p->dropout > 0.0f) /* the weights of dropped pairs to 0, the kept ones × 1/(1 − p) */
+      for (int r = 0; r < rows; r++)
+        attn__dropout_row(p, b, ts->row_h[r], ts->row_i[r], j0, cols, ts->s + r * bc);
     if (direct) {
       /* V is read in place; the kernel reports a non-finite value, and then acc (saved in vs,
        * free in this mode) is restored and the tile takes the packed, masked path. Runs after

@@ -19,11 +19,11 @@
 typedef struct ref_bwd {
   const attn__problem *pr;
   const attn__bwd_tensors *t;
-  double *dk, *dv, *dbias; /* packed [B, Hkv, Lk, D], [B, Hkv, Lk, Dv], dbias's reduced shape */
-  int64_t db_size[4];      /* dbias shape */
-  double *x, *s, *pw, *dp; /* [Lk]: scaled dot, score, weight, dO·v */
-  double *dq;              /* [D] */
-  unsigned char *vis;      /* [Lk] */
+  double *dk, *dv, *dbias;     /* packed [B, Hkv, Lk, D], [B, Hkv, Lk, Dv], dbias's reduced shape */
+  int64_t db_size[4];          /* dbias shape */
+  double *x, *s, *pw, *dp, *z; /* [Lk]: scaled dot, score, weight, dO·v, dropout factor */
+  double *dq;                  /* [D] */
+  unsigned char *vis;          /* [Lk] */
 } ref_bwd;
 
 static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
@@ -59,13 +59,16 @@ static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
     double delta = 0.0; /* Δ = rowsum(dO∘O) */
     for (int64_t d = 0; d < Dv; d++)
       delta += (double)doi[d * p->dout_stride[3]] * oi[d * p->o_stride[3]];
+    /* dropout: O = Σ P·Z·v, so dV gets P·Z and ∂L/∂P = Z·(dO·v); Δ = dO·O is unchanged */
+    const double keep = p->dropout > 0.0f ? 1.0 / (1.0 - (double)p->dropout) : 1.0;
     for (int64_t j = 0; j < Lk; j++) {
       if (!w->vis[j]) continue;
       w->pw[j] = exp(w->s[j] - lse);
       double dp = 0.0;
       for (int64_t d = 0; d < Dv; d++)
         dp += (double)doi[d * p->dout_stride[3]] * vb[j * p->v_stride[2] + d * p->v_stride[3]];
-      w->dp[j] = dp;
+      w->z[j] = attn_dropout_keep(p, b, h, i, j) ? keep : 0.0;
+      w->dp[j] = dp * w->z[j];
     }
     for (int64_t j = 0; j < Lk; j++) {
       if (!w->vis[j]) continue;
@@ -89,7 +92,7 @@ static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
         dkj[d] += scale * dx * qi[d * p->q_stride[3]];
       }
       for (int64_t d = 0; d < Dv; d++)
-        dvj[d] += w->pw[j] * doi[d * p->dout_stride[3]];
+        dvj[d] += w->pw[j] * w->z[j] * doi[d * p->dout_stride[3]];
     }
   }
   float *dqi = t->dq + attn__q_row(p, p->dq_stride, b, h, i);
@@ -116,19 +119,19 @@ attn_status attn__bwd_scratch_f32__ref(const attn__problem *pr, int with_dbias, 
   size_t n[4];
   int64_t db[4];
   ref_sizes(pr, with_dbias, n, db);
-  *bytes = (n[0] + n[1] + n[2] + 4 * n[3] + (size_t)pr->p->dim) * sizeof(double) + n[3];
+  *bytes = (n[0] + n[1] + n[2] + 5 * n[3] + (size_t)pr->p->dim) * sizeof(double) + n[3];
   return ATTN_STATUS_OK;
 }
 
 attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors *t) {
   const attn_params *p = pr->p;
   size_t n[4];
-  ref_bwd w = {pr, t, NULL, NULL, NULL, {0}, NULL, NULL, NULL, NULL, NULL, NULL};
+  ref_bwd w = {pr, t, NULL, NULL, NULL, {0}, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
   ref_sizes(pr, t->dbias != NULL, n, w.db_size);
   w.dk = calloc(n[0] + 1, sizeof(double));
   w.dv = calloc(n[1] + 1, sizeof(double));
   w.dbias = t->dbias ? calloc(n[2] + 1, sizeof(double)) : NULL;
-  w.x = malloc(4 * n[3] * sizeof(double));
+  w.x = malloc(5 * n[3] * sizeof(double));
   w.dq = malloc(((size_t)p->dim + 1) * sizeof(double));
   w.vis = malloc(n[3]);
   if (!w.dk || !w.dv || (t->dbias && !w.dbias) || !w.x || !w.dq || !w.vis) {
@@ -136,7 +139,7 @@ attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors 
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_backward: ref kernel could not allocate its fp64 accumulators");
   }
-  w.s = w.x + n[3], w.pw = w.s + n[3], w.dp = w.pw + n[3];
+  w.s = w.x + n[3], w.pw = w.s + n[3], w.dp = w.pw + n[3], w.z = w.dp + n[3];
   for (int64_t b = 0; b < p->batch; b++)
     for (int64_t h = 0; h < p->heads_q; h++)
       for (int64_t i = 0; i < attn__q_stored(p, b); i++)

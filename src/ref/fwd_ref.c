@@ -36,10 +36,10 @@ static double weight(double s, double m, double sum) {
   return s == -INFINITY ? 0.0 : exp(s - m) / sum;
 }
 
-/* Row (b, h, i) of the forward. s, vis: scratch of len_k entries. */
+/* Row (b, h, i) of the forward. s, w, vis: scratch of len_k entries (scores, weights, visible). */
 static void ref_row(const attn__problem *pr, const float *q, const float *k, const float *v,
                     float *o, float *lse, float *probs, int64_t b, int64_t h, int64_t i, double *s,
-                    unsigned char *vis) {
+                    double *w, unsigned char *vis) {
   const attn_params *p = pr->p;
   const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / pr->group;
   const int64_t klen = attn__klen(p, b), qlen = attn__qlen(p, b);
@@ -90,17 +90,19 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
   }
 
   /* 3. O = P·V; P written if requested */
+  /* the weights: × 1/(1 − p) where dropout keeps the pair, 0 where it drops it */
+  const double keep = p->dropout > 0.0f ? 1.0 / (1.0 - (double)p->dropout) : 1.0;
+  for (int64_t j = 0; j < Lk; j++)
+    if (vis[j]) w[j] = weight(s[j], m, sum) * (attn_dropout_keep(p, b, h, i, j) ? keep : 0.0);
   float *oi = o + attn__q_row(p, p->o_stride, b, h, i);
-  for (int64_t d = 0; d < Dv && i < attn__q_stored(p, b);
-       d++) { /* packed: padding rows have only P */
+  const int stored = i < attn__q_stored(p, b); /* packed: padding rows have only P */
+  for (int64_t d = 0; d < Dv && stored; d++) {
     double acc = 0.0;
     for (int64_t j = 0; j < Lk; j++)
-      if (vis[j])
-        acc +=
-            weight(s[j], m, sum) * v[attn__kv_row(p, p->v_stride, b, hk, j) + d * p->v_stride[3]];
+      if (vis[j]) acc += w[j] * v[attn__kv_row(p, p->v_stride, b, hk, j) + d * p->v_stride[3]];
     oi[d * p->o_stride[3]] = (float)acc; /* empty row: acc stays +0.0 */
   }
-  if (lse && i < attn__q_stored(p, b)) lse[attn__q_row(p, p->lse_stride, b, h, i)] = (float)row_lse;
+  if (lse && stored) lse[attn__q_row(p, p->lse_stride, b, h, i)] = (float)row_lse;
   if (probs) {
     float *pi = probs + b * p->probs_stride[0] + h * p->probs_stride[1] + i * p->probs_stride[2];
     for (int64_t j = 0; j < Lk; j++)
@@ -112,19 +114,19 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const voi
                                float *o, float *lse, float *probs) {
   const attn_params *p = pr->p;
   size_t n = (size_t)(p->len_k > 0 ? p->len_k : 1);
-  double *s = malloc(n * sizeof *s);
+  double *s = malloc(2 * n * sizeof *s); /* scores, then weights */
   unsigned char *vis = malloc(n);
   if (!s || !vis) {
     free(s);
     free(vis);
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: ref kernel could not allocate %zu bytes of row scratch",
-                      n * (sizeof *s + 1));
+                      n * (2 * sizeof *s + 1));
   }
   for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens 16-bit ones for ref */
     for (int64_t h = 0; h < p->heads_q; h++)
       for (int64_t i = 0; i < p->len_q; i++)
-        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, vis);
+        ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, s + n, vis);
   free(s);
   free(vis);
   return ATTN_STATUS_OK;
@@ -132,6 +134,6 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const voi
 
 attn_status attn__scratch_f32__ref(const attn__problem *pr, int with_probs, size_t *bytes) {
   (void)with_probs;
-  *bytes = (size_t)(pr->p->len_k > 0 ? pr->p->len_k : 1) * (sizeof(double) + 1);
+  *bytes = (size_t)(pr->p->len_k > 0 ? pr->p->len_k : 1) * (2 * sizeof(double) + 1);
   return ATTN_STATUS_OK;
 }

@@ -1,9 +1,9 @@
 /*
  * fuzz_api.c — libFuzzer target for the library's entry points. The input bytes choose a call:
  * sizes (valid and not), strides per tensor (packed, [B, L, H, D], padded, negative, zero, huge),
- * every option with valid and invalid values (sinks and query/key lengths included), the types of
- * Q, K and V (fp32, fp16, bf16, invalid), input data (NaN and inf included). Every tensor is
- * allocated to exactly its extent, so AddressSanitizer sees any read or write outside it. Then:
+ * every option with valid and invalid values (sinks, dropout and query/key lengths included), the
+ * types of Q, K and V (fp32, fp16, bf16, invalid), input data (NaN and inf included). Every tensor
+ * is allocated to exactly its extent, so AddressSanitizer sees any read or write outside it. Then:
  *   - attn_forward_scratch_bytes / attn_backward_scratch_bytes agree with the calls on validity;
  *   - a refused call leaves every output byte as it was and says why, naming the function;
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
@@ -50,6 +50,9 @@ static void dump(const attn_params *p) {
           p->alibi_slopes ? "yes" : "no", p->kv_len ? "yes" : "no", p->q_len ? "yes" : "no",
           p->mask ? "yes" : "no", p->bias ? "yes" : "no", p->threads, (int)p->kernel,
           (int)p->q_dtype, (int)p->k_dtype, (int)p->v_dtype);
+  if (p->dropout != 0.0f)
+    fprintf(stderr, " dropout %g seed %llu", (double)p->dropout,
+            (unsigned long long)p->dropout_seed);
   if (p->mask) dump4("mask", p->mask_stride, 4);
   if (p->bias) dump4("bias", p->bias_stride, 4);
   if (p->kv_len)
@@ -408,6 +411,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int64_t h = 0; h < hq && h < 9; h++)
       sinks[h] = values[next(&b) % (next(&b) % 8 == 0 ? 7 : 5)];
     p.sinks = sinks;
+  }
+  if (next(&b) % 5 == 0) { /* dropout: valid, and rarely not a probability */
+    static const float values[] = {0.1f, 0.5f, 0.95f, -0.1f, 1.0f, NAN};
+    p.dropout = values[next(&b) % (next(&b) % 8 == 0 ? 6 : 3)];
+    p.dropout_seed = (uint64_t)next(&b) << 40 | next(&b);
   }
   const unsigned mb = next(&b);
   if (mb % 4 == 0) pick_strides(&b, 4, nm, p.mask_stride);
