@@ -124,7 +124,10 @@
  * tiles, threads, kernels, packing or paging — so attn_backward with the same parameters
  * differentiates exactly the forward's O, and results stay bitwise reproducible.
  * attn_dropout_keep tells a caller which pairs are kept. A dropped pair still counts as visible:
- * NaN in its V value propagates (0·NaN), as in a plain implementation.
+ * NaN in its V value propagates (0·NaN), as in a plain implementation. The indices are the call's
+ * own: calls on slices of the keys (to merge with attn_merge) or of the queries number them from
+ * 0, so they drop other pairs than one call over the whole (attn_ring refuses dropout for that
+ * reason).
  *
  * Rows with no visible key (and no sink): O row = +0.0 exactly, LSE = −inf, P row = 0. Never NaN. A
  * visible key whose score is −inf (only infinite Q or K values make one) gets weight exactly 0 (its

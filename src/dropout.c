@@ -31,20 +31,37 @@ int attn_dropout_keep(const attn_params *p, int64_t b, int64_t h, int64_t i, int
   return c[j & 3] >= threshold(p->dropout);
 }
 
+/* PB Philox blocks at once, counters c[word][block] in place: independent blocks, so their rounds
+ * overlap (one block alone is a chain of 10 dependent multiplies) and the compiler vectorises the
+ * lanes (32×32 → 64-bit products: pmuludq). The same function as philox4x32_10, lane by lane. */
+enum { PB = 8 };
+static void philox_blocks(uint32_t c[4][PB], uint64_t key) {
+  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+  for (int round = 0; round < 10; round++) {
+    for (int l = 0; l < PB; l++) {
+      const uint64_t p0 = (uint64_t)0xD2511F53u * c[0][l], p1 = (uint64_t)0xCD9E8D57u * c[2][l];
+      const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1][l] ^ k0;
+      const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3][l] ^ k1;
+      c[0][l] = n0, c[1][l] = (uint32_t)p1, c[2][l] = n2, c[3][l] = (uint32_t)p0;
+    }
+    k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
+  }
+}
+
 void attn__dropout_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j0, int cols,
                        float *x) {
   const uint32_t thr = threshold(p->dropout), bh = (uint32_t)(b * p->heads_q + h);
   const float keep = (float)(1.0 / (1.0 - (double)p->dropout));
-  const uint64_t key = p->dropout_seed;
-  uint32_t words[4] = {0, 0, 0, 0};
-  int64_t block = -1;
-  for (int c = 0; c < cols; c++) {
-    const int64_t j = j0 + c;
-    if (j >> 2 != block) { /* one Philox block serves 4 consecutive keys */
-      block = j >> 2;
-      words[0] = (uint32_t)block, words[1] = (uint32_t)i, words[2] = bh, words[3] = 0;
-      attn__philox4x32_10(words, key);
+  uint32_t c[4][PB];
+  for (int64_t first = j0 >> 2; first <= (j0 + cols - 1) >> 2; first += PB) {
+    for (int l = 0; l < PB; l++) /* blocks first .. first + PB − 1: keys 4·block .. 4·block + 3 */
+      c[0][l] = (uint32_t)(first + l), c[1][l] = (uint32_t)i, c[2][l] = bh, c[3][l] = 0;
+    philox_blocks(c, p->dropout_seed);
+    const int64_t lo = first * 4 > j0 ? first * 4 : j0;
+    const int64_t hi = (first + PB) * 4 < j0 + cols ? (first + PB) * 4 : j0 + cols;
+    for (int64_t j = lo; j < hi; j++) {
+      float *xj = x + (j - j0);
+      *xj = c[j & 3][j / 4 - first] >= thr ? *xj * keep : 0.0f;
     }
-    x[c] = words[j & 3] >= thr ? x[c] * keep : 0.0f;
   }
 }

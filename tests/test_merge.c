@@ -297,8 +297,9 @@ int main(void) {
     t.layout = f % N_LAYOUTS;
     t_features[f].fn(&t);
     /* ALiBi needs key positions, which a part's call does not have; a sink belongs to one part
-     * only (checked below) */
-    if (t.alibi || t.sinks) continue;
+     * only (checked below); dropout decides by the call's own key indices, so a part's call
+     * drops other pairs than the whole call (the header says so) */
+    if (t.alibi || t.sinks || t.dropout > 0) continue;
     check_merge(t, 4, cuts4);
     check_split_backward(t, 3, cuts3);
   }
