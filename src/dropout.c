@@ -48,8 +48,79 @@ static void philox_blocks(uint32_t c[4][PB], uint64_t key) {
   }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* The 32-bit halves of the products a·m, lane by lane (8 lanes; m in every lane): vpmuludq
+ * multiplies the even lanes, so the odd ones are shifted down first. */
+__attribute__((target("avx2"))) static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi,
+                                                            __m256i *lo) {
+  const __m256i pe = _mm256_mul_epu32(a, m), po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+  *lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+}
+
+/* Eight Philox blocks (counters first .. first + 7, i, bh, 0) in AVX2 registers, the 32 words
+ * stored in key order: words[4·l + w] = word w of block l. */
+__attribute__((target("avx2"))) static void philox8_avx2(int64_t first, uint32_t i, uint32_t bh,
+                                                         uint64_t key, uint32_t words[32]) {
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)first),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i c1 = _mm256_set1_epi32((int)i), c2 = _mm256_set1_epi32((int)bh);
+  __m256i c3 = _mm256_setzero_si256();
+  const __m256i m0 = _mm256_set1_epi32((int)0xD2511F53u), m1 = _mm256_set1_epi32((int)0xCD9E8D57u);
+  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+  for (int round = 0; round < 10; round++) {
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo8(c0, m0, &hi0, &lo0);
+    mulhilo8(c2, m1, &hi1, &lo1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)k0));
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)k1));
+    c1 = lo1, c3 = lo0;
+    k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
+  }
+  /* transpose [word][block] to key order */
+  const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  _mm256_storeu_si256((__m256i *)(void *)words, _mm256_permute2x128_si256(u0, u1, 0x20));
+  _mm256_storeu_si256((__m256i *)(void *)(words + 8), _mm256_permute2x128_si256(u2, u3, 0x20));
+  _mm256_storeu_si256((__m256i *)(void *)(words + 16), _mm256_permute2x128_si256(u0, u1, 0x31));
+  _mm256_storeu_si256((__m256i *)(void *)(words + 24), _mm256_permute2x128_si256(u2, u3, 0x31));
+}
+
+/* attn__dropout_row with the words from philox8_avx2 (the same words: integer arithmetic). */
+__attribute__((target("avx2"))) static void dropout_row_avx2(uint32_t thr, float keep, uint64_t key,
+                                                             uint32_t i, uint32_t bh, int64_t j0,
+                                                             int cols, float *x) {
+  uint32_t words[32];
+  for (int64_t first = j0 >> 2; first <= (j0 + cols - 1) >> 2; first += 8) {
+    philox8_avx2(first, i, bh, key, words);
+    const int64_t lo = first * 4 > j0 ? first * 4 : j0;
+    const int64_t hi = (first + 8) * 4 < j0 + cols ? (first + 8) * 4 : j0 + cols;
+    for (int64_t j = lo; j < hi; j++) {
+      float *xj = x + (j - j0);
+      *xj = words[j - first * 4] >= thr ? *xj * keep : 0.0f;
+    }
+  }
+}
+#endif
+
 void attn__dropout_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j0, int cols,
                        float *x) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (attn__cpu_get()->avx2_fma) {
+    dropout_row_avx2(threshold(p->dropout), (float)(1.0 / (1.0 - (double)p->dropout)),
+                     p->dropout_seed, (uint32_t)i, (uint32_t)(b * p->heads_q + h), j0, cols, x);
+    return;
+  }
+#endif
+  attn__dropout_row_c(p, b, h, i, j0, cols, x);
+}
+
+void attn__dropout_row_c(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j0,
+                         int cols, float *x) {
   const uint32_t thr = threshold(p->dropout), bh = (uint32_t)(b * p->heads_q + h);
   const float keep = (float)(1.0 / (1.0 - (double)p->dropout));
   uint32_t c[4][PB];

@@ -151,6 +151,9 @@ void attn__philox4x32_10(uint32_t ctr[4], uint64_t key);
  * > 0). The fused kernels' weights; the kept set is attn_dropout_keep's. */
 void attn__dropout_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j0, int cols,
                        float *x);
+/* The same in portable C (attn__dropout_row uses AVX2 where the CPU has it: the same words). */
+void attn__dropout_row_c(const attn_params *p, int64_t b, int64_t h, int64_t i, int64_t j0,
+                         int cols, float *x);
 
 /* ---- kernels (dispatch.c, ref/, kernels/) ---- */
 

@@ -1,7 +1,8 @@
 /*
  * test_dropout.c — attention dropout (p.dropout, p.dropout_seed). The mask: Philox4x32-10 against
  * Random123's known-answer vectors, attn_dropout_keep against the header's formula, keep rates
- * near 1 − p, masks that change with the seed and the indices. On every kernel: LSE and P are
+ * near 1 − p, masks that change with the seed and the indices, the kernels' row function (AVX2 and
+ * portable) against attn_dropout_keep. On every kernel: LSE and P are
  * bitwise those of the call without dropout (dropout acts on O's weights only), the mean of O over
  * many seeds is the output without dropout (E[Z] = 1), a dropout near 1 drops (almost) everything
  * with no NaN, the mask is bitwise the same for 1, 2 and 3 threads, and invalid probabilities are
@@ -73,6 +74,40 @@ static void test_keep(void) {
            "masks of other seeds and heads are independent (p = %g: %ld, %ld of %ld differ)",
            (double)p.dropout, differ_seed, differ_head, n);
   }
+}
+
+/* The kernels' row function (AVX2 where the CPU has it, and the portable one) against
+ * attn_dropout_keep: kept values × 1/(1 − p) exactly, dropped ones 0, for rows starting anywhere.
+ */
+static void test_row(void) {
+  attn_params p;
+  attn_params_init(&p, 2, 3, 3, 100, 1000, 8, 8);
+  rng r = {3};
+  float x[300], y[300];
+  int same = 1;
+  for (int t = 0; t < 300; t++) {
+    p.dropout = (float)rng_uniform(&r), p.dropout_seed = rng_next(&r);
+    const int64_t b = rng_int(&r, 0, 1), h = rng_int(&r, 0, 2), i = rng_int(&r, 0, 99);
+    const int64_t j0 = rng_int(&r, 0, 700);
+    const int cols = (int)rng_int(&r, 1, 300);
+    const float keep = (float)(1.0 / (1.0 - (double)p.dropout));
+    for (int c = 0; c < cols; c++)
+      x[c] = y[c] = rng_normal(&r);
+    attn__dropout_row(&p, b, h, i, j0, cols, x);
+    for (int c = 0; c < cols; c++) {
+      const float want = attn_dropout_keep(&p, b, h, i, j0 + c) ? y[c] * keep : 0.0f;
+      same &= memcmp(&x[c], &want, 4) == 0;
+    }
+    for (int c = 0; c < cols; c++)
+      x[c] = y[c];
+    attn__dropout_row_c(&p, b, h, i, j0, cols, x);
+    for (int c = 0; c < cols; c++) {
+      const float want = attn_dropout_keep(&p, b, h, i, j0 + c) ? y[c] * keep : 0.0f;
+      same &= memcmp(&x[c], &want, 4) == 0;
+    }
+  }
+  CHECKF(same, "the kernels' dropout rows (AVX2: %d, and portable) follow attn_dropout_keep",
+         attn__cpu_get()->avx2_fma);
 }
 
 /* LSE and P bitwise those without dropout; O changed; 1, 2, 3 threads bitwise equal; the mean of
@@ -157,6 +192,7 @@ static void test_errors(void) {
 int main(void) {
   test_philox_kat();
   test_keep();
+  test_row();
   test_errors();
   for (int k = 1; k < ATTN_KERNEL_COUNT_; k++) {
     const attn_kernel kern = (attn_kernel)k;
