@@ -99,6 +99,18 @@ __attribute__((target("avx2"))) static void dropout_row_avx2(uint32_t thr, float
     philox8_avx2(first, i, bh, key, words);
     const int64_t lo = first * 4 > j0 ? first * 4 : j0;
     const int64_t hi = (first + 8) * 4 < j0 + cols ? (first + 8) * 4 : j0 + cols;
+    if (lo == first * 4 && hi == lo + 32) { /* all 32 keys in the row: 8 at a time */
+      const __m256i t = _mm256_set1_epi32((int)thr);
+      const __m256 k = _mm256_set1_ps(keep);
+      for (int g = 0; g < 32; g += 8) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(words + g));
+        const __m256i kept = _mm256_cmpeq_epi32(_mm256_max_epu32(w, t), w); /* w ≥ thr */
+        float *xg = x + (lo - j0) + g;
+        _mm256_storeu_ps(
+            xg, _mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(xg), k), _mm256_castsi256_ps(kept)));
+      }
+      continue;
+    }
     for (int64_t j = lo; j < hi; j++) {
       float *xj = x + (j - j0);
       *xj = words[j - first * 4] >= thr ? *xj * keep : 0.0f;
