@@ -128,9 +128,8 @@ typedef struct tile_scratch {
   float *ones;        /* [br] 1.0 (set once per call): the rescale of a tile's later page runs */
   unsigned char *vis; /* [br, bc] 1 where the pair is visible */
   int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
-  float *
-      kc; /* [bc, D] a 16-bit, paged or packed K tile widened to fp32 (empty for fp32 K in place) */
-  float *vc; /* [bc, Dv] the same for V, for the decode forms */
+  float *kc;          /* [bc, D] a 16-bit, paged or packed K tile widened to fp32 (else empty) */
+  float *vc;          /* [bc, Dv] the same for V, for the decode forms */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
