@@ -302,9 +302,10 @@ typedef struct attn_params {
 
 /* Sets every field of *p to its default: the given sizes, packed strides ([B, H, L, D] for Q, K,
  * V, O; [B, Hq, Lq] for LSE; [B, Hq, Lq, Lk] for P, mask and bias), default scale, no softcap, no
- * ALiBi, not causal, alignment unset, unbounded window, no kv_len/q_len/mask/bias, K and V not
- * paged (block_table NULL, block_table_stride −1), fp32 inputs, threads = 0, kernel AUTO. Never
- * fails; sizes are checked by attn_forward. */
+ * ALiBi, not causal, alignment unset, unbounded window, no kv_len/q_len/mask/bias, sequences not
+ * packed (cu_seqlens_q/k NULL), no dropout (0, seed 0), K and V not paged (block_table NULL,
+ * block_table_stride −1), fp32 inputs, threads = 0, kernel AUTO. Never fails; sizes are checked
+ * by attn_forward. */
 ATTN_API void attn_params_init(attn_params *p, int64_t batch, int64_t heads_q, int64_t heads_kv,
                                int64_t len_q, int64_t len_k, int64_t dim, int64_t dim_v);
 
