@@ -105,9 +105,9 @@ typedef struct widened {
 static void widened_sizes(const attn_params *p, int64_t sz[3][4]) {
   int64_t qn, ql, kn, kl;
   attn__q_rows(p, &qn, &ql), attn__k_rows(p, &kn, &kl);
-  const int64_t q[4] = {qn, p->heads_q, ql, p->dim}, k[4] = {kn, p->heads_kv, kl, p->dim};
-  memcpy(sz[0], q, sizeof q), memcpy(sz[1], k, sizeof k), memcpy(sz[2], k, sizeof k);
-  sz[2][3] = p->dim_v;
+  const int64_t s[3][4] = {
+      {qn, p->heads_q, ql, p->dim}, {kn, p->heads_kv, kl, p->dim}, {kn, p->heads_kv, kl, p->dim_v}};
+  memcpy(sz, s, sizeof s);
 }
 
 /* Element counts of the copies of Q, K, V in *n (0 for an fp32 input that is not paged, which is

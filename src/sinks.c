@@ -4,8 +4,8 @@
  *     ∂O_i/∂sink_h = −P_sink,i · O_i,   P_sink,i = exp(sink_h − LSE_i)
  *     dsinks[h] = −Σ_{b,i} P_sink,i · (dO_i · O_i)
  * over the rows below qlen(b), in double, in (b, i) order (deterministic, one thread: O(B·Hq·Lq·Dv)
- * work). dQ, dK and dV need
- * nothing else: the backward recomputes P from the LSE, which holds the sink.
+ * work). dQ, dK and dV need nothing else: the backward recomputes P from the LSE, which holds the
+ * sink.
  */
 #include "internal.h"
 

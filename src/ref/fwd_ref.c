@@ -42,8 +42,7 @@ static void ref_row(const attn__problem *pr, const float *q, const float *k, con
                     double *w, unsigned char *vis) {
   const attn_params *p = pr->p;
   const int64_t Lk = p->len_k, D = p->dim, Dv = p->dim_v, hk = h / pr->group;
-  const int64_t klen = attn__klen(p, b), qlen = attn__qlen(p, b);
-  const int64_t pos = p->align == ATTN_ALIGN_BOTTOM_RIGHT ? i + klen - qlen : i;
+  const int64_t klen = attn__klen(p, b), pos = i + attn__pos_shift(p, b);
   const float *qi = q + attn__q_row(p, p->q_stride, b, h, i);
 
   /* 1. visibility and scores */
