@@ -11,12 +11,12 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--kv-dtype f32|f16|bf16] [--kv-layout bhld|blhd] [--page-size N] [--csv] [--long]
+ *              [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd] [--page-size N] [--csv] [--long]
  *              [--quick] [--backward] [--no-machine]
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
  * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts
- * the 16-bit bytes read.
+ * the 16- or 8-bit bytes read.
  *
  * --kv-layout blhd stores K and V as [B, Lk, Hkv, D] in memory (FlashAttention's KV-cache layout)
  * instead of [B, Hkv, Lk, D].
@@ -294,7 +294,7 @@ int cmd_bench(int argc, char **argv) {
     } else if (strcmp(a, "--kv-dtype") == 0 && val) {
       kv_dtype = attn_dtype_from_name(val), i++;
       if (kv_dtype == ATTN_DTYPE_COUNT_) {
-        fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16 or bf16\n", val);
+        fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16, bf16, f8e4m3 or f8e5m2\n", val);
         return 2;
       }
     } else if (strcmp(a, "--kv-layout") == 0 && val) {
@@ -401,11 +401,12 @@ int cmd_bench(int argc, char **argv) {
     }
     fill(q, nq, 1), fill(k, nk, 2), fill(v, nk, 3);
     if (backward) fill(d_o, nq, 4);
-    /* 16-bit K and V: rounded copies, and k, v overwritten by their values for the check */
+    /* narrow K and V: rounded copies, and k, v overwritten by their values for the check */
     void *k_in = k, *v_in = v;
+    const size_t kv_esize = attn_dtype_size(kv_dtype);
     if (kv_dtype != ATTN_DTYPE_F32) {
-      k_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64),
-      v_in = aligned_alloc(64, (nk * 2 + 63) / 64 * 64);
+      k_in = aligned_alloc(64, (nk * kv_esize + 63) / 64 * 64),
+      v_in = aligned_alloc(64, (nk * kv_esize + 63) / 64 * 64);
       if (!k_in || !v_in) {
         fprintf(stderr, "attn bench: out of memory\n");
         return 1;
@@ -428,7 +429,7 @@ int cmd_bench(int argc, char **argv) {
     int32_t *table = NULL;
     if (page_size) { /* K and V moved into pools of pages, each sequence's pages shuffled */
       void *k_pool = NULL, *v_pool = NULL;
-      if (page_kv(s, page_size, kv_dtype == ATTN_DTYPE_F32 ? 4 : 2, blhd, k_in, v_in, &p, &table,
+      if (page_kv(s, page_size, kv_esize, blhd, k_in, v_in, &p, &table,
                   &k_pool, &v_pool) != 0) {
         fprintf(stderr, "attn bench: out of memory\n");
         return 1;
@@ -460,7 +461,7 @@ int cmd_bench(int argc, char **argv) {
     const double flops = (backward ? 2.5 : 1.0) * 2.0 * (double)(s->D + s->D) * visible_pairs(s) *
                          (double)(s->B * s->Hq);
     const double gflops = flops / t_med * 1e-9;
-    const double kv_bytes = 2.0 * (double)nk * (kv_dtype == ATTN_DTYPE_F32 ? 4 : 2);
+    const double kv_bytes = 2.0 * (double)nk * (double)kv_esize;
     const int decode = s->Lq <= 16;
     const double gbs = kv_bytes / t_med * 1e-9;
     double err, ref_mag;

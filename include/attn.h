@@ -139,7 +139,7 @@
  * there leaves the output bitwise unchanged). NaN in a visible value propagates to exactly the
  * outputs that depend on it; the library never silently cleans NaN.
  *
- * Numbers: Q, K and V are fp32, or fp16 / bf16 (q_dtype, k_dtype, v_dtype below); the mask is
+ * Numbers: Q, K and V are fp32, or fp16 / bf16 / fp8 (q_dtype, k_dtype, v_dtype below); the mask is
  * uint8, the bias, ALiBi slopes and every output fp32; accumulation fp32 or better. Results are
  * bitwise identical from run to run and for any thread count on the same machine and kernel;
  * different kernels may differ in the last bits. Weights are fp32 in the fused kernels: a visible
@@ -200,16 +200,28 @@ typedef enum attn_align {
 /*
  * Element types of the inputs Q, K and V (attn_params q_dtype, k_dtype, v_dtype; each input on its
  * own, e.g. an fp32 Q against an fp16 KV cache). A 16-bit tensor is passed as its bit patterns
- * (an array of uint16_t); strides stay in elements. Every fp16 and bf16 value is exactly a float,
- * so a call on 16-bit inputs gives bitwise the result of the same call on those values widened to
- * fp32 (attn_to_f32), on every kernel: what changes is the memory read — half the bytes of K and
- * V, which is what decode against a long KV cache is bound by. NaN and inf are NaN and inf in
- * every type, and the masking rules hold as for fp32. (attn_ring takes fp32 only.)
+ * (an array of uint16_t), an 8-bit one as bytes (uint8_t); strides stay in elements. Every fp16,
+ * bf16 and fp8 value is exactly a float, so a call on narrow inputs gives bitwise the result of
+ * the same call on those values widened to fp32 (attn_to_f32), on every kernel: what changes is
+ * the memory read — a half or a quarter of the bytes of K and V, which is what decode against a
+ * long KV cache is bound by. NaN and inf are NaN and inf in every type that has them (fp8 E4M3
+ * has no inf; its NaN is S.1111.111), and the masking rules hold as for fp32. (attn_ring takes
+ * fp32 only.)
+ *
+ * fp8 caches are usually stored scaled (x / s, to fit E4M3's ±448): attn reads the stored values
+ * as they are, so fold the scales in — for K scaled by s_k, set p.scale = s_k / sqrt(D) (scores
+ * are linear in K); for V scaled by s_v, multiply O by s_v (O is linear in V). With one scale per
+ * KV head, call once per head group or widen with attn_to_f32 and rescale first.
  */
 typedef enum attn_dtype {
-  ATTN_DTYPE_F32 = 0,  /* float (the default) */
-  ATTN_DTYPE_F16 = 1,  /* IEEE 754 binary16: sign, 5 exponent bits, 10 fraction bits */
-  ATTN_DTYPE_BF16 = 2, /* bfloat16: the upper 16 bits of a float (8 exponent, 7 fraction bits) */
+  ATTN_DTYPE_F32 = 0,    /* float (the default) */
+  ATTN_DTYPE_F16 = 1,    /* IEEE 754 binary16: sign, 5 exponent bits, 10 fraction bits */
+  ATTN_DTYPE_BF16 = 2,   /* bfloat16: the upper 16 bits of a float (8 exponent, 7 fraction bits) */
+  ATTN_DTYPE_F8E4M3 = 3, /* OCP fp8 E4M3 ("e4m3fn", PyTorch's float8_e4m3fn): 4 exponent bits
+                            (bias 7), 3 fraction bits, subnormals, no inf, NaN = S.1111.111;
+                            largest finite ±448 */
+  ATTN_DTYPE_F8E5M2 = 4, /* OCP fp8 E5M2 (PyTorch's float8_e5m2): the upper 8 bits of an fp16 —
+                            5 exponent bits, 2 fraction bits, inf and NaN; largest finite ±57344 */
   ATTN_DTYPE_COUNT_
 } attn_dtype;
 
@@ -325,7 +337,8 @@ ATTN_API int attn_dropout_keep(const attn_params *p, int64_t b, int64_t h, int64
 /*
  * The forward pass.
  *   q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]: read only; float arrays, or uint16_t
- *     arrays of fp16 / bf16 bits as p->q_dtype, k_dtype and v_dtype say.
+ *     arrays of fp16 / bf16 bits or uint8_t arrays of fp8 bits as p->q_dtype, k_dtype and v_dtype
+ *     say.
  *   o [B, Hq, Lq, Dv]: overwritten.
  *   lse [B, Hq, Lq]: overwritten if non-NULL (natural log; −inf for rows with no visible key).
  *   probs [B, Hq, Lq, Lk]: overwritten if non-NULL with the exact attention weights.
@@ -336,8 +349,8 @@ ATTN_API int attn_dropout_keep(const attn_params *p, int64_t b, int64_t h, int64
  * row and the copy takes at most 64 MiB (B·Hkv·Lk·D floats, Lk rounded up to the kernel's column
  * block), and the split-key partials (decode, and prefill with fewer than 8 batch·head·query
  * block items against ≥ 1024 keys: (Dv + 2) floats per query row and key chunk); the P output
- * itself when requested. 16-bit or paged K or V adds one widened tile per worker (ref: a
- * widened fp32 copy of every 16-bit input, and of K and V when paged).
+ * itself when requested. Narrow (16- or 8-bit) or paged K or V adds one widened tile per worker (ref: a
+ * widened fp32 copy of every narrow input, and of K and V when paged).
  * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
  * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */
@@ -358,7 +371,7 @@ ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_p
  *     P = exp(s − LSE),  dP = dO·v,  Δ = rowsum(dO∘O),  dS = P·(dP − Δ)   (= ∂L/∂s)
  *     dBias += dS,  dq += scale·dS'·k,  dk += scale·dS'·q,  dv += P·dO
  * with dS' = dS·(1 − tanh²(x/c)) under softcap c (x = scale·q·k), else dS' = dS.
- *   q, k, v: the forward's inputs, of the types p->q_dtype, k_dtype, v_dtype (16-bit inputs are
+ *   q, k, v: the forward's inputs, of the types p->q_dtype, k_dtype, v_dtype (narrow inputs are
  *     widened to fp32 copies first: (B·Hq·Lq·D + B·Hkv·Lk·(D + Dv)) floats of extra memory at
  *     most; the gradients are fp32); o, lse: its outputs (o_stride, lse_stride; lse is required).
  *     The backward is this function of (q, k, v, o, lse, dout): with the o and lse of
@@ -441,18 +454,23 @@ ATTN_API attn_status attn_merge_backward(const attn_params *p, int n_parts,
                                          const float *dlse, float *const *do_parts,
                                          float *const *dlse_parts);
 
-/* Conversions between fp32 and the 16-bit types (t = ATTN_DTYPE_F16 or ATTN_DTYPE_BF16; with
+/* Conversions between fp32 and the narrow types (t = ATTN_DTYPE_F16, BF16, F8E4M3 or F8E5M2; with
  * ATTN_DTYPE_F32 they copy). attn_to_f32 is exact. attn_from_f32 rounds to nearest, ties to even,
- * as numpy's astype(float16) and PyTorch's .to(torch.bfloat16) do: values beyond the type's range
- * become ±inf, NaN stays NaN (quiet), tiny values become subnormals or ±0. Return 0, or −1 (writing
- * nothing) for an unknown t or a NULL pointer with n > 0. */
+ * as numpy's astype(float16) and PyTorch's .to(torch.bfloat16) / .to(torch.float8_e4m3fn) do:
+ * values beyond the type's range become ±inf — for E4M3, which has no inf, NaN (magnitudes above
+ * 464, the midpoint past 448, and ±inf) — NaN stays NaN (quiet; E4M3 and E5M2: S.1111.111), tiny
+ * values become subnormals or ±0. Scale before rounding to keep E4M3 values in range. Return 0, or
+ * −1 (writing nothing) for an unknown t or a NULL pointer with n > 0. */
 ATTN_API int attn_to_f32(attn_dtype t, const void *src, float *dst, size_t n);
 ATTN_API int attn_from_f32(attn_dtype t, const float *src, void *dst, size_t n);
 
-/* "f32", "f16", "bf16"; "unknown" otherwise. attn_dtype_from_name returns ATTN_DTYPE_COUNT_ for an
+/* "f32", "f16", "bf16", "f8e4m3", "f8e5m2"; "unknown" otherwise. attn_dtype_from_name returns ATTN_DTYPE_COUNT_ for an
  * unknown name. */
 ATTN_API const char *attn_dtype_name(attn_dtype t);
 ATTN_API attn_dtype attn_dtype_from_name(const char *name);
+
+/* Bytes per element: 4 (f32), 2 (f16, bf16), 1 (f8e4m3, f8e5m2); 0 for an unknown t. */
+ATTN_API size_t attn_dtype_size(attn_dtype t);
 
 /* A static, never-NULL description of a status ("invalid argument"); "unknown status" otherwise. */
 ATTN_API const char *attn_status_str(attn_status status);

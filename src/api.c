@@ -92,8 +92,8 @@ static void copy_params(const attn_params *p, attn_params *c) {
   zero_if_empty(c->dbias_stride, 4, db);
 }
 
-/* The 16-bit inputs of a call, widened to fp32 for the kernels that read only fp32 (ref, and the
- * backward of every kernel), and paged K and V gathered for ref; the fused forward reads 16-bit
+/* The narrow (16- and 8-bit) inputs of a call, widened to fp32 for the kernels that read only fp32 (ref, and the
+ * backward of every kernel), and paged K and V gathered for ref; the fused forward reads narrow
  * and paged tensors itself. */
 typedef struct widened {
   const void *q, *k, *v; /* the pointers to pass: the caller's, or a copy in buf */
@@ -133,12 +133,12 @@ static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *b
       !attn__add_ok(total, n[2], &total) || !attn__mul_ok(total, 4, &total) ||
       (uint64_t)total > SIZE_MAX - *bytes)
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
-                      "%s: the fp32 copies of the 16-bit inputs overflow", fn);
+                      "%s: the fp32 copies of the narrow inputs overflow", fn);
   *bytes += (size_t)total;
   return ATTN_STATUS_OK;
 }
 
-/* For each 16-bit input among q, k, v, and for paged k and v (of a validated call; c is its
+/* For each narrow input among q, k, v, and for paged k and v (of a validated call; c is its
  * copy_params copy): a packed fp32 copy (exact) in the layout widened_sizes gives — packed
  * sequences stay packed, paged K and V are gathered into [B, Hkv, Lk, ·] with the keys at or past
  * klen(b), never read, as 0 — its packed strides, ATTN_DTYPE_F32 and no block table in *c. Nothing
@@ -149,7 +149,7 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
   int64_t n[3], sz[3][4];
   if (!widened_counts(c, n))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
-                      "%s: the fp32 copies of the 16-bit inputs overflow", fn);
+                      "%s: the fp32 copies of the narrow inputs overflow", fn);
   widened_sizes(c, sz);
   const void *src[3] = {q, k, v};
   const char *const names[3] = {"q", "k", "v"};

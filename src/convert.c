@@ -1,6 +1,6 @@
 /*
- * convert.c — the 16-bit input types (fp16, bf16): exact widening to fp32 for the kernels, and the
- * public conversions both ways.
+ * convert.c — the narrow input types (fp16, bf16, fp8 E4M3 and E5M2): exact widening to fp32 for
+ * the kernels, and the public conversions both ways.
  *
  * fp16 → fp32 without branches, so the loops vectorise: the half's exponent and fraction are moved
  * into a float's fields (two_w >> 4) and the exponent re-biased by a multiplication by 2^-112 after
@@ -8,6 +8,12 @@
  * below 2^-14 (zero and subnormals, fraction f) are f·2^-24, made exactly as (0.5 + f·2^-24) − 0.5
  * from a float whose exponent is that of 0.5. Every step is exact (Giesen, "Half to float done
  * quick", 2012; Maratos, FP16). bf16 → fp32 is a shift.
+ *
+ * fp8 → fp32 goes through the half: E5M2 is a half's upper byte; an E4M3 byte's 7 magnitude bits
+ * moved up by 7 are a half of the same fraction with exponent e − 15 instead of e − 7 (subnormals
+ * included), so that half times 2^8 is the value, exactly; its NaN (magnitude 0x7f) gets the
+ * half's all-ones exponent first. The AVX2 widening does the same steps in vectors, so both give
+ * the same bits (NaN included).
  */
 #include "internal.h"
 
@@ -35,6 +41,14 @@ static inline float f16_to_f32(uint16_t h) {
 
 static inline float bf16_to_f32(uint16_t h) { return from_bits((uint32_t)h << 16); }
 
+static inline float e5m2_to_f32(uint8_t b) { return f16_to_f32((uint16_t)(b << 8)); }
+
+static inline float e4m3_to_f32(uint8_t b) {
+  const uint32_t mag = b & 0x7fu;
+  const uint32_t h = (b & 0x80u) << 8 | mag << 7 | (mag == 0x7fu ? 0x7c00u : 0u);
+  return f16_to_f32((uint16_t)h) * 0x1p8f;
+}
+
 /* Round to nearest, ties to even; overflow to ±inf; NaN quiet with the top of its payload. */
 static uint16_t f32_to_f16(float f) {
   const uint32_t x = to_bits(f), sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
@@ -61,7 +75,31 @@ static uint16_t f32_to_bf16(float f) {
   return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16); /* overflow carries into inf */
 }
 
-size_t attn__dtype_size(attn_dtype t) { return t == ATTN_DTYPE_F32 ? 4 : 2; }
+/* fp32 → an fp8 format with `man` fraction bits and exponent bias `bias`, rounded to nearest, ties
+ * to even. Results past the largest finite code `max_code` become `over` (E5M2: inf; E4M3, which
+ * has no inf: NaN); NaN becomes S.1111.111, NaN in both formats. */
+static uint8_t f32_to_f8(float f, uint32_t man, uint32_t bias, uint32_t max_code, uint32_t over) {
+  const uint32_t x = to_bits(f), sign = (x >> 24) & 0x80u, a = x & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint8_t)(sign | 0x7fu);
+  uint32_t q;
+  if (a >= (128u - bias) << 23) { /* a normal fp8 (or beyond): ≥ 2^(1 − bias) */
+    const uint32_t shift = 23u - man;
+    uint32_t r = a - ((127u - bias) << 23); /* re-biased; rounding may carry into the exponent */
+    r += (1u << (shift - 1u)) - 1u + ((r >> shift) & 1u);
+    q = r >> shift;
+    if (a == 0x7f800000u || q > max_code) q = over;
+  } else { /* a subnormal fp8 or zero: round(|f| / 2^(1 − bias − man)), as f32_to_f16 does */
+    const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 151u - bias - man - e;
+    if (shift >= 25u) return (uint8_t)sign; /* below half the smallest subnormal: ±0 */
+    q = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+  }
+  return (uint8_t)(sign | q);
+}
+
+static uint8_t f32_to_e4m3(float f) { return f32_to_f8(f, 3, 7, 0x7e, 0x7f); }
+static uint8_t f32_to_e5m2(float f) { return f32_to_f8(f, 2, 15, 0x7b, 0x7c); }
 
 void attn__widen(attn_dtype t, const void *src, int64_t offset, int64_t stride, int64_t n,
                  float *dst) {
@@ -77,10 +115,18 @@ void attn__widen(attn_dtype t, const void *src, int64_t offset, int64_t stride, 
     else
       for (int64_t d = 0; d < n; d++)
         dst[d] = f16_to_f32(s[d * stride]);
-  } else {
+  } else if (t == ATTN_DTYPE_BF16) {
     const uint16_t *s = (const uint16_t *)src + offset;
     for (int64_t d = 0; d < n; d++)
       dst[d] = bf16_to_f32(s[d * stride]);
+  } else if (t == ATTN_DTYPE_F8E4M3) {
+    const uint8_t *s = (const uint8_t *)src + offset;
+    for (int64_t d = 0; d < n; d++)
+      dst[d] = e4m3_to_f32(s[d * stride]);
+  } else {
+    const uint8_t *s = (const uint8_t *)src + offset;
+    for (int64_t d = 0; d < n; d++)
+      dst[d] = e5m2_to_f32(s[d * stride]);
   }
 }
 
@@ -100,6 +146,12 @@ int attn_from_f32(attn_dtype t, const float *src, void *dst, size_t n) {
     if (n > 0) memmove(dst, src, n * sizeof(float));
     return 0;
   }
+  if (attn__dtype_size(t) == 1) {
+    uint8_t *out = dst;
+    for (size_t i = 0; i < n; i++)
+      out[i] = t == ATTN_DTYPE_F8E4M3 ? f32_to_e4m3(src[i]) : f32_to_e5m2(src[i]);
+    return 0;
+  }
   uint16_t *out = dst;
   for (size_t i = 0; i < n; i++)
     out[i] = t == ATTN_DTYPE_F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
@@ -107,8 +159,12 @@ int attn_from_f32(attn_dtype t, const float *src, void *dst, size_t n) {
 }
 
 const char *attn_dtype_name(attn_dtype t) {
-  static const char *const names[ATTN_DTYPE_COUNT_] = {"f32", "f16", "bf16"};
+  static const char *const names[ATTN_DTYPE_COUNT_] = {"f32", "f16", "bf16", "f8e4m3", "f8e5m2"};
   return (unsigned)t < (unsigned)ATTN_DTYPE_COUNT_ ? names[t] : "unknown";
+}
+
+size_t attn_dtype_size(attn_dtype t) {
+  return (unsigned)t < (unsigned)ATTN_DTYPE_COUNT_ ? attn__dtype_size(t) : 0;
 }
 
 attn_dtype attn_dtype_from_name(const char *name) {

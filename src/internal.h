@@ -39,7 +39,7 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
                                 int check_pointers, attn__problem *pr);
 
 /* The tensors of one attn_backward call. q, k, v are of p's q/k/v_dtype when validated; the
- * backward kernels get fp32 copies of 16-bit inputs (api.c), so they read them as float. */
+ * backward kernels get fp32 copies of narrow inputs (api.c), so they read them as float. */
 typedef struct attn__bwd_tensors {
   const void *q, *k, *v;
   const float *o, *lse, *dout;
@@ -158,7 +158,7 @@ void attn__dropout_row_c(const attn_params *p, int64_t b, int64_t h, int64_t i, 
 /* ---- kernels (dispatch.c, ref/, kernels/) ---- */
 
 /* q, k, v of the types pr->p->q_dtype, k_dtype, v_dtype (the ref kernel gets fp32 copies of
- * 16-bit inputs from api.c; the fused kernels read 16-bit inputs themselves). */
+ * narrow inputs from api.c; the fused kernels read narrow inputs themselves). */
 typedef attn_status (*attn__fwd_fn)(const attn__problem *pr, const void *q, const void *k,
                                     const void *v, float *o, float *lse, float *probs);
 
@@ -219,10 +219,13 @@ attn_status attn__backward_sinks(const attn__problem *pr, const float *o, const 
 attn_status attn__merge(const attn__problem *pr, const attn__merge_tensors *x);
 attn_status attn__merge_backward(const attn__problem *pr, const attn__merge_tensors *x);
 
-/* ---- 16-bit inputs (convert.c) ---- */
+/* ---- narrow inputs: fp16, bf16, fp8 (convert.c) ---- */
 
-/* Bytes per element: 4 for ATTN_DTYPE_F32, 2 for the 16-bit types. */
-size_t attn__dtype_size(attn_dtype t);
+/* Bytes per element: 4 for ATTN_DTYPE_F32, 2 for the 16-bit types, 1 for fp8 (a constant where t
+ * is one after inlining). */
+static inline size_t attn__dtype_size(attn_dtype t) {
+  return t == ATTN_DTYPE_F32 ? 4 : t == ATTN_DTYPE_F16 || t == ATTN_DTYPE_BF16 ? 2 : 1;
+}
 
 /* dst[d] = element offset + d·stride of src (of type t), as float (exact), for d in [0, n). */
 void attn__widen(attn_dtype t, const void *src, int64_t offset, int64_t stride, int64_t n,

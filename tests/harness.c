@@ -338,27 +338,38 @@ void tcase_make(tcase *c, const tspec *s) {
   }
 }
 
-/* The 16-bit copy h of the fp32 tensor f in type t; f's elements become the copy's values. */
-static void make_half(tbuf *h, tbuf *f, attn_dtype t) {
-  tbuf_make(h, 2, 4, f->size, f->stride);
-  const uint16_t nan16 = t == ATTN_DTYPE_F16 ? 0x7e00 : 0x7fc0; /* the gaps: never read */
+/* A NaN of type t (t ≠ F32) in its bytes: what the narrow copies hold where no element is. */
+static void narrow_nan(attn_dtype t, unsigned char out[2]) {
+  const uint16_t nan16 = t == ATTN_DTYPE_F16 ? 0x7e00 : 0x7fc0;
+  if (t == ATTN_DTYPE_F8E4M3 || t == ATTN_DTYPE_F8E5M2)
+    out[0] = 0x7f, out[1] = 0;
+  else
+    memcpy(out, &nan16, 2);
+}
+
+/* The narrow (16- or 8-bit) copy h of the fp32 tensor f in type t; f's elements become the copy's
+ * values. */
+static void make_narrow(tbuf *h, tbuf *f, attn_dtype t) {
+  const int esz = (int)attn_dtype_size(t);
+  tbuf_make(h, esz, 4, f->size, f->stride);
+  unsigned char nan[2];
+  narrow_nan(t, nan); /* the gaps: never read */
   unsigned char *ext = h->alloc + T_GUARD_BYTES;
-  for (size_t i = 0; i + 2 <= h->extent_bytes; i += 2)
-    memcpy(ext + i, &nan16, 2);
-  uint16_t *hb = (uint16_t *)(void *)h->base;
+  for (size_t i = 0; i + (size_t)esz <= h->extent_bytes; i += (size_t)esz)
+    memcpy(ext + i, nan, (size_t)esz);
   float *fb = tbuf_f32(f);
   TBUF_FOR_EACH(f, off, {
-    attn_from_f32(t, &fb[off], &hb[off], 1);
-    attn_to_f32(t, &hb[off], &fb[off], 1);
+    attn_from_f32(t, &fb[off], h->base + off * esz, 1);
+    attn_to_f32(t, h->base + off * esz, &fb[off], 1);
   });
 }
 
 void tcase_set_types(tcase *c, attn_dtype q, attn_dtype k, attn_dtype v) {
-  tbuf *f[3] = {&c->q, &c->k, &c->v}, *h[3] = {&c->q16, &c->k16, &c->v16};
+  tbuf *f[3] = {&c->q, &c->k, &c->v}, *h[3] = {&c->q_narrow, &c->k_narrow, &c->v_narrow};
   const attn_dtype t[3] = {q, k, v};
   for (int i = 0; i < 3; i++) {
     tbuf_free(h[i]);
-    if (t[i] != ATTN_DTYPE_F32) make_half(h[i], f[i], t[i]);
+    if (t[i] != ATTN_DTYPE_F32) make_narrow(h[i], f[i], t[i]);
   }
   c->p.q_dtype = q, c->p.k_dtype = k, c->p.v_dtype = v;
 }
@@ -394,13 +405,13 @@ void tcase_page(tcase *c, int64_t page_size, int layout, int64_t pad_rows, uint6
   }
   free(perm);
   /* the pools, NaN everywhere the table does not point to a key below klen(b) */
-  const tbuf *src[2] = {&c->k, &c->v}, *src16[2] = {&c->k16, &c->v16};
+  const tbuf *src[2] = {&c->k, &c->v}, *src16[2] = {&c->k_narrow, &c->v_narrow};
   const attn_dtype type[2] = {p->k_dtype, p->v_dtype};
   int64_t *stride[2] = {p->k_stride, p->v_stride},
           *saved[2] = {c->k_stride_unpaged, c->v_stride_unpaged};
   void **pool[2] = {&c->k_pool, &c->v_pool};
   for (int i = 0; i < 2; i++) {
-    const int64_t n = src[i]->size[3], esz = type[i] == ATTN_DTYPE_F32 ? 4 : 2;
+    const int64_t n = src[i]->size[3], esz = (int64_t)attn_dtype_size(type[i]);
     const size_t count = (size_t)(num_pages * H * page_size * n);
     memcpy(saved[i], stride[i], sizeof(int64_t) * 4);
     if (layout == 0)
@@ -410,9 +421,10 @@ void tcase_page(tcase *c, int64_t page_size, int layout, int64_t pad_rows, uint6
     unsigned char *dst = malloc(count * (size_t)esz + 4);
     *pool[i] = dst;
     const uint32_t nan32 = 0x7fc00000u;
-    const uint16_t nan16 = type[i] == ATTN_DTYPE_F16 ? 0x7e00 : 0x7fc0;
+    unsigned char nan[2];
+    narrow_nan(type[i], nan);
     for (size_t e = 0; e < count; e++)
-      memcpy(dst + e * (size_t)esz, esz == 4 ? (const void *)&nan32 : (const void *)&nan16,
+      memcpy(dst + e * (size_t)esz, esz == 4 ? (const void *)&nan32 : (const void *)nan,
              (size_t)esz);
     for (int64_t b = 0; b < B; b++)
       for (int64_t h = 0; h < H; h++)
@@ -456,7 +468,7 @@ static attn_params unpaged_params(const tcase *c) {
 const void *tcase_input(const tcase *c, int which) {
   if (which > 0 && c->p.block_table) return which == 1 ? c->k_pool : c->v_pool;
   const tbuf *f = which == 0 ? &c->q : which == 1 ? &c->k : &c->v;
-  const tbuf *h = which == 0 ? &c->q16 : which == 1 ? &c->k16 : &c->v16;
+  const tbuf *h = which == 0 ? &c->q_narrow : which == 1 ? &c->k_narrow : &c->v_narrow;
   const attn_dtype t = which == 0 ? c->p.q_dtype : which == 1 ? c->p.k_dtype : c->p.v_dtype;
   if (t == ATTN_DTYPE_F32) return tbuf_f32(f);
   return h->extent_bytes ? h->base : NULL;
@@ -464,9 +476,9 @@ const void *tcase_input(const tcase *c, int which) {
 
 void tcase_free(tcase *c) {
   tcase_unpage(c);
-  tbuf_free(&c->q16);
-  tbuf_free(&c->k16);
-  tbuf_free(&c->v16);
+  tbuf_free(&c->q_narrow);
+  tbuf_free(&c->k_narrow);
+  tbuf_free(&c->v_narrow);
   tbuf_free(&c->q);
   tbuf_free(&c->k);
   tbuf_free(&c->v);

@@ -67,7 +67,7 @@ int64_t rng_int(rng *r, int64_t lo, int64_t hi); /* [lo, hi] */
 #define T_CANARY_BITS 0x7fa0deadu /* a signalling NaN the library never produces */
 
 typedef struct tbuf {
-  int elem; /* bytes per element: 1 or 4 */
+  int elem; /* bytes per element: 1, 2 or 4 */
   int rank;
   int64_t size[4], stride[4];
   unsigned char *alloc; /* guard | extent | guard */
@@ -145,7 +145,8 @@ typedef struct tcase {
   tspec spec;
   attn_params p;
   tbuf q, k, v, mask, bias;
-  tbuf q16, k16, v16; /* 16-bit copies (tcase_set_types), run when p's q/k/v_dtype say so */
+  tbuf q_narrow, k_narrow, v_narrow; /* 16- or 8-bit copies (tcase_set_types), run when p's
+                                        q/k/v_dtype say so */
   float *alibi, *sinks;
   int64_t *kv_len, *q_len;
   /* paged K and V (tcase_page), passed by tcase_input while p.block_table is set */
@@ -155,10 +156,10 @@ typedef struct tcase {
 } tcase;
 
 void tcase_make(tcase *c, const tspec *s);
-/* Gives the case 16-bit inputs: each of Q, K, V whose type is not ATTN_DTYPE_F32 is rounded to it
- * (attn_from_f32) into a 16-bit copy with the same strides (gaps hold NaN), and its fp32 values
- * are replaced by the copy's, widened (attn_to_f32), so both hold the same numbers: the oracle,
- * the baselines and an fp32 run see exactly what the 16-bit run sees. Sets p's dtypes. */
+/* Gives the case narrow inputs: each of Q, K, V whose type is not ATTN_DTYPE_F32 is rounded to it
+ * (attn_from_f32) into a 16- or 8-bit copy with the same strides (gaps hold NaN), and its fp32
+ * values are replaced by the copy's, widened (attn_to_f32), so both hold the same numbers: the
+ * oracle, the baselines and an fp32 run see exactly what the narrow run sees. Sets p's dtypes. */
 void tcase_set_types(tcase *c, attn_dtype q, attn_dtype k, attn_dtype v);
 /* Gives the case paged K and V holding its K and V values in their current types (call after
  * tcase_set_types): pools of page_size keys per page, layout 0 = [page, Hkv, slot, ·], 1 =

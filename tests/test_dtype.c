@@ -1,15 +1,19 @@
 /*
- * test_dtype.c — the 16-bit input types (fp16, bf16):
+ * test_dtype.c — the narrow input types (fp16, bf16, fp8 E4M3 and E5M2):
  *   1. conversions: attn_to_f32 of all 65 536 fp16 patterns against an independent decoder (ldexp),
  *      bf16 as the upper half of a float; attn_from_f32 round trips every pattern and rounds to
  *      nearest even at, just above and just below every midpoint between neighbours (overflow to
- *      inf at 65 520 for fp16), NaN stays NaN; the AVX2 widening equals the portable one bitwise;
- *   2. every kernel on 16-bit Q, K, V (six type mixes) over shapes, layouts, features, decode and
+ *      inf at 65 520 for fp16), NaN stays NaN; fp8: all 256 patterns of each format against a
+ *      decoder written from the OCP definition, round trips, every midpoint, overflow (E4M3 to
+ *      NaN past 464, E5M2 to inf from 61 440), and 200 000 random floats against a brute-force
+ *      nearest-even search; the AVX2 widening equals the portable one bitwise on every pattern;
+ *   2. every kernel on narrow Q, K, V (eight type mixes) over shapes, layouts, features, decode and
  *      few-item prefill: within the tolerance rule of the oracle on the same values, bitwise equal
  *      to the same call on the values widened to fp32, bitwise equal on 1 and 3 threads, and NaN /
- *      inf stored behind masks and key lengths (as 16-bit patterns) leaving it bitwise unchanged;
- *   3. the backward on 16-bit inputs: against the ref backward and bitwise equal to fp32;
- *   4. errors: an unknown type, byte extents and overlaps counted in 2-byte elements, scratch.
+ *      inf stored behind masks and key lengths (as narrow patterns) leaving it bitwise unchanged;
+ *   3. the backward on narrow inputs: against the ref backward and bitwise equal to fp32;
+ *   4. errors: an unknown type, byte extents and overlaps counted in 2- and 1-byte elements,
+ *      scratch.
  * Usage: test_dtype [seed]
  */
 #include "harness.h"
@@ -110,6 +114,118 @@ static void test_conversions(void) {
   CHECK(attn_dtype_from_name("f64") == ATTN_DTYPE_COUNT_ &&
         attn_dtype_from_name(NULL) == ATTN_DTYPE_COUNT_);
   CHECK(strcmp(attn_dtype_name((attn_dtype)9), "unknown") == 0);
+  CHECK(attn_dtype_size(ATTN_DTYPE_F32) == 4 && attn_dtype_size(ATTN_DTYPE_BF16) == 2 &&
+        attn_dtype_size(ATTN_DTYPE_F8E4M3) == 1 && attn_dtype_size(ATTN_DTYPE_F8E5M2) == 1 &&
+        attn_dtype_size(ATTN_DTYPE_COUNT_) == 0 && attn_dtype_size((attn_dtype)-1) == 0);
+}
+
+/* fp8 bits → value, written from the OCP 8-bit floating point definition (v1.0): E4M3 with bias 7,
+ * no inf, NaN only at S.1111.111; E5M2 with bias 15, inf and NaN as in IEEE 754. */
+static double f8_oracle(attn_dtype t, uint8_t b) {
+  const int e4 = t == ATTN_DTYPE_F8E4M3;
+  const int man = e4 ? 3 : 2, e = (b & 0x7f) >> man, m = b & ((1 << man) - 1);
+  const int bias = e4 ? 7 : 15, top = e4 ? 15 : 31;
+  double v;
+  if (e4 && e == top && m == 7)
+    v = NAN;
+  else if (!e4 && e == top)
+    v = m ? NAN : INFINITY;
+  else if (e == 0)
+    v = ldexp(m, 1 - bias - man);
+  else
+    v = ldexp(m + (1 << man), e - bias - man);
+  return (b & 0x80) ? -v : v;
+}
+
+static float widen8_1(attn_dtype t, uint8_t b) {
+  float f;
+  attn_to_f32(t, &b, &f, 1);
+  return f;
+}
+
+static uint8_t round8_1(attn_dtype t, float f) {
+  uint8_t b;
+  attn_from_f32(t, &f, &b, 1);
+  return b;
+}
+
+/* The rounding expected of attn_from_f32 for fp8, by search: the nearest of the positive codes
+ * [0, max] (values[c], from f8_oracle) and of the first value past the largest finite one
+ * (values[max + 1]; E4M3: 480, which is NaN; E5M2: 65 536, which is inf), ties to the even code;
+ * magnitudes beyond that overflow too. */
+static uint8_t f8_round_oracle(attn_dtype t, const double *values, float f) {
+  const int e4 = t == ATTN_DTYPE_F8E4M3;
+  const uint8_t sign = signbit(f) ? 0x80 : 0, max = e4 ? 0x7e : 0x7b, over = e4 ? 0x7f : 0x7c;
+  if (isnan(f)) return (uint8_t)(sign | 0x7f);
+  const double a = fabs((double)f);
+  if (a >= values[max + 1]) return (uint8_t)(sign | over);
+  int best = 0;
+  double best_d = INFINITY;
+  for (int c = 0; c <= max + 1; c++) {
+    const double d = fabs(a - values[c]);
+    if (d < best_d || (d == best_d && !(c & 1))) best = c, best_d = d;
+  }
+  return (uint8_t)(sign | (best == max + 1 ? over : best));
+}
+
+static void test_conversions_f8(void) {
+  int bad_widen = 0, bad_trip = 0, bad_tie = 0, bad_random = 0;
+  for (int t = ATTN_DTYPE_F8E4M3; t <= ATTN_DTYPE_F8E5M2; t++) {
+    const attn_dtype type = (attn_dtype)t;
+    for (int i = 0; i < 256; i++) {
+      const float f = widen8_1(type, (uint8_t)i);
+      const double want = f8_oracle(type, (uint8_t)i);
+      if (isnan(want) ? !isnan(f) || !signbit(f) != !(i & 0x80)
+                      : (double)f != want || !signbit(f) != !(i & 0x80))
+        bad_widen++;
+      const uint8_t back = round8_1(type, f);
+      if (isnan(f) ? (back & 0x7f) != 0x7f : back != i) bad_trip++;
+    }
+    /* neighbours a < b up to the largest finite value and the first one past it */
+    const int max = t == ATTN_DTYPE_F8E4M3 ? 0x7e : 0x7b;
+    for (int i = 0; i <= max; i++) {
+      const float a = widen8_1(type, (uint8_t)i),
+                  b = i == max ? (t == ATTN_DTYPE_F8E4M3 ? 480.0f : 65536.0f)
+                               : widen8_1(type, (uint8_t)(i + 1));
+      const float mid = a + (b - a) * 0.5f;
+      const uint8_t up = i == max ? (t == ATTN_DTYPE_F8E4M3 ? 0x7f : 0x7c) : (uint8_t)(i + 1);
+      const uint8_t even = (i & 1) ? up : (uint8_t)i;
+      bad_tie += round8_1(type, mid) != even;
+      bad_tie += round8_1(type, nextafterf(mid, INFINITY)) != up;
+      bad_tie += round8_1(type, nextafterf(mid, -INFINITY)) != i;
+      bad_tie += round8_1(type, -mid) != (uint8_t)(even | 0x80);
+    }
+    double values[0x80];
+    for (int c = 0; c <= max; c++)
+      values[c] = f8_oracle(type, (uint8_t)c);
+    values[max + 1] = t == ATTN_DTYPE_F8E4M3 ? 480.0 : 65536.0;
+    uint64_t r = seed_base * 0x9e3779b97f4a7c15ull + (uint64_t)t;
+    for (int n = 0; n < 200000; n++) {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      const uint32_t bits = (uint32_t)(r >> 32);
+      /* exponents 2^-24 .. 2^17 (the formats' range and a little beyond), any fraction and sign */
+      const uint32_t e = 103u + (bits >> 8) % 42u;
+      const uint32_t u = (bits & 0x80000000u) | e << 23 | ((uint32_t)r & 0x7fffffu);
+      float f;
+      memcpy(&f, &u, 4);
+      bad_random += round8_1(type, f) != f8_round_oracle(type, values, f);
+    }
+  }
+  CHECKF(bad_widen == 0, "%d fp8 patterns widen wrongly", bad_widen);
+  CHECKF(bad_trip == 0, "%d fp8 values do not round-trip through fp32", bad_trip);
+  CHECKF(bad_tie == 0, "%d fp8 roundings at midpoints are wrong", bad_tie);
+  CHECKF(bad_random == 0, "%d random floats round to the wrong fp8 value", bad_random);
+  const attn_dtype e4 = ATTN_DTYPE_F8E4M3, e5 = ATTN_DTYPE_F8E5M2;
+  CHECK(round8_1(e4, 448.0f) == 0x7e && round8_1(e4, 464.0f) == 0x7e); /* the midpoint: even */
+  CHECK(round8_1(e4, 464.5f) == 0x7f && round8_1(e4, -1e30f) == 0xff);  /* past it: NaN */
+  CHECK(round8_1(e4, INFINITY) == 0x7f && round8_1(e4, -INFINITY) == 0xff);
+  CHECK(round8_1(e5, 57344.0f) == 0x7b && round8_1(e5, 61439.996f) == 0x7b);
+  CHECK(round8_1(e5, 61440.0f) == 0x7c && round8_1(e5, -INFINITY) == 0xfc);
+  CHECK(round8_1(e4, 0x1p-10f) == 0 && round8_1(e4, nextafterf(0x1p-10f, 1.0f)) == 1);
+  CHECK(round8_1(e5, 0x1p-17f) == 0 && round8_1(e5, -0x1p-16f) == 0x81);
+  CHECK(round8_1(e4, 1.0f) == 0x38 && round8_1(e5, 1.0f) == 0x3c);
+  CHECK(isnan(widen8_1(e4, round8_1(e4, NAN))) && isnan(widen8_1(e5, round8_1(e5, -NAN))));
+  CHECK(isnan(widen8_1(e4, 0x7f)) && isnan(widen8_1(e4, 0xff)) && widen8_1(e5, 0x7c) == INFINITY);
 }
 
 /* The AVX2 widening (vcvtph2ps, shifts) against the portable one on every pattern, as rows of 13
@@ -117,7 +233,7 @@ static void test_conversions(void) {
 static void test_widen_simd(void) {
 #if defined(__x86_64__) || defined(__i386__)
   if (!attn_kernel_supported(ATTN_KERNEL_AVX2)) return;
-  enum { N = 13, LD = 16, ROWS = 65536 / N + 1 };
+  enum { N = 13, LD = 16, ROWS = 65536 / N + 1 }; /* ROWS ≥ 256: src and a, b serve fp8 too */
   uint16_t *src = malloc(sizeof(uint16_t) * ROWS * N);
   float *a = malloc(sizeof(float) * ROWS * LD), *b = malloc(sizeof(float) * ROWS * LD);
   for (int i = 0; i < ROWS * N; i++)
@@ -136,11 +252,29 @@ static void test_widen_simd(void) {
     fin[N + 12] = t == ATTN_DTYPE_F16 ? 0x7c00 : 0x7f80; /* inf in the tail */
     CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
   }
+  /* fp8: every pattern in every lane of a vector step and in the tail (rows of 13, 256 rows) */
+  uint8_t *src8 = (uint8_t *)src;
+  for (int i = 0; i < 256 * N; i++)
+    src8[i] = (uint8_t)(i / N + i * 37);
+  for (int t = ATTN_DTYPE_F8E4M3; t <= ATTN_DTYPE_F8E5M2; t++) {
+    const int fa = attn__widen_rows_avx2((attn_dtype)t, src8, N, 1, 0, 256, N, LD, a);
+    const int fb = attn__widen_rows((attn_dtype)t, src8, N, 1, 0, 256, N, LD, b);
+    CHECKF(memcmp(a, b, sizeof(float) * 256 * LD) == 0 && fa == fb && fa == 0,
+           "%s: the AVX2 widening differs from the portable one", attn_dtype_name((attn_dtype)t));
+    uint8_t fin[2 * N];
+    for (int i = 0; i < 2 * N; i++)
+      fin[i] = (uint8_t)(0x30 + i); /* finite in both formats */
+    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 1);
+    fin[3] = 0xff; /* NaN in a vector step */
+    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+    fin[3] = 0x30, fin[N + 12] = 0x7f; /* NaN in the tail */
+    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+  }
   free(src), free(a), free(b);
 #endif
 }
 
-/* ---- 2. every kernel on 16-bit inputs ---- */
+/* ---- 2. every kernel on narrow inputs ---- */
 
 static const attn_dtype mixes[][3] = {
     {ATTN_DTYPE_F16, ATTN_DTYPE_F16, ATTN_DTYPE_F16},
@@ -149,6 +283,8 @@ static const attn_dtype mixes[][3] = {
     {ATTN_DTYPE_BF16, ATTN_DTYPE_BF16, ATTN_DTYPE_BF16},
     {ATTN_DTYPE_F16, ATTN_DTYPE_BF16, ATTN_DTYPE_F32},
     {ATTN_DTYPE_F32, ATTN_DTYPE_F32, ATTN_DTYPE_BF16},
+    {ATTN_DTYPE_F32, ATTN_DTYPE_F8E4M3, ATTN_DTYPE_F8E4M3},
+    {ATTN_DTYPE_F8E5M2, ATTN_DTYPE_F8E5M2, ATTN_DTYPE_F8E4M3},
 };
 enum { N_MIXES = sizeof mixes / sizeof mixes[0] };
 
@@ -166,17 +302,18 @@ static int poison_invisible(tcase *c) {
       n++;
       for (int which = 1; which <= 2; which++) {
         const attn_dtype t = which == 1 ? p->k_dtype : p->v_dtype;
-        const tbuf *f = which == 1 ? &c->k : &c->v, *h = which == 1 ? &c->k16 : &c->v16;
-        const float bad = which == 1 ? INFINITY : NAN;
-        uint16_t bad16;
-        attn_from_f32(t == ATTN_DTYPE_F32 ? ATTN_DTYPE_F16 : t, &bad, &bad16, 1);
+        const tbuf *f = which == 1 ? &c->k : &c->v, *h = which == 1 ? &c->k_narrow : &c->v_narrow;
+        const float bad = which == 1 ? INFINITY : NAN; /* E4M3 has no inf: NaN there */
+        unsigned char bad_bytes[4];
+        attn_from_f32(t, &bad, bad_bytes, 1);
+        const size_t esz = attn_dtype_size(t);
         for (int64_t hk = 0; hk < p->heads_kv; hk++)
           for (int64_t d = 0; d < f->size[3]; d++) {
             const int64_t off = tbuf_index(f, b, hk, j, d);
             if (t == ATTN_DTYPE_F32)
               tbuf_f32(f)[off] = bad;
             else
-              ((uint16_t *)(void *)h->base)[off] = bad16;
+              memcpy(h->base + (size_t)off * esz, bad_bytes, esz);
           }
       }
     }
@@ -324,9 +461,9 @@ static void test_errors(void) {
   unsigned char before[sizeof o];
   memcpy(before, o, sizeof o);
 
-  p.v_dtype = (attn_dtype)3;
+  p.v_dtype = ATTN_DTYPE_COUNT_;
   CHECK(attn_forward(&p, q, kv, kv + L * D, o, lse, NULL) == ATTN_STATUS_INVALID_ARGUMENT);
-  CHECKF(strstr(attn_last_error(), "v_dtype (3)") != NULL, "message: %s", attn_last_error());
+  CHECKF(strstr(attn_last_error(), "v_dtype (5)") != NULL, "message: %s", attn_last_error());
   CHECK(memcmp(o, before, sizeof o) == 0);
   p.v_dtype = ATTN_DTYPE_F16;
   p.q_dtype = (attn_dtype)-2;
@@ -343,6 +480,20 @@ static void test_errors(void) {
         ATTN_STATUS_INVALID_ARGUMENT);
   CHECKF(strstr(attn_last_error(), "overlaps input v") != NULL, "message: %s", attn_last_error());
 
+  /* in 1-byte elements: fp8 K, V of L·D bytes each; O may start right after V, not a float before
+   * (1.0 is 0x38 in E4M3) */
+  _Alignas(16) uint8_t kv8[2 * L * D + sizeof(float) * L * D];
+  memset(kv8, 0x38, 2 * L * D);
+  p.k_dtype = p.v_dtype = ATTN_DTYPE_F8E4M3;
+  float *after8 = (float *)(void *)(kv8 + 2 * L * D);
+  CHECKF(attn_forward(&p, q, kv8, kv8 + L * D, after8, NULL, NULL) == ATTN_STATUS_OK, "%s",
+         attn_last_error());
+  CHECK(after8[0] == 1.0f && after8[L * D - 1] == 1.0f);
+  CHECK(attn_forward(&p, q, kv8, kv8 + L * D, (float *)(void *)(kv8 + 2 * L * D - 4), NULL,
+                     NULL) == ATTN_STATUS_INVALID_ARGUMENT);
+  CHECKF(strstr(attn_last_error(), "overlaps input v") != NULL, "message: %s", attn_last_error());
+  p.k_dtype = p.v_dtype = ATTN_DTYPE_F16;
+
   /* ref reads fp32 copies of 16-bit inputs: its scratch grows by exactly their size */
   size_t b32 = 0, b16 = 0;
   p.kernel = ATTN_KERNEL_REF;
@@ -356,6 +507,9 @@ static void test_errors(void) {
   p.q_dtype = ATTN_DTYPE_F16;
   CHECK(attn_backward_scratch_bytes(&p, 0, &b16) == ATTN_STATUS_OK);
   CHECKF(b16 == b32 + L * D * sizeof(float), "backward scratch %zu vs %zu", b16, b32);
+  p.q_dtype = ATTN_DTYPE_F8E5M2;
+  CHECK(attn_backward_scratch_bytes(&p, 0, &b16) == ATTN_STATUS_OK);
+  CHECKF(b16 == b32 + L * D * sizeof(float), "backward scratch (fp8) %zu vs %zu", b16, b32);
 }
 
 int main(int argc, char **argv) {
@@ -363,6 +517,7 @@ int main(int argc, char **argv) {
   printf("test_dtype: seed %llu\n", (unsigned long long)seed_base);
   t_check_kernel_selection();
   test_conversions();
+  test_conversions_f8();
   test_widen_simd();
   test_errors();
   sweep_forward();

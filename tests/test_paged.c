@@ -2,7 +2,7 @@
  * test_paged.c — paged K and V (p.block_table): on every kernel, a paged call gives bitwise the
  * result of the same call on the unpaged tensors, over page sizes around the kernels' tiles and
  * decode chunks (1, 3, 16, 127, 128, 129, 1000), both pool layouts, shuffled pages, padded table
- * rows, fp32 and 16-bit pools, every feature, decode and split-key prefill, and P; NaN in spare
+ * rows, fp32, 16-bit and fp8 pools, every feature, decode and split-key prefill, and P; NaN in spare
  * pages, in the slots past each key length and out-of-range table entries past it change nothing;
  * 1, 2 and 3 threads agree; and a table shared by every batch item (block_table_stride = 0) is the
  * unpaged call with K and V broadcast over the batch. Then the errors.
@@ -25,6 +25,8 @@ static const attn_dtype mixes[][3] = {
     {ATTN_DTYPE_F32, ATTN_DTYPE_BF16, ATTN_DTYPE_BF16},
     {ATTN_DTYPE_F16, ATTN_DTYPE_F16, ATTN_DTYPE_F16},
     {ATTN_DTYPE_F32, ATTN_DTYPE_F16, ATTN_DTYPE_F32},
+    {ATTN_DTYPE_F32, ATTN_DTYPE_F8E4M3, ATTN_DTYPE_F8E4M3},
+    {ATTN_DTYPE_F8E5M2, ATTN_DTYPE_F8E5M2, ATTN_DTYPE_F32},
 };
 enum { N_MIXES = sizeof mixes / sizeof mixes[0] };
 

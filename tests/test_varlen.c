@@ -2,7 +2,7 @@
  * test_varlen.c — packed sequences (p.cu_seqlens_q, p.cu_seqlens_k: FlashAttention's varlen). On
  * every kernel, a packed call gives bitwise the result of the padded call with q_len and kv_len,
  * forward (O, LSE, P) and backward (dQ, dK, dV, dBias), for both packed layouts ([total, H, ·] and
- * [H, total, ·]), fp32 and 16-bit inputs, every feature, decode and split-key prefill, queries
+ * [H, total, ·]), fp32, 16-bit and fp8 inputs, every feature, decode and split-key prefill, queries
  * packed alone, keys packed alone and both; 1, 2 and 3 threads agree; nothing is written past the
  * packed rows (guards), every packed row is written, and the packed inputs are allocated to their
  * exact size, so a read of a missing padding row past the last sequence is an ASan error in the
@@ -25,6 +25,7 @@ static const attn_dtype mixes[][3] = {
     {ATTN_DTYPE_F32, ATTN_DTYPE_F32, ATTN_DTYPE_F32},
     {ATTN_DTYPE_F32, ATTN_DTYPE_BF16, ATTN_DTYPE_BF16},
     {ATTN_DTYPE_F16, ATTN_DTYPE_F16, ATTN_DTYPE_F16},
+    {ATTN_DTYPE_F32, ATTN_DTYPE_F8E4M3, ATTN_DTYPE_F8E5M2},
 };
 enum { N_MIXES = sizeof mixes / sizeof mixes[0] };
 
@@ -171,9 +172,8 @@ static void check_varlen(tspec s, int m, int sides, int want_probs, int with_gra
   attn_strides_packed(pad.dv_stride, Hkv, Lk, Dv);
 
   /* the packed call's inputs */
-  const size_t es[3] = {cp->q_dtype == ATTN_DTYPE_F32 ? 4u : 2u,
-                        cp->k_dtype == ATTN_DTYPE_F32 ? 4u : 2u,
-                        cp->v_dtype == ATTN_DTYPE_F32 ? 4u : 2u};
+  const size_t es[3] = {attn_dtype_size(cp->q_dtype), attn_dtype_size(cp->k_dtype),
+                        attn_dtype_size(cp->v_dtype)};
   ptensor pq, pk, pv;
   attn_params var = pad;
   if (sides & PACK_Q) {

@@ -46,9 +46,9 @@
  * invisible pairs instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never
  * reaches O; with finite values both paths give the same bits.
  *
- * 16-bit inputs (fp16, bf16; every value exactly a float): Q rows are widened as they are scaled,
+ * Narrow inputs (fp16, bf16, fp8; every value exactly a float): Q rows are widened as they are scaled,
  * K tiles widened into kc and then packed (the once-per-call pre-pack too), V tiles widened as they
- * are packed (never read in place); decode blocks hand the 16-bit rows to the direct forms, which
+ * are packed (never read in place); decode blocks hand the narrow rows to the direct forms, which
  * widen them in registers, or — blocks of more than DIRECT_WIDE_ROWS rows — widen each tile once
  * into kc and vc. The arithmetic after widening is the fp32 path's, so the results are bitwise
  * those of the fp32 call on the widened values.
@@ -128,7 +128,7 @@ typedef struct tile_scratch {
   float *ones;        /* [br] 1.0 (set once per call): the rescale of a tile's later page runs */
   unsigned char *vis; /* [br, bc] 1 where the pair is visible */
   int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
-  float *kc;          /* [bc, D] a 16-bit, paged or packed K tile widened to fp32 (else empty) */
+  float *kc;          /* [bc, D] a narrow, paged or packed K tile widened to fp32 (else empty) */
   float *vc;          /* [bc, Dv] the same for V, for the decode forms */
 } tile_scratch;
 
@@ -321,7 +321,7 @@ static int kv_rows_widen(const fwd_job *job, kv_tensor x, int64_t b, int64_t hk,
   return finite;
 }
 
-/* Packs K rows [j0, j0 + cols) of KV head (b, hk) into dst with uk->pack_k; a 16-bit K, or rows
+/* Packs K rows [j0, j0 + cols) of KV head (b, hk) into dst with uk->pack_k; a narrow K, or rows
  * spanning pages, are widened into kc [cols, D] first. */
 static void pack_k_tile(const fwd_job *job, float *kc, int64_t b, int64_t hk, int64_t j0, int cols,
                         float *dst) {
@@ -488,12 +488,12 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   }
   memset(ts->acc, 0, sizeof(float) * (size_t)rows_p * (size_t)dvp);
 
-  /* decode blocks read K and V in place (16-bit values widened in registers) when the set can
+  /* decode blocks read K and V in place (narrow values widened in registers) when the set can
    * and rows are contiguous; the choice depends on shapes and strides only, and a non-finite V
    * still uses qk_direct's scores */
   const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
                      p->v_stride[3] == 1 && Dv > 0;
-  /* a decode block of more than DIRECT_WIDE_ROWS rows widens each 16-bit K and V tile once into
+  /* a decode block of more than DIRECT_WIDE_ROWS rows widens each narrow K and V tile once into
    * kc, vc for the direct forms, which would otherwise widen it again for every group of 4 rows
    * (bf16, 2 threads, D = 128, 32k keys: at 64 rows in registers 0.90× the fp32 call, widened
    * 1.02×); fewer rows widen in registers as they stream (1.06× faster than widened at 32 rows,
@@ -506,7 +506,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1, ragged = 0;
     /* the direct forms read K and V where they are, one call per run of keys in one page (one
-     * run unless paged), or a 16-bit tile widened once for a block of many rows */
+     * run unless paged), or a narrow tile widened once for a block of many rows */
     const int k_wide = widen_tile && p->k_dtype != ATTN_DTYPE_F32;
     const int v_wide = widen_tile && p->v_dtype != ATTN_DTYPE_F32;
     const attn_dtype kd_t = k_wide ? ATTN_DTYPE_F32 : p->k_dtype;

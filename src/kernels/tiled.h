@@ -53,7 +53,7 @@ typedef struct attn__fwd_ukernel {
   void (*pv_masked)(const float *p, const float *vs, const float *alpha, const unsigned char *vis,
                     int rows_p, int cols, int64_t dvp, float *acc);
   /* Optional direct forms for decode blocks (NULL: always pack). They read K and V rows in place
-   * (row stride in elements of the types kt and vt, unit column stride; 16-bit values widened
+   * (row stride in elements of the types kt and vt, unit column stride; narrow values widened
    * exactly as they are read), vectorised along D, for rows [0, rows) only (no padding rows);
    * qk_direct reads Qs [rows, D] row-major and writes S columns [0, cols). pv_direct returns 1 if
    * every V value was finite, and must then give bitwise the pv_masked result on the widened V
@@ -65,7 +65,7 @@ typedef struct attn__fwd_ukernel {
                     int64_t v_row_stride, int64_t Dv);
   int (*pv_direct)(const float *p, attn_dtype vt, const void *v, int64_t v_row_stride,
                    const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp, float *acc);
-  /* Optional (NULL: attn__widen_rows): the same function in the set's instructions, for 16-bit
+  /* Optional (NULL: attn__widen_rows): the same function in the set's instructions, for narrow
    * K and V tiles; exact, so bitwise attn__widen_rows's result. */
   int (*widen_rows)(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
                     int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
@@ -84,7 +84,7 @@ attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem
 int attn__pack_rows(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0, int cols,
                     int64_t n, int64_t ld, float *dst);
 
-/* The same for a matrix of type t (fp32 or 16-bit), widened exactly to fp32. */
+/* The same for a matrix of type t (fp32 or narrow), widened exactly to fp32. */
 int attn__widen_rows(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
                      int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
 
@@ -142,7 +142,7 @@ extern const attn__fwd_ukernel attn__ukernel_avx2;
 extern const attn__fwd_ukernel attn__ukernel_avx512;
 /* Parts of the AVX2 set that the AVX-512 set shares (ukernel_avx2.c; AVX2 + FMA + F16C only): K
  * packing in panels of w keys (w a multiple of 8), Q packing in panels of mr rows, the masked P·V,
- * the decode direct forms, all with S rows 128 floats apart (bc = 128), and 16-bit widening. */
+ * the decode direct forms, all with S rows 128 floats apart (bc = 128), and narrow widening. */
 void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
                               int cols, int64_t D, float *dst, int w);
 void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr);

@@ -122,7 +122,7 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const voi
                       "attn_forward: ref kernel could not allocate %zu bytes of row scratch",
                       n * (2 * sizeof *s + 1));
   }
-  for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens 16-bit ones for ref */
+  for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens narrow ones for ref */
     for (int64_t h = 0; h < p->heads_q; h++)
       for (int64_t i = 0; i < p->len_q; i++)
         ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, s + n, vis);

@@ -19,6 +19,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 enum { BR = 96, BC = 128, MR = 6, NR = 16 };
 
@@ -79,25 +80,47 @@ static void pack_k_panels(const float *src, int64_t row_stride, int64_t col_stri
   attn__pack_k_panels_avx2(src, row_stride, col_stride, j0, cols, D, dst, NR);
 }
 
-/* attn__widen_rows for contiguous 16-bit rows, 8 values per step: fp16 through F16C's vcvtph2ps,
- * bf16 as a 16-bit shift; finiteness tracked in the same pass (exponent bits all ones). Exact, so
- * bitwise the portable function's result, to which fp32 and strided rows go. */
-int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
-                          int64_t j0, int cols, int64_t n, int64_t ld, float *dst) {
-  if (t == ATTN_DTYPE_F32 || col_stride != 1)
-    return attn__widen_rows(t, src, row_stride, col_stride, j0, cols, n, ld, dst);
+/* 8 values of a narrow type t (a constant after inlining) as floats, exactly: `raw` holds them in
+ * its low 16 bytes (16-bit types) or low 8 bytes (fp8). fp16 through F16C's vcvtph2ps, bf16 as a
+ * 16-bit shift; fp8 through the half as convert.c does it — E5M2 is a half's upper byte; E4M3's
+ * magnitude moved up 7 bits is a half of 2^-8 times the value (its NaN, magnitude 0x7f, given the
+ * half's all-ones exponent), then multiplied by 2^8 — so the bits equal attn__widen's. */
+static inline __attribute__((always_inline)) __m256 widen8(attn_dtype t, __m128i raw) {
+  if (t == ATTN_DTYPE_F16) return _mm256_cvtph_ps(raw);
+  if (t == ATTN_DTYPE_BF16)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  if (t == ATTN_DTYPE_F8E5M2) return _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), raw));
+  const __m128i w = _mm_cvtepu8_epi16(raw), mag = _mm_and_si128(w, _mm_set1_epi16(0x7f));
+  const __m128i nan = _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)),
+                                    _mm_set1_epi16(0x7c00));
+  const __m128i h = _mm_or_si128(
+      _mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8),
+                   _mm_slli_epi16(mag, 7)),
+      nan);
+  return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(0x1p8f));
+}
+
+/* 8 elements of a narrow type t from p: 16 bytes, or 8 for fp8. */
+static inline __attribute__((always_inline)) __m128i load_raw8(attn_dtype t, const void *p) {
+  return attn__dtype_size(t) == 1 ? _mm_loadl_epi64((const __m128i *)p)
+                                  : _mm_loadu_si128((const __m128i *)p);
+}
+
+/* widen_rows of contiguous narrow rows of type t (a constant after inlining), 8 values per step;
+ * finiteness tracked in the same pass (exponent bits all ones). */
+static inline __attribute__((always_inline)) int
+widen_rows_typed(attn_dtype t, const void *src, int64_t row_stride, int64_t j0, int cols,
+                 int64_t n, int64_t ld, float *dst) {
   const __m256i expo = _mm256_set1_epi32(0x7f800000);
+  const int64_t esz = (int64_t)attn__dtype_size(t);
   __m256i bad = _mm256_setzero_si256();
   int tail_finite = 1;
   const int64_t n8 = n & ~(int64_t)7;
   for (int c = 0; c < cols; c++) {
-    const uint16_t *row = (const uint16_t *)src + (j0 + c) * row_stride;
+    const char *row = (const char *)src + (j0 + c) * row_stride * esz;
     float *out = dst + (int64_t)c * ld;
     for (int64_t d = 0; d < n8; d += 8) {
-      const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(row + d));
-      const __m256 f = t == ATTN_DTYPE_F16
-                           ? _mm256_cvtph_ps(h)
-                           : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      const __m256 f = widen8(t, load_raw8(t, row + d * esz));
       _mm256_storeu_ps(out + d, f);
       bad = _mm256_or_si256(
           bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(f), expo), expo));
@@ -110,6 +133,24 @@ int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int
       out[d] = 0.0f;
   }
   return tail_finite && _mm256_testz_si256(bad, bad);
+}
+
+/* attn__widen_rows for contiguous narrow rows (16-bit or fp8), in vectors (widen8). Exact, so
+ * bitwise the portable function's result, to which fp32 and strided rows go. */
+int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                          int64_t j0, int cols, int64_t n, int64_t ld, float *dst) {
+  switch (col_stride == 1 ? t : ATTN_DTYPE_F32) {
+  case ATTN_DTYPE_F16:
+    return widen_rows_typed(ATTN_DTYPE_F16, src, row_stride, j0, cols, n, ld, dst);
+  case ATTN_DTYPE_BF16:
+    return widen_rows_typed(ATTN_DTYPE_BF16, src, row_stride, j0, cols, n, ld, dst);
+  case ATTN_DTYPE_F8E4M3:
+    return widen_rows_typed(ATTN_DTYPE_F8E4M3, src, row_stride, j0, cols, n, ld, dst);
+  case ATTN_DTYPE_F8E5M2:
+    return widen_rows_typed(ATTN_DTYPE_F8E5M2, src, row_stride, j0, cols, n, ld, dst);
+  default:
+    return attn__widen_rows(t, src, row_stride, col_stride, j0, cols, n, ld, dst);
+  }
 }
 
 /* Qp, micro-panel-major: rows r0..r0+mr-1 form a contiguous [D, mr] block, so the mr broadcasts
@@ -296,27 +337,21 @@ static inline __attribute__((always_inline)) __m256 load8(attn_dtype t, const vo
     const float *r = (const float *)row + i;
     return n >= 8 ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, lanes_below(n));
   }
-  const uint16_t *r = (const uint16_t *)row + i;
-  __m128i h;
-  if (n >= 8) {
-    h = _mm_loadu_si128((const __m128i *)(const void *)r);
-  } else { /* a row's last values: nothing beyond its end is read */
-    uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int64_t j = 0; j < n; j++)
-      tmp[j] = r[j];
-    h = _mm_loadu_si128((const __m128i *)(const void *)tmp);
-  }
-  return t == ATTN_DTYPE_F16 ? _mm256_cvtph_ps(h)
-                             : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  const size_t esz = attn__dtype_size(t);
+  const char *r = (const char *)row + i * (int64_t)esz;
+  if (n >= 8) return widen8(t, load_raw8(t, r));
+  unsigned char tmp[16] = {0}; /* a row's last values: nothing beyond its end is read */
+  memcpy(tmp, r, (size_t)n * esz);
+  return widen8(t, _mm_loadu_si128((const __m128i *)(const void *)tmp));
 }
 
 /* Element `offset` of a row base of type t. */
 static inline const void *at(attn_dtype t, const void *base, int64_t offset) {
-  return (const char *)base + offset * (t == ATTN_DTYPE_F32 ? 4 : 2);
+  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
 }
 
 /* Rows [r, r + R) of the decode qk below, R ≤ 4 and the K type t constants after inlining: two
- * keys per pass (2R accumulators), K and Q vectors loaded once per step of 8 along D (16-bit K
+ * keys per pass (2R accumulators), K and Q vectors loaded once per step of 8 along D (narrow K
  * widened in registers). */
 static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dtype t,
                                                                  const float *q, const void *k0,
@@ -356,8 +391,8 @@ qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int 
    * worse). Non-temporal: each K row is read once, and NTA rather than T0 gave 1.025 and 1.04
    * (medians of alternating rounds at D = 128 and 64; V the same way: no gain) */
   enum { AHEAD = 4 };
-  const int64_t k_bytes = D * (t == ATTN_DTYPE_F32 ? 4 : 2);
-  const int64_t v_bytes = Dv * (vt == ATTN_DTYPE_F32 ? 4 : 2);
+  const int64_t k_bytes = D * (int64_t)attn__dtype_size(t);
+  const int64_t v_bytes = Dv * (int64_t)attn__dtype_size(vt);
   for (int c = 0; c < cols; c += 2) {
     const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
     const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
@@ -391,18 +426,29 @@ qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int 
 }
 
 /* Decode form of qk: S[r][c] = Qs[r]·K[c] for rows [0, rows), K rows read in place (row stride
- * k_rs elements of type kt; 16-bit values widened in registers), vectorised along D. Two keys and
+ * k_rs elements of type kt; narrow values widened in registers), vectorised along D. Two keys and
  * up to four query rows per pass (4 rows: 6 loads per 8 multiply-adds). Per S element the lanes
  * hold partial sums over d ≡ lane (mod 8), reduced by hsum8. V (type vt) is only prefetched. */
 void attn__qk_direct_avx2(const float *qs, attn_dtype kt, const void *k, int64_t k_rs, int rows,
                           int cols, int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs,
                           int64_t Dv) {
-  if (kt == ATTN_DTYPE_F32)
-    qk_direct_typed(ATTN_DTYPE_F32, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-  else if (kt == ATTN_DTYPE_F16)
+  switch (kt) {
+  case ATTN_DTYPE_F16:
     qk_direct_typed(ATTN_DTYPE_F16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-  else
+    break;
+  case ATTN_DTYPE_BF16:
     qk_direct_typed(ATTN_DTYPE_BF16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  case ATTN_DTYPE_F8E4M3:
+    qk_direct_typed(ATTN_DTYPE_F8E4M3, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  case ATTN_DTYPE_F8E5M2:
+    qk_direct_typed(ATTN_DTYPE_F8E5M2, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  default:
+    qk_direct_typed(ATTN_DTYPE_F32, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  }
 }
 
 /* Rows [r, r + R) of the decode pv below for columns [d0, d0 + 16), R ≤ 4 and the V type t
@@ -465,7 +511,7 @@ pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const
 }
 
 /* Decode form of pv: acc [rows, dvp] = α·acc + P · V for rows [0, rows), V rows read in place
- * (row stride v_rs elements of type vt; 16-bit values widened in registers), 16 columns × up to
+ * (row stride v_rs elements of type vt; narrow values widened in registers), 16 columns × up to
  * four rows per pass. Per output element: acc·α, then one fused multiply-add per key in key order
  * — the sequence pv_masked_avx2 performs on the widened V, so the two agree bitwise whenever V is
  * finite. Returns 1 if every V value read was finite; otherwise acc is unspecified and the caller
@@ -474,11 +520,18 @@ pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const
 int attn__pv_direct_avx2(const float *p, attn_dtype vt, const void *v, int64_t v_rs,
                          const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp,
                          float *acc) {
-  if (vt == ATTN_DTYPE_F32)
-    return pv_direct_typed(ATTN_DTYPE_F32, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  if (vt == ATTN_DTYPE_F16)
+  switch (vt) {
+  case ATTN_DTYPE_F16:
     return pv_direct_typed(ATTN_DTYPE_F16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  return pv_direct_typed(ATTN_DTYPE_BF16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  case ATTN_DTYPE_BF16:
+    return pv_direct_typed(ATTN_DTYPE_BF16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  case ATTN_DTYPE_F8E4M3:
+    return pv_direct_typed(ATTN_DTYPE_F8E4M3, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  case ATTN_DTYPE_F8E5M2:
+    return pv_direct_typed(ATTN_DTYPE_F8E5M2, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  default:
+    return pv_direct_typed(ATTN_DTYPE_F32, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  }
 }
 
 void attn__exp2_avx2(const float *t, float *y, int64_t n) {
