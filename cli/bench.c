@@ -11,7 +11,8 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd] [--page-size N] [--csv] [--long]
+ *              [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd] [--page-size N]
+ * [--csv] [--long]
  *              [--quick] [--backward] [--no-machine]
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
@@ -294,7 +295,8 @@ int cmd_bench(int argc, char **argv) {
     } else if (strcmp(a, "--kv-dtype") == 0 && val) {
       kv_dtype = attn_dtype_from_name(val), i++;
       if (kv_dtype == ATTN_DTYPE_COUNT_) {
-        fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16, bf16, f8e4m3 or f8e5m2\n", val);
+        fprintf(stderr, "attn bench: --kv-dtype '%s' must be f32, f16, bf16, f8e4m3 or f8e5m2\n",
+                val);
         return 2;
       }
     } else if (strcmp(a, "--kv-layout") == 0 && val) {
@@ -429,8 +431,7 @@ int cmd_bench(int argc, char **argv) {
     int32_t *table = NULL;
     if (page_size) { /* K and V moved into pools of pages, each sequence's pages shuffled */
       void *k_pool = NULL, *v_pool = NULL;
-      if (page_kv(s, page_size, kv_esize, blhd, k_in, v_in, &p, &table,
-                  &k_pool, &v_pool) != 0) {
+      if (page_kv(s, page_size, kv_esize, blhd, k_in, v_in, &p, &table, &k_pool, &v_pool) != 0) {
         fprintf(stderr, "attn bench: out of memory\n");
         return 1;
       }

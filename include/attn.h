@@ -349,10 +349,10 @@ ATTN_API int attn_dropout_keep(const attn_params *p, int64_t b, int64_t h, int64
  * row and the copy takes at most 64 MiB (B·Hkv·Lk·D floats, Lk rounded up to the kernel's column
  * block), and the split-key partials (decode, and prefill with fewer than 8 batch·head·query
  * block items against ≥ 1024 keys: (Dv + 2) floats per query row and key chunk); the P output
- * itself when requested. Narrow (16- or 8-bit) or paged K or V adds one widened tile per worker (ref: a
- * widened fp32 copy of every narrow input, and of K and V when paged).
- * Returns ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()).
- * Thread-safe: concurrent calls on disjoint outputs are fine and match serial calls bitwise.
+ * itself when requested. Narrow (16- or 8-bit) or paged K or V adds one widened tile per worker
+ * (ref: a widened fp32 copy of every narrow input, and of K and V when paged). Returns
+ * ATTN_STATUS_OK, or an error status with nothing written (see attn_last_error()). Thread-safe:
+ * concurrent calls on disjoint outputs are fine and match serial calls bitwise.
  */
 ATTN_API attn_status attn_forward(const attn_params *p, const void *q, const void *k, const void *v,
                                   float *o, float *lse, float *probs);
@@ -464,8 +464,8 @@ ATTN_API attn_status attn_merge_backward(const attn_params *p, int n_parts,
 ATTN_API int attn_to_f32(attn_dtype t, const void *src, float *dst, size_t n);
 ATTN_API int attn_from_f32(attn_dtype t, const float *src, void *dst, size_t n);
 
-/* "f32", "f16", "bf16", "f8e4m3", "f8e5m2"; "unknown" otherwise. attn_dtype_from_name returns ATTN_DTYPE_COUNT_ for an
- * unknown name. */
+/* "f32", "f16", "bf16", "f8e4m3", "f8e5m2"; "unknown" otherwise. attn_dtype_from_name returns
+ * ATTN_DTYPE_COUNT_ for an unknown name. */
 ATTN_API const char *attn_dtype_name(attn_dtype t);
 ATTN_API attn_dtype attn_dtype_from_name(const char *name);
 

@@ -92,9 +92,9 @@ static void copy_params(const attn_params *p, attn_params *c) {
   zero_if_empty(c->dbias_stride, 4, db);
 }
 
-/* The narrow (16- and 8-bit) inputs of a call, widened to fp32 for the kernels that read only fp32 (ref, and the
- * backward of every kernel), and paged K and V gathered for ref; the fused forward reads narrow
- * and paged tensors itself. */
+/* The narrow (16- and 8-bit) inputs of a call, widened to fp32 for the kernels that read only fp32
+ * (ref, and the backward of every kernel), and paged K and V gathered for ref; the fused forward
+ * reads narrow and paged tensors itself. */
 typedef struct widened {
   const void *q, *k, *v; /* the pointers to pass: the caller's, or a copy in buf */
   float *buf[3];

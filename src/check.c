@@ -223,8 +223,8 @@ static attn_status check_options(const char *fn, const attn_params *p) {
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
     if ((unsigned)types[i].value >= (unsigned)ATTN_DTYPE_COUNT_)
       return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
-                        "%s: %s (%d) is not an attn_dtype value (F32, F16, BF16, F8E4M3, F8E5M2)", fn,
-                        types[i].name, (int)types[i].value);
+                        "%s: %s (%d) is not an attn_dtype value (F32, F16, BF16, F8E4M3, F8E5M2)",
+                        fn, types[i].name, (int)types[i].value);
   if ((unsigned)p->kernel >= (unsigned)ATTN_KERNEL_COUNT_)
     return attn__fail(ATTN_STATUS_INVALID_ARGUMENT, "%s: kernel (%d) is not an attn_kernel value",
                       fn, (int)p->kernel);

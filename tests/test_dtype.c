@@ -217,7 +217,7 @@ static void test_conversions_f8(void) {
   CHECKF(bad_random == 0, "%d random floats round to the wrong fp8 value", bad_random);
   const attn_dtype e4 = ATTN_DTYPE_F8E4M3, e5 = ATTN_DTYPE_F8E5M2;
   CHECK(round8_1(e4, 448.0f) == 0x7e && round8_1(e4, 464.0f) == 0x7e); /* the midpoint: even */
-  CHECK(round8_1(e4, 464.5f) == 0x7f && round8_1(e4, -1e30f) == 0xff);  /* past it: NaN */
+  CHECK(round8_1(e4, 464.5f) == 0x7f && round8_1(e4, -1e30f) == 0xff); /* past it: NaN */
   CHECK(round8_1(e4, INFINITY) == 0x7f && round8_1(e4, -INFINITY) == 0xff);
   CHECK(round8_1(e5, 57344.0f) == 0x7b && round8_1(e5, 61439.996f) == 0x7b);
   CHECK(round8_1(e5, 61440.0f) == 0x7c && round8_1(e5, -INFINITY) == 0xfc);
@@ -489,8 +489,8 @@ static void test_errors(void) {
   CHECKF(attn_forward(&p, q, kv8, kv8 + L * D, after8, NULL, NULL) == ATTN_STATUS_OK, "%s",
          attn_last_error());
   CHECK(after8[0] == 1.0f && after8[L * D - 1] == 1.0f);
-  CHECK(attn_forward(&p, q, kv8, kv8 + L * D, (float *)(void *)(kv8 + 2 * L * D - 4), NULL,
-                     NULL) == ATTN_STATUS_INVALID_ARGUMENT);
+  CHECK(attn_forward(&p, q, kv8, kv8 + L * D, (float *)(void *)(kv8 + 2 * L * D - 4), NULL, NULL) ==
+        ATTN_STATUS_INVALID_ARGUMENT);
   CHECKF(strstr(attn_last_error(), "overlaps input v") != NULL, "message: %s", attn_last_error());
   p.k_dtype = p.v_dtype = ATTN_DTYPE_F16;
 

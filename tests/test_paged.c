@@ -2,10 +2,10 @@
  * test_paged.c — paged K and V (p.block_table): on every kernel, a paged call gives bitwise the
  * result of the same call on the unpaged tensors, over page sizes around the kernels' tiles and
  * decode chunks (1, 3, 16, 127, 128, 129, 1000), both pool layouts, shuffled pages, padded table
- * rows, fp32, 16-bit and fp8 pools, every feature, decode and split-key prefill, and P; NaN in spare
- * pages, in the slots past each key length and out-of-range table entries past it change nothing;
- * 1, 2 and 3 threads agree; and a table shared by every batch item (block_table_stride = 0) is the
- * unpaged call with K and V broadcast over the batch. Then the errors.
+ * rows, fp32, 16-bit and fp8 pools, every feature, decode and split-key prefill, and P; NaN in
+ * spare pages, in the slots past each key length and out-of-range table entries past it change
+ * nothing; 1, 2 and 3 threads agree; and a table shared by every batch item (block_table_stride =
+ * 0) is the unpaged call with K and V broadcast over the batch. Then the errors.
  *
  * The tolerance against the fp64 oracle is checked on the paged runs too (t_check_case reads the
  * unpaged tensors for the oracle), so the paged path is held to the contract directly, not only

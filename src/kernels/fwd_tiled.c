@@ -46,11 +46,11 @@
  * invisible pairs instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never
  * reaches O; with finite values both paths give the same bits.
  *
- * Narrow inputs (fp16, bf16, fp8; every value exactly a float): Q rows are widened as they are scaled,
- * K tiles widened into kc and then packed (the once-per-call pre-pack too), V tiles widened as they
- * are packed (never read in place); decode blocks hand the narrow rows to the direct forms, which
- * widen them in registers, or — blocks of more than DIRECT_WIDE_ROWS rows — widen each tile once
- * into kc and vc. The arithmetic after widening is the fp32 path's, so the results are bitwise
+ * Narrow inputs (fp16, bf16, fp8; every value exactly a float): Q rows are widened as they are
+ * scaled, K tiles widened into kc and then packed (the once-per-call pre-pack too), V tiles widened
+ * as they are packed (never read in place); decode blocks hand the narrow rows to the direct forms,
+ * which widen them in registers, or — blocks of more than DIRECT_WIDE_ROWS rows — widen each tile
+ * once into kc and vc. The arithmetic after widening is the fp32 path's, so the results are bitwise
  * those of the fp32 call on the widened values.
  *
  * Paged K and V (block_table): decode blocks give the direct forms each run of a tile's keys that

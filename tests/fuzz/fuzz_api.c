@@ -8,15 +8,15 @@
  *   - a refused call leaves every output byte as it was and says why, naming the function;
  *   - an accepted forward matches the ref kernel (NaN in the same places, values within a loose
  *     tolerance: the sweeps in test_kernels hold the tight one) and is bitwise the same with 1
- *     and 3 threads, and with 16-bit inputs bitwise the call on their fp32 widening; attn_merge of
- * its (O, LSE) with itself gives O and LSE + log 2 (in place too); the call with K and V moved
- * into shuffled pages of a drawn size (p.block_table) gives bitwise the same outputs, and with one
- * table entry out of range is refused without a write; the call with its sequences packed
- * (p.cu_seqlens_q, p.cu_seqlens_k) gives bitwise the same rows, and with an invalid offset is
- * refused without a write; an accepted backward (dBias too,
- * when the call has a bias) is bitwise the same with 1 and 3 threads and, on data without NaN or
- * inf, matches the ref backward within the same loose tolerance. Any violation aborts, which
- * libFuzzer reports with the input that caused it.
+ *     and 3 threads, and with narrow (16-bit, fp8) inputs bitwise the call on their fp32 widening;
+ * attn_merge of its (O, LSE) with itself gives O and LSE + log 2 (in place too); the call with K
+ * and V moved into shuffled pages of a drawn size (p.block_table) gives bitwise the same outputs,
+ * and with one table entry out of range is refused without a write; the call with its sequences
+ * packed (p.cu_seqlens_q, p.cu_seqlens_k) gives bitwise the same rows, and with an invalid offset
+ * is refused without a write; an accepted backward (dBias too, when the call has a bias) is bitwise
+ * the same with 1 and 3 threads and, on data without NaN or inf, matches the ref backward within
+ * the same loose tolerance. Any violation aborts, which libFuzzer reports with the input that
+ * caused it.
  */
 #include "attn.h"
 #include "fuzz_draw.h"
@@ -82,9 +82,11 @@ static int64_t pick_len(bytes *b) {
 }
 
 /* Bytes per element of an input of type t (an invalid type is refused before any read). */
-static size_t esize_of(attn_dtype t) { return t == ATTN_DTYPE_F16 || t == ATTN_DTYPE_BF16 ? 2 : 4; }
+/* Bytes per element of an input of type t; 4 for a value that is not a type (the call is refused).
+ */
+static size_t esize_of(attn_dtype t) { return attn_dtype_size(t) ? attn_dtype_size(t) : 4; }
 
-/* Fills the whole extent (fp32, or rounded to the 16-bit type t). */
+/* Fills the whole extent (fp32, or rounded to the narrow type t). */
 static void fill(bytes *b, tensor *t, float scale, int specials, attn_dtype type) {
   const size_t n = t->size / esize_of(type);
   if (n == 0) return; /* no element: no allocation either */
@@ -376,10 +378,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const unsigned kern = (opt >> 16) % 8;
   p.kernel = kern < 5 ? (attn_kernel)kern : kern == 5 ? ATTN_KERNEL_COUNT_ : ATTN_KERNEL_AUTO;
   const int want_lse = (opt >> 19) & 1, want_probs = (opt >> 20) % 4 == 0;
-  /* input types: mostly fp32, sometimes 16-bit, rarely not a type at all */
-  static const attn_dtype types[] = {ATTN_DTYPE_F32,  ATTN_DTYPE_F32,  ATTN_DTYPE_F32,
-                                     ATTN_DTYPE_F16,  ATTN_DTYPE_BF16, ATTN_DTYPE_F16,
-                                     ATTN_DTYPE_BF16, (attn_dtype)3};
+  /* input types: mostly fp32, sometimes 16-bit or fp8, rarely not a type at all */
+  static const attn_dtype types[] = {ATTN_DTYPE_F32,    ATTN_DTYPE_F32,   ATTN_DTYPE_F32,
+                                     ATTN_DTYPE_F16,    ATTN_DTYPE_BF16,  ATTN_DTYPE_F8E4M3,
+                                     ATTN_DTYPE_F8E5M2, ATTN_DTYPE_COUNT_};
   const unsigned tb = next(&b) | next(&b) << 8;
   p.q_dtype = types[tb % 8], p.k_dtype = types[tb / 8 % 8], p.v_dtype = types[tb / 64 % 8];
   const int wide =
@@ -484,7 +486,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (size_t i = 0; i < a.probs.size / 4; i++)
       REQUIRE(close_enough(((float *)a.probs.buf)[i], ((float *)r.probs.buf)[i]),
               "P[%zu] = %g, ref %g", i, ((float *)a.probs.buf)[i], ((float *)r.probs.buf)[i]);
-    if (wide) { /* the same call on the fp32 widening of the 16-bit inputs: the same bits */
+    if (wide) { /* the same call on the fp32 widening of the narrow inputs: the same bits */
       tensor w[3];
       const tensor *in[3] = {&q, &k, &v};
       const attn_dtype t[3] = {p.q_dtype, p.k_dtype, p.v_dtype};
@@ -506,7 +508,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         REQUIRE((!c.o.buf || !memcmp(c.o.buf, a.o.buf, c.o.size)) &&
                     (!c.lse.buf || !memcmp(c.lse.buf, a.lse.buf, c.lse.size)) &&
                     (!c.probs.buf || !memcmp(c.probs.buf, a.probs.buf, c.probs.size)),
-                "16-bit inputs (%d %d %d) differ from their fp32 widening", (int)p.q_dtype,
+                "narrow inputs (%d %d %d) differ from their fp32 widening", (int)p.q_dtype,
                 (int)p.k_dtype, (int)p.v_dtype);
       }
       drop_out(&c);
