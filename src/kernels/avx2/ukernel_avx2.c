@@ -91,12 +91,12 @@ static inline __attribute__((always_inline)) __m256 widen8(attn_dtype t, __m128i
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
   if (t == ATTN_DTYPE_F8E5M2) return _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), raw));
   const __m128i w = _mm_cvtepu8_epi16(raw), mag = _mm_and_si128(w, _mm_set1_epi16(0x7f));
-  const __m128i nan = _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)),
-                                    _mm_set1_epi16(0x7c00));
-  const __m128i h = _mm_or_si128(
-      _mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8),
-                   _mm_slli_epi16(mag, 7)),
-      nan);
+  const __m128i nan =
+      _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)), _mm_set1_epi16(0x7c00));
+  const __m128i h =
+      _mm_or_si128(_mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8),
+                                _mm_slli_epi16(mag, 7)),
+                   nan);
   return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(0x1p8f));
 }
 
@@ -108,9 +108,10 @@ static inline __attribute__((always_inline)) __m128i load_raw8(attn_dtype t, con
 
 /* widen_rows of contiguous narrow rows of type t (a constant after inlining), 8 values per step;
  * finiteness tracked in the same pass (exponent bits all ones). */
-static inline __attribute__((always_inline)) int
-widen_rows_typed(attn_dtype t, const void *src, int64_t row_stride, int64_t j0, int cols,
-                 int64_t n, int64_t ld, float *dst) {
+static inline __attribute__((always_inline)) int widen_rows_typed(attn_dtype t, const void *src,
+                                                                  int64_t row_stride, int64_t j0,
+                                                                  int cols, int64_t n, int64_t ld,
+                                                                  float *dst) {
   const __m256i expo = _mm256_set1_epi32(0x7f800000);
   const int64_t esz = (int64_t)attn__dtype_size(t);
   __m256i bad = _mm256_setzero_si256();
@@ -386,11 +387,15 @@ static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dty
 static inline __attribute__((always_inline)) void
 qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int rows, int cols,
                 int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs, int64_t Dv) {
-  /* K rows are prefetched 4 keys ahead: the hardware prefetcher alone left decode at 0.75–0.88×
-   * of this speed (Lq = 1, Lk = 32768, Hkv = 8, D = 64 and 128; 6, 8 or 16 keys ahead did
-   * worse). Non-temporal: each K row is read once, and NTA rather than T0 gave 1.025 and 1.04
-   * (medians of alternating rounds at D = 128 and 64; V the same way: no gain) */
-  enum { AHEAD = 4 };
+  /* K rows are prefetched 16 keys ahead and V rows of the same keys (read by pv after this tile's
+   * softmax), both into L2 (T1). On Zen 4 (Lq = 1, Lk = 32768, Hq = 32, Hkv = 8, D = 128, fp32,
+   * three alternating rounds): K non-temporal 4 ahead and V into L1 (the Zen 3 choice) took 32 ms
+   * on one thread and 17–27 on two; K and V into L2 16–32 ahead 19–21 and 11–14; K into L2 with V
+   * into L1 or not prefetched 28–34 (presumably prefetches into L1 wait for its few miss buffers;
+   * on Zen 3 K non-temporal was 1.03–1.04× faster than into L1). 16 rather than 32 ahead: pages of
+   * 16 keys took 14–15 ms against 16–17 (prefetches past a page's end fetch rows of other pages).
+   */
+  enum { AHEAD = 16 };
   const int64_t k_bytes = D * (int64_t)attn__dtype_size(t);
   const int64_t v_bytes = Dv * (int64_t)attn__dtype_size(vt);
   for (int c = 0; c < cols; c += 2) {
@@ -398,13 +403,13 @@ qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int 
     const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
     const char *ka = at(t, k0, AHEAD * k_rs), *kb = at(t, k0, (AHEAD + 1) * k_rs);
     for (int64_t b = 0; b < k_bytes; b += 64) { /* prefetches never fault, even past K's end */
-      _mm_prefetch(ka + b, _MM_HINT_NTA);
-      _mm_prefetch(kb + b, _MM_HINT_NTA);
+      _mm_prefetch(ka + b, _MM_HINT_T1);
+      _mm_prefetch(kb + b, _MM_HINT_T1);
     }
     const char *v0 = at(vt, v, c * v_rs), *v1 = at(vt, v, (c + two) * v_rs);
     for (int64_t b = 0; b < v_bytes; b += 64) { /* V rows c, c + 1 start streaming in for pv */
-      _mm_prefetch(v0 + b, _MM_HINT_T0);
-      _mm_prefetch(v1 + b, _MM_HINT_T0);
+      _mm_prefetch(v0 + b, _MM_HINT_T1);
+      _mm_prefetch(v1 + b, _MM_HINT_T1);
     }
     int r = 0;
     for (; r + 4 <= rows; r += 4)
