@@ -90,14 +90,15 @@ static inline __attribute__((always_inline)) __m256 widen8(attn_dtype t, __m128i
   if (t == ATTN_DTYPE_BF16)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
   if (t == ATTN_DTYPE_F8E5M2) return _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), raw));
-  const __m128i w = _mm_cvtepu8_epi16(raw), mag = _mm_and_si128(w, _mm_set1_epi16(0x7f));
+  /* E4M3: u = byte << 8; an arithmetic shift right by 1 puts the magnitude at bits 7..13 and
+   * copies the sign into bits 15 and 14, bit 14 then cleared; the NaN magnitude (0x3f80 there)
+   * gets bit 14 back, the half's all-ones exponent. */
+  const __m128i u = _mm_unpacklo_epi8(_mm_setzero_si128(), raw);
+  const __m128i h = _mm_and_si128(_mm_srai_epi16(u, 1), _mm_set1_epi16((short)0xbf80));
+  const __m128i mag = _mm_and_si128(h, _mm_set1_epi16(0x3f80));
   const __m128i nan =
-      _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f)), _mm_set1_epi16(0x7c00));
-  const __m128i h =
-      _mm_or_si128(_mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8),
-                                _mm_slli_epi16(mag, 7)),
-                   nan);
-  return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(0x1p8f));
+      _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x3f80)), _mm_set1_epi16(0x4000));
+  return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(h, nan)), _mm256_set1_ps(0x1p8f));
 }
 
 /* 8 elements of a narrow type t from p: 16 bytes, or 8 for fp8. */
