@@ -533,20 +533,20 @@ attn_status t_run(tcase *c, attn_kernel kernel, int threads, touts *out) {
 
 tresult t_run_gather(tcase *c, attn_kernel kernel, int threads) {
   touts out;
-  touts_make(&out, c, 1, 1);
+  touts_make(&out, c, 1, !c->skip_probs);
   attn_status st = t_run(c, kernel, threads, &out);
   CHECKF(st == ATTN_STATUS_OK, "%s: %s", attn_kernel_name(kernel), attn_last_error());
   CHECK(tbuf_check_output(&out.o, "o", 1) && tbuf_check_output(&out.lse, "lse", 1) &&
-        tbuf_check_output(&out.probs, "probs", 1));
+        (!out.has_probs || tbuf_check_output(&out.probs, "probs", 1)));
   tresult r;
   r.no = (size_t)tbuf_count(&out.o), r.nl = (size_t)tbuf_count(&out.lse);
-  r.np = (size_t)tbuf_count(&out.probs);
+  r.np = out.has_probs ? (size_t)tbuf_count(&out.probs) : 0;
   r.o = malloc(sizeof(float) * (r.no + 1));
   r.lse = malloc(sizeof(float) * (r.nl + 1));
   r.probs = malloc(sizeof(float) * (r.np + 1));
   tbuf_gather(&out.o, r.o);
   tbuf_gather(&out.lse, r.lse);
-  tbuf_gather(&out.probs, r.probs);
+  if (out.has_probs) tbuf_gather(&out.probs, r.probs);
   touts_free(&out);
   return r;
 }

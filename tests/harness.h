@@ -153,6 +153,9 @@ typedef struct tcase {
   int32_t *table;
   void *k_pool, *v_pool;
   int64_t k_stride_unpaged[4], v_stride_unpaged[4];
+  /* t_run_gather leaves P out when set: requesting P turns off the split-key paths (decode's
+   * direct forms, few-item prefill), so tests of those paths set it */
+  int skip_probs;
 } tcase;
 
 void tcase_make(tcase *c, const tspec *s);

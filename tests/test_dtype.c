@@ -330,6 +330,7 @@ static void check_mix(tspec s, int m, int want_probs) {
   tcase_make(&poisoned, &s);
   tcase_set_types(&c, mixes[m][0], mixes[m][1], mixes[m][2]);
   tcase_set_types(&poisoned, mixes[m][0], mixes[m][1], mixes[m][2]);
+  c.skip_probs = poisoned.skip_probs = !want_probs; /* the bitwise checks on the split paths too */
   const int n_poisoned = poison_invisible(&poisoned);
   char label[512];
   tcase_label(&c, label, sizeof label);

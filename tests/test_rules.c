@@ -162,18 +162,21 @@ static void test_masked_values(attn_kernel kern) {
   cases[7].fn = poison_beyond_kv_len;
   const float poisons[] = {NAN, INFINITY, -INFINITY};
   for (int ci = 0; ci < 8; ci++)
-    for (int pi = 0; pi < 3; pi++) {
-      tcase clean, dirty;
-      tcase_make(&clean, &cases[ci].spec);
-      tcase_make(&dirty, &cases[ci].spec);
-      cases[ci].fn(&clean, 0.0f);
-      cases[ci].fn(&dirty, poisons[pi]);
-      tresult a = t_run_gather(&clean, kern, 2), b = t_run_gather(&dirty, kern, 2);
-      CHECKF(tresult_same(&a, &b), "%s (%s): %g stored behind the mask changed the result",
-             cases[ci].name, attn_kernel_name(kern), (double)poisons[pi]);
-      tresult_free(&a), tresult_free(&b);
-      tcase_free(&clean), tcase_free(&dirty);
-    }
+    for (int pi = 0; pi < 3; pi++)
+      for (int skip_probs = 0; skip_probs < 2; skip_probs++) { /* P off: the split-key paths */
+        tcase clean, dirty;
+        tcase_make(&clean, &cases[ci].spec);
+        tcase_make(&dirty, &cases[ci].spec);
+        clean.skip_probs = dirty.skip_probs = skip_probs;
+        cases[ci].fn(&clean, 0.0f);
+        cases[ci].fn(&dirty, poisons[pi]);
+        tresult a = t_run_gather(&clean, kern, 2), b = t_run_gather(&dirty, kern, 2);
+        CHECKF(tresult_same(&a, &b), "%s (%s%s): %g stored behind the mask changed the result",
+               cases[ci].name, attn_kernel_name(kern), skip_probs ? ", no P" : "",
+               (double)poisons[pi]);
+        tresult_free(&a), tresult_free(&b);
+        tcase_free(&clean), tcase_free(&dirty);
+      }
 
   /* a key visible to some rows only: NaN in its V reaches exactly those rows */
   tspec t = tspec_shape(1, 1, 1, 10, 300, 8, 4);
