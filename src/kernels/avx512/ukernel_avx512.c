@@ -10,9 +10,13 @@
  *            reaches the row sum instead), P = exp2((S − m)·log2 e) with the Cephes exp2f
  *            polynomial, magic-add rounding and a saturating exponent (0 below 2^−125.5).
  *   pv       acc = α·acc + P·V: 12×32 register block over 32-column panels of V (Dv padded to 32).
- * The rest is the AVX2 set's (every AVX-512 CPU has AVX2): K packing (panel width 32), the masked
- * P·V (scalar, bitwise the fast one's result when V is finite) and the decode direct forms, which
- * need bc = 128 — so the tiles are the AVX2 set's: 96 query rows × 128 keys.
+ *   decode   direct forms on 16 lanes: K and V read in place (narrow types widened in registers,
+ *            the AVX2 set's conversions on 16 lanes), S = Qs·Kᵀ two keys × up to four rows per
+ *            pass, P·V in 64-column blocks (16 accumulators for four rows; the AVX2 forms' 16
+ *            columns took ~1.1× the time on one thread, fp32, bf16 and E4M3 alike).
+ * The rest is the AVX2 set's (every AVX-512 CPU has AVX2): K packing (panel width 32) and the
+ * masked P·V (scalar, bitwise the fast one's result when V is finite); the decode forms need
+ * bc = 128, so the tiles are the AVX2 set's: 96 query rows × 128 keys.
  * Accuracy: exp2 relative error ≤ 1.7e-7 on [−125.5, 0] (tested in test_simd).
  */
 #include "../tiled.h"
@@ -145,6 +149,233 @@ static void pv_avx512(const float *p, const float *vs, int64_t ldv, const float 
     }
 }
 
+/* ---- decode direct forms (K and V read in place; see attn__fwd_ukernel) ---- */
+
+/* 16 values of a narrow type t (a constant after inlining) as floats, exactly: raw holds them in
+ * its low 32 bytes (16-bit types) or low 16 bytes (fp8). The AVX2 set's widen8 on 16 lanes (the
+ * same operations, so the same bits): fp16 through vcvtph2ps, bf16 as a shift, E5M2 as a half's
+ * upper byte, E4M3 as a half of 2^-8 times the value (its NaN given the all-ones exponent). */
+static inline __attribute__((always_inline)) __m512 widen16(attn_dtype t, __m512i raw) {
+  const __m256i r256 = _mm512_castsi512_si256(raw);
+  if (t == ATTN_DTYPE_F16) return _mm512_cvtph_ps(r256);
+  if (t == ATTN_DTYPE_BF16)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r256), 16));
+  const __m256i u = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm512_castsi512_si128(raw)), 8);
+  if (t == ATTN_DTYPE_F8E5M2) return _mm512_cvtph_ps(u);
+  const __m256i h = _mm256_and_si256(_mm256_srai_epi16(u, 1), _mm256_set1_epi16((short)0xbf80));
+  const __m256i mag = _mm256_and_si256(h, _mm256_set1_epi16(0x3f80));
+  const __m256i nan = _mm256_and_si256(_mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x3f80)),
+                                       _mm256_set1_epi16(0x4000));
+  return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_or_si256(h, nan)), _mm512_set1_ps(0x1p8f));
+}
+
+/* 16 values of a row of type t from element i on, as floats; only the first n (≤ 16) are read
+ * (masked loads suppress faults), the other lanes are 0. */
+static inline __attribute__((always_inline)) __m512 load16(attn_dtype t, const void *row, int64_t i,
+                                                           int64_t n) {
+  const size_t esz = attn__dtype_size(t);
+  const char *r = (const char *)row + i * (int64_t)esz;
+  if (t == ATTN_DTYPE_F32)
+    return n >= 16 ? _mm512_loadu_ps(r) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), r);
+  if (esz == 2)
+    return widen16(t, n >= 16 ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)r))
+                              : _mm512_maskz_loadu_epi16((__mmask32)((1u << n) - 1u), r));
+  return widen16(t, n >= 16 ? _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)r))
+                            : _mm512_maskz_loadu_epi8((__mmask64)((1ull << n) - 1u), r));
+}
+
+static inline const void *at(attn_dtype t, const void *base, int64_t offset) {
+  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
+}
+
+/* Rows [r, r + R) of the decode qk, R ≤ 4: two keys per pass, K and Q vectors loaded once per
+ * step of 16 along D. */
+static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dtype t,
+                                                                 const float *q, const void *k0,
+                                                                 const void *k1, int two, int64_t D,
+                                                                 float *o) {
+  const int64_t D16 = D & ~(int64_t)15;
+  __m512 a[4][2];
+  for (int i = 0; i < R; i++)
+    a[i][0] = a[i][1] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D16; d += 16) {
+    const __m512 x0 = load16(t, k0, d, 16), x1 = load16(t, k1, d, 16);
+    for (int i = 0; i < R; i++) {
+      const __m512 y = _mm512_loadu_ps(q + i * D + d);
+      a[i][0] = _mm512_fmadd_ps(y, x0, a[i][0]), a[i][1] = _mm512_fmadd_ps(y, x1, a[i][1]);
+    }
+  }
+  if (D16 < D) {
+    const __m512 x0 = load16(t, k0, D16, D - D16), x1 = load16(t, k1, D16, D - D16);
+    for (int i = 0; i < R; i++) {
+      const __m512 y = load16(ATTN_DTYPE_F32, q + i * D, D16, D - D16);
+      a[i][0] = _mm512_fmadd_ps(y, x0, a[i][0]), a[i][1] = _mm512_fmadd_ps(y, x1, a[i][1]);
+    }
+  }
+  for (int i = 0; i < R; i++) {
+    o[i * BC] = _mm512_reduce_add_ps(a[i][0]);
+    if (two) o[i * BC + 1] = _mm512_reduce_add_ps(a[i][1]);
+  }
+}
+
+/* The decode qk for K of type t (a constant after inlining); prefetches as the AVX2 form's (K 16
+ * keys ahead and V of the same keys, into L2). */
+static inline __attribute__((always_inline)) void
+qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int rows, int cols,
+                int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs, int64_t Dv) {
+  enum { AHEAD = 16 };
+  const int64_t k_bytes = D * (int64_t)attn__dtype_size(t);
+  const int64_t v_bytes = Dv * (int64_t)attn__dtype_size(vt);
+  for (int c = 0; c < cols; c += 2) {
+    const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
+    const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
+    const char *ka = at(t, k0, AHEAD * k_rs), *kb = at(t, k0, (AHEAD + 1) * k_rs);
+    for (int64_t b = 0; b < k_bytes; b += 64) { /* prefetches never fault, even past K's end */
+      _mm_prefetch(ka + b, _MM_HINT_T1);
+      _mm_prefetch(kb + b, _MM_HINT_T1);
+    }
+    const char *v0 = at(vt, v, c * v_rs), *v1 = at(vt, v, (c + two) * v_rs);
+    for (int64_t b = 0; b < v_bytes; b += 64) {
+      _mm_prefetch(v0 + b, _MM_HINT_T1);
+      _mm_prefetch(v1 + b, _MM_HINT_T1);
+    }
+    int r = 0;
+    for (; r + 4 <= rows; r += 4)
+      qk_direct_rows(4, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+    switch (rows - r) {
+    case 3:
+      qk_direct_rows(3, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      break;
+    case 2:
+      qk_direct_rows(2, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      break;
+    case 1:
+      qk_direct_rows(1, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
+      break;
+    default:
+      break;
+    }
+  }
+}
+
+/* Decode form of qk on 16 lanes (the AVX2 form's contract; lanes hold partial sums over
+ * d ≡ lane (mod 16), reduced in a fixed order). */
+static void qk_direct_avx512(const float *qs, attn_dtype kt, const void *k, int64_t k_rs, int rows,
+                             int cols, int64_t D, float *s, attn_dtype vt, const void *v,
+                             int64_t v_rs, int64_t Dv) {
+  switch (kt) {
+  case ATTN_DTYPE_F16:
+    qk_direct_typed(ATTN_DTYPE_F16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  case ATTN_DTYPE_BF16:
+    qk_direct_typed(ATTN_DTYPE_BF16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  case ATTN_DTYPE_F8E4M3:
+    qk_direct_typed(ATTN_DTYPE_F8E4M3, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  case ATTN_DTYPE_F8E5M2:
+    qk_direct_typed(ATTN_DTYPE_F8E5M2, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  default:
+    qk_direct_typed(ATTN_DTYPE_F32, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
+    break;
+  }
+}
+
+/* Rows [0, R) of the decode pv for the NV·16 columns from v's first (R ≤ 4, NV ≤ 4 constants after
+ * inlining; n columns of V exist from there): acc·α, then one FMA per key in key order. Returns
+ * the mask of lanes that met a non-finite V value (exponent bits all ones). */
+static inline __attribute__((always_inline)) __mmask16
+pv_direct_rows(int R, int NV, attn_dtype t, const float *p, const void *v, int64_t v_rs,
+               const float *alpha, int cols, int64_t n, int64_t dvp, float *o) {
+  const __m512i expo = _mm512_set1_epi32(0x7f800000);
+  int64_t nl[4];
+  for (int j = 0; j < NV; j++)
+    nl[j] = n - 16 * j < 0 ? 0 : n - 16 * j > 16 ? 16 : n - 16 * j;
+  __m512 a[4][4];
+  for (int i = 0; i < R; i++) {
+    const __m512 al = _mm512_set1_ps(alpha[i]);
+    for (int j = 0; j < NV; j++)
+      a[i][j] = _mm512_mul_ps(_mm512_load_ps(o + i * dvp + 16 * j), al);
+  }
+  __mmask16 bad = 0;
+  for (int c = 0; c < cols; c++) {
+    const void *vr = at(t, v, c * v_rs);
+    __m512 x[4];
+    for (int j = 0; j < NV; j++) {
+      x[j] = load16(t, vr, 16 * j, nl[j]);
+      bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x[j]), expo), expo);
+    }
+    for (int i = 0; i < R; i++) {
+      const __m512 w = _mm512_set1_ps(p[i * BC + c]);
+      for (int j = 0; j < NV; j++)
+        a[i][j] = _mm512_fmadd_ps(w, x[j], a[i][j]);
+    }
+  }
+  for (int i = 0; i < R; i++)
+    for (int j = 0; j < NV; j++)
+      _mm512_store_ps(o + i * dvp + 16 * j, a[i][j]);
+  return bad;
+}
+
+/* The decode pv for V of type t: column blocks of 64 (16 accumulators for 4 rows), the last of
+ * 32 when dvp leaves 32. */
+static inline __attribute__((always_inline)) int
+pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const float *alpha,
+                int rows, int cols, int64_t Dv, int64_t dvp, float *acc) {
+  __mmask16 bad = 0;
+  for (int64_t d0 = 0; d0 < dvp; d0 += 64) {
+    const int wide = dvp - d0 >= 64;
+    for (int r = 0; r < rows; r += 4) {
+      const int R = rows - r < 4 ? rows - r : 4;
+      const float *pr = p + r * BC, *al = alpha + r;
+      const void *vd = at(t, v, d0);
+      float *o = acc + (int64_t)r * dvp + d0;
+#define ATTN__PV(RR, NV) bad |= pv_direct_rows(RR, NV, t, pr, vd, v_rs, al, cols, Dv - d0, dvp, o)
+      if (wide) {
+        if (R == 4)
+          ATTN__PV(4, 4);
+        else if (R == 3)
+          ATTN__PV(3, 4);
+        else if (R == 2)
+          ATTN__PV(2, 4);
+        else
+          ATTN__PV(1, 4);
+      } else {
+        if (R == 4)
+          ATTN__PV(4, 2);
+        else if (R == 3)
+          ATTN__PV(3, 2);
+        else if (R == 2)
+          ATTN__PV(2, 2);
+        else
+          ATTN__PV(1, 2);
+      }
+#undef ATTN__PV
+    }
+  }
+  return bad == 0;
+}
+
+/* Decode form of pv on 16 lanes (the AVX2 form's contract: per output element acc·α, then one
+ * FMA per key in key order — pv_masked's sequence — and 1 if every V value read was finite). */
+static int pv_direct_avx512(const float *p, attn_dtype vt, const void *v, int64_t v_rs,
+                            const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp,
+                            float *acc) {
+  switch (vt) {
+  case ATTN_DTYPE_F16:
+    return pv_direct_typed(ATTN_DTYPE_F16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  case ATTN_DTYPE_BF16:
+    return pv_direct_typed(ATTN_DTYPE_BF16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  case ATTN_DTYPE_F8E4M3:
+    return pv_direct_typed(ATTN_DTYPE_F8E4M3, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  case ATTN_DTYPE_F8E5M2:
+    return pv_direct_typed(ATTN_DTYPE_F8E5M2, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  default:
+    return pv_direct_typed(ATTN_DTYPE_F32, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
+  }
+}
+
 void attn__exp2_avx512(const float *t, float *y, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -167,8 +398,8 @@ const attn__fwd_ukernel attn__ukernel_avx512 = {
     softmax_avx512,
     pv_avx512,
     attn__pv_masked_avx2,
-    attn__qk_direct_avx2,
-    attn__pv_direct_avx2,
+    qk_direct_avx512,
+    pv_direct_avx512,
     attn__widen_rows_avx2,
 };
 
