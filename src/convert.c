@@ -12,8 +12,9 @@
  * fp8 → fp32 goes through the half: E5M2 is a half's upper byte; an E4M3 byte's 7 magnitude bits
  * moved up by 7 are a half of the same fraction with exponent e − 15 instead of e − 7 (subnormals
  * included), so that half times 2^8 is the value, exactly; its NaN (magnitude 0x7f) gets the
- * half's all-ones exponent first. The AVX2 widening does the same steps in vectors, so both give
- * the same bits (NaN included).
+ * half's all-ones exponent first. The AVX2 and AVX-512 widenings build the same half with vector
+ * integer operations and convert it with vcvtph2ps, so all give the same bits (NaN included;
+ * test_dtype compares the AVX2 one with this file on every pattern).
  */
 #include "internal.h"
 

@@ -42,16 +42,19 @@ static float f16_oracle(uint16_t h) {
   return (h & 0x8000) ? -v : v;
 }
 
+/* One value of type t (16-bit, or fp8 in the low byte) widened, and one float rounded to t. */
 static float widen1(attn_dtype t, uint16_t h) {
+  const uint8_t b = (uint8_t)h;
   float f;
-  attn_to_f32(t, &h, &f, 1);
+  attn_to_f32(t, attn_dtype_size(t) == 1 ? (const void *)&b : (const void *)&h, &f, 1);
   return f;
 }
 
 static uint16_t round1(attn_dtype t, float f) {
-  uint16_t h;
-  attn_from_f32(t, &f, &h, 1);
-  return h;
+  uint16_t h = 0;
+  uint8_t b = 0;
+  attn_from_f32(t, &f, attn_dtype_size(t) == 1 ? (void *)&b : (void *)&h, 1);
+  return attn_dtype_size(t) == 1 ? b : h;
 }
 
 static void test_conversions(void) {
@@ -137,18 +140,6 @@ static double f8_oracle(attn_dtype t, uint8_t b) {
   return (b & 0x80) ? -v : v;
 }
 
-static float widen8_1(attn_dtype t, uint8_t b) {
-  float f;
-  attn_to_f32(t, &b, &f, 1);
-  return f;
-}
-
-static uint8_t round8_1(attn_dtype t, float f) {
-  uint8_t b;
-  attn_from_f32(t, &f, &b, 1);
-  return b;
-}
-
 /* The rounding expected of attn_from_f32 for fp8, by search: the nearest of the positive codes
  * [0, max] (values[c], from f8_oracle) and of the first value past the largest finite one
  * (values[max + 1]; E4M3: 480, which is NaN; E5M2: 65 536, which is inf), ties to the even code;
@@ -173,27 +164,27 @@ static void test_conversions_f8(void) {
   for (int t = ATTN_DTYPE_F8E4M3; t <= ATTN_DTYPE_F8E5M2; t++) {
     const attn_dtype type = (attn_dtype)t;
     for (int i = 0; i < 256; i++) {
-      const float f = widen8_1(type, (uint8_t)i);
+      const float f = widen1(type, (uint8_t)i);
       const double want = f8_oracle(type, (uint8_t)i);
       if (isnan(want) ? !isnan(f) || !signbit(f) != !(i & 0x80)
                       : (double)f != want || !signbit(f) != !(i & 0x80))
         bad_widen++;
-      const uint8_t back = round8_1(type, f);
+      const uint8_t back = round1(type, f);
       if (isnan(f) ? (back & 0x7f) != 0x7f : back != i) bad_trip++;
     }
     /* neighbours a < b up to the largest finite value and the first one past it */
     const int max = t == ATTN_DTYPE_F8E4M3 ? 0x7e : 0x7b;
     for (int i = 0; i <= max; i++) {
-      const float a = widen8_1(type, (uint8_t)i),
+      const float a = widen1(type, (uint8_t)i),
                   b = i == max ? (t == ATTN_DTYPE_F8E4M3 ? 480.0f : 65536.0f)
-                               : widen8_1(type, (uint8_t)(i + 1));
+                               : widen1(type, (uint8_t)(i + 1));
       const float mid = a + (b - a) * 0.5f;
       const uint8_t up = i == max ? (t == ATTN_DTYPE_F8E4M3 ? 0x7f : 0x7c) : (uint8_t)(i + 1);
       const uint8_t even = (i & 1) ? up : (uint8_t)i;
-      bad_tie += round8_1(type, mid) != even;
-      bad_tie += round8_1(type, nextafterf(mid, INFINITY)) != up;
-      bad_tie += round8_1(type, nextafterf(mid, -INFINITY)) != i;
-      bad_tie += round8_1(type, -mid) != (uint8_t)(even | 0x80);
+      bad_tie += round1(type, mid) != even;
+      bad_tie += round1(type, nextafterf(mid, INFINITY)) != up;
+      bad_tie += round1(type, nextafterf(mid, -INFINITY)) != i;
+      bad_tie += round1(type, -mid) != (uint8_t)(even | 0x80);
     }
     double values[0x80];
     for (int c = 0; c <= max; c++)
@@ -208,7 +199,7 @@ static void test_conversions_f8(void) {
       const uint32_t u = (bits & 0x80000000u) | e << 23 | ((uint32_t)r & 0x7fffffu);
       float f;
       memcpy(&f, &u, 4);
-      bad_random += round8_1(type, f) != f8_round_oracle(type, values, f);
+      bad_random += round1(type, f) != f8_round_oracle(type, values, f);
     }
   }
   CHECKF(bad_widen == 0, "%d fp8 patterns widen wrongly", bad_widen);
@@ -216,16 +207,16 @@ static void test_conversions_f8(void) {
   CHECKF(bad_tie == 0, "%d fp8 roundings at midpoints are wrong", bad_tie);
   CHECKF(bad_random == 0, "%d random floats round to the wrong fp8 value", bad_random);
   const attn_dtype e4 = ATTN_DTYPE_F8E4M3, e5 = ATTN_DTYPE_F8E5M2;
-  CHECK(round8_1(e4, 448.0f) == 0x7e && round8_1(e4, 464.0f) == 0x7e); /* the midpoint: even */
-  CHECK(round8_1(e4, 464.5f) == 0x7f && round8_1(e4, -1e30f) == 0xff); /* past it: NaN */
-  CHECK(round8_1(e4, INFINITY) == 0x7f && round8_1(e4, -INFINITY) == 0xff);
-  CHECK(round8_1(e5, 57344.0f) == 0x7b && round8_1(e5, 61439.996f) == 0x7b);
-  CHECK(round8_1(e5, 61440.0f) == 0x7c && round8_1(e5, -INFINITY) == 0xfc);
-  CHECK(round8_1(e4, 0x1p-10f) == 0 && round8_1(e4, nextafterf(0x1p-10f, 1.0f)) == 1);
-  CHECK(round8_1(e5, 0x1p-17f) == 0 && round8_1(e5, -0x1p-16f) == 0x81);
-  CHECK(round8_1(e4, 1.0f) == 0x38 && round8_1(e5, 1.0f) == 0x3c);
-  CHECK(isnan(widen8_1(e4, round8_1(e4, NAN))) && isnan(widen8_1(e5, round8_1(e5, -NAN))));
-  CHECK(isnan(widen8_1(e4, 0x7f)) && isnan(widen8_1(e4, 0xff)) && widen8_1(e5, 0x7c) == INFINITY);
+  CHECK(round1(e4, 448.0f) == 0x7e && round1(e4, 464.0f) == 0x7e); /* the midpoint: even */
+  CHECK(round1(e4, 464.5f) == 0x7f && round1(e4, -1e30f) == 0xff); /* past it: NaN */
+  CHECK(round1(e4, INFINITY) == 0x7f && round1(e4, -INFINITY) == 0xff);
+  CHECK(round1(e5, 57344.0f) == 0x7b && round1(e5, 61439.996f) == 0x7b);
+  CHECK(round1(e5, 61440.0f) == 0x7c && round1(e5, -INFINITY) == 0xfc);
+  CHECK(round1(e4, 0x1p-10f) == 0 && round1(e4, nextafterf(0x1p-10f, 1.0f)) == 1);
+  CHECK(round1(e5, 0x1p-17f) == 0 && round1(e5, -0x1p-16f) == 0x81);
+  CHECK(round1(e4, 1.0f) == 0x38 && round1(e5, 1.0f) == 0x3c);
+  CHECK(isnan(widen1(e4, round1(e4, NAN))) && isnan(widen1(e5, round1(e5, -NAN))));
+  CHECK(isnan(widen1(e4, 0x7f)) && isnan(widen1(e4, 0xff)) && widen1(e5, 0x7c) == INFINITY);
 }
 
 /* The AVX2 widening (vcvtph2ps, shifts) against the portable one on every pattern, as rows of 13

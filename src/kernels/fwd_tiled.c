@@ -269,11 +269,12 @@ static const void *kv_row_at(const fwd_job *job, kv_tensor x, int64_t b, int64_t
 
 /* Paged decode: the direct forms prefetch K rows a few keys ahead of the one they read, within
  * the run of keys they are given, so at the end of a page they would prefetch the wrong rows;
- * the first K rows of the next page (from key j on, below j_end) are prefetched here instead
- * (pages of 16 keys, Lq = 1, Hq = 32, Hkv = 8, Lk = 32768, D = 128, 2 threads: 38.3 → 35.0 ms,
- * medians of three alternating rounds). */
-static void prefetch_next_page(const fwd_job *job, int64_t b, int64_t hk, int64_t j,
-                               int64_t j_end) {
+ * the first K rows of the next page (from key j on, below j_end) are prefetched here instead,
+ * into L2 as the direct forms do. Inlined on purpose: gcc deems a function that only prefetches
+ * free of side effects and deletes calls to it (it did so to this one, at -O1 and above, until
+ * 2026-11-26's ninth session). */
+static inline __attribute__((always_inline)) void
+prefetch_next_page(const fwd_job *job, int64_t b, int64_t hk, int64_t j, int64_t j_end) {
   const attn_params *p = job->pr->p;
   const kv_tensor k = k_of(job);
   const int n = page_run(p, j, (int)(j_end - j < 4 ? j_end - j : 4));
@@ -281,8 +282,7 @@ static void prefetch_next_page(const fwd_job *job, int64_t b, int64_t hk, int64_
   const int64_t row_bytes = k.n * (int64_t)attn__dtype_size(k.type);
   const int64_t stride_bytes = k.stride[2] * (int64_t)attn__dtype_size(k.type);
   for (int r = 0; r < n; r++)
-    for (int64_t at = 0; at < row_bytes; at += 64)
-      __builtin_prefetch(row + r * stride_bytes + at, 0, 0);
+    attn__prefetch_l2(row + r * stride_bytes, row_bytes);
 }
 
 /* What the direct forms read for key j0 + c of KV head (b, hk) of x: its row in place, or row c of

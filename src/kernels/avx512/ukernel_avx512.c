@@ -230,15 +230,9 @@ qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int 
     const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
     const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
     const char *ka = at(t, k0, AHEAD * k_rs), *kb = at(t, k0, (AHEAD + 1) * k_rs);
-    for (int64_t b = 0; b < k_bytes; b += 64) { /* prefetches never fault, even past K's end */
-      _mm_prefetch(ka + b, _MM_HINT_T1);
-      _mm_prefetch(kb + b, _MM_HINT_T1);
-    }
-    const char *v0 = at(vt, v, c * v_rs), *v1 = at(vt, v, (c + two) * v_rs);
-    for (int64_t b = 0; b < v_bytes; b += 64) {
-      _mm_prefetch(v0 + b, _MM_HINT_T1);
-      _mm_prefetch(v1 + b, _MM_HINT_T1);
-    }
+    attn__prefetch_l2(ka, k_bytes), attn__prefetch_l2(kb, k_bytes);
+    attn__prefetch_l2(at(vt, v, c * v_rs), v_bytes); /* V rows c, c + 1 for pv */
+    attn__prefetch_l2(at(vt, v, (c + two) * v_rs), v_bytes);
     int r = 0;
     for (; r + 4 <= rows; r += 4)
       qk_direct_rows(4, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
@@ -263,23 +257,9 @@ qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int 
 static void qk_direct_avx512(const float *qs, attn_dtype kt, const void *k, int64_t k_rs, int rows,
                              int cols, int64_t D, float *s, attn_dtype vt, const void *v,
                              int64_t v_rs, int64_t Dv) {
-  switch (kt) {
-  case ATTN_DTYPE_F16:
-    qk_direct_typed(ATTN_DTYPE_F16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-    break;
-  case ATTN_DTYPE_BF16:
-    qk_direct_typed(ATTN_DTYPE_BF16, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-    break;
-  case ATTN_DTYPE_F8E4M3:
-    qk_direct_typed(ATTN_DTYPE_F8E4M3, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-    break;
-  case ATTN_DTYPE_F8E5M2:
-    qk_direct_typed(ATTN_DTYPE_F8E5M2, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-    break;
-  default:
-    qk_direct_typed(ATTN_DTYPE_F32, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv);
-    break;
-  }
+#define ATTN__QK(T) qk_direct_typed(T, qs, k, k_rs, rows, cols, D, s, vt, v, v_rs, Dv)
+  ATTN__BY_DTYPE(kt, ATTN__QK)
+#undef ATTN__QK
 }
 
 /* Rows [0, R) of the decode pv for the NV·16 columns from v's first (R ≤ 4, NV ≤ 4 constants after
@@ -362,18 +342,9 @@ pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const
 static int pv_direct_avx512(const float *p, attn_dtype vt, const void *v, int64_t v_rs,
                             const float *alpha, int rows, int cols, int64_t Dv, int64_t dvp,
                             float *acc) {
-  switch (vt) {
-  case ATTN_DTYPE_F16:
-    return pv_direct_typed(ATTN_DTYPE_F16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  case ATTN_DTYPE_BF16:
-    return pv_direct_typed(ATTN_DTYPE_BF16, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  case ATTN_DTYPE_F8E4M3:
-    return pv_direct_typed(ATTN_DTYPE_F8E4M3, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  case ATTN_DTYPE_F8E5M2:
-    return pv_direct_typed(ATTN_DTYPE_F8E5M2, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  default:
-    return pv_direct_typed(ATTN_DTYPE_F32, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc);
-  }
+#define ATTN__PV(T) return pv_direct_typed(T, p, v, v_rs, alpha, rows, cols, Dv, dvp, acc)
+  ATTN__BY_DTYPE(vt, ATTN__PV)
+#undef ATTN__PV
 }
 
 void attn__exp2_avx512(const float *t, float *y, int64_t n) {
