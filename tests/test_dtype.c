@@ -6,7 +6,8 @@
  *      inf at 65 520 for fp16), NaN stays NaN; fp8: all 256 patterns of each format against a
  *      decoder written from the OCP definition, round trips, every midpoint, overflow (E4M3 to
  *      NaN past 464, E5M2 to inf from 61 440), and 200 000 random floats against a brute-force
- *      nearest-even search; the AVX2 widening equals the portable one bitwise on every pattern;
+ *      nearest-even search; the AVX2 and AVX-512 widenings equal the portable one bitwise on
+ *      every pattern;
  *   2. every kernel on narrow Q, K, V (eight type mixes) over shapes, layouts, features, decode and
  *      few-item prefill: within the tolerance rule of the oracle on the same values, bitwise equal
  *      to the same call on the values widened to fp32, bitwise equal on 1 and 3 threads, and NaN /
@@ -219,47 +220,62 @@ static void test_conversions_f8(void) {
   CHECK(isnan(widen1(e4, 0x7f)) && isnan(widen1(e4, 0xff)) && widen1(e5, 0x7c) == INFINITY);
 }
 
-/* The AVX2 widening (vcvtph2ps, shifts) against the portable one on every pattern, as rows of 13
- * values (a vector step and a tail), with a padded leading dimension. */
+/* The vector widenings (AVX2's 8 lanes, AVX-512's 16) against the portable one on every pattern,
+ * as rows of 29 values (vector steps and a tail), with a padded leading dimension. */
 static void test_widen_simd(void) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (!attn_kernel_supported(ATTN_KERNEL_AVX2)) return;
-  enum { N = 13, LD = 16, ROWS = 65536 / N + 1 }; /* ROWS ≥ 256: src and a, b serve fp8 too */
+  typedef int (*widen_fn)(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                          int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
+  const struct {
+    const char *name;
+    attn_kernel kernel;
+    widen_fn fn;
+  } sets[] = {{"AVX2", ATTN_KERNEL_AVX2, attn__widen_rows_avx2},
+              {"AVX-512", ATTN_KERNEL_AVX512, attn__ukernel_avx512.widen_rows}};
+  enum { N = 29, LD = 32, ROWS = 65536 / N + 1 }; /* ROWS ≥ 256: src and a, b serve fp8 too */
   uint16_t *src = malloc(sizeof(uint16_t) * ROWS * N);
   float *a = malloc(sizeof(float) * ROWS * LD), *b = malloc(sizeof(float) * ROWS * LD);
-  for (int i = 0; i < ROWS * N; i++)
-    src[i] = (uint16_t)i;
-  for (int t = ATTN_DTYPE_F16; t <= ATTN_DTYPE_BF16; t++) {
-    const int fa = attn__widen_rows_avx2((attn_dtype)t, src, N, 1, 0, ROWS, N, LD, a);
-    const int fb = attn__widen_rows((attn_dtype)t, src, N, 1, 0, ROWS, N, LD, b);
-    CHECKF(memcmp(a, b, sizeof(float) * ROWS * LD) == 0 && fa == fb && fa == 0,
-           "%s: the AVX2 widening differs from the portable one", attn_dtype_name((attn_dtype)t));
-    /* finite rows only (exponent field below all ones): both report finite */
-    const uint16_t one = t == ATTN_DTYPE_F16 ? 0x3c00 : 0x3f80;
-    uint16_t fin[2 * N];
-    for (int i = 0; i < 2 * N; i++)
-      fin[i] = (uint16_t)(one + i);
-    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 1);
-    fin[N + 12] = t == ATTN_DTYPE_F16 ? 0x7c00 : 0x7f80; /* inf in the tail */
-    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
-  }
-  /* fp8: every pattern in every lane of a vector step and in the tail (rows of 13, 256 rows) */
-  uint8_t *src8 = (uint8_t *)src;
-  for (int i = 0; i < 256 * N; i++)
-    src8[i] = (uint8_t)(i / N + i * 37);
-  for (int t = ATTN_DTYPE_F8E4M3; t <= ATTN_DTYPE_F8E5M2; t++) {
-    const int fa = attn__widen_rows_avx2((attn_dtype)t, src8, N, 1, 0, 256, N, LD, a);
-    const int fb = attn__widen_rows((attn_dtype)t, src8, N, 1, 0, 256, N, LD, b);
-    CHECKF(memcmp(a, b, sizeof(float) * 256 * LD) == 0 && fa == fb && fa == 0,
-           "%s: the AVX2 widening differs from the portable one", attn_dtype_name((attn_dtype)t));
-    uint8_t fin[2 * N];
-    for (int i = 0; i < 2 * N; i++)
-      fin[i] = (uint8_t)(0x30 + i); /* finite in both formats */
-    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 1);
-    fin[3] = 0xff; /* NaN in a vector step */
-    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
-    fin[3] = 0x30, fin[N + 12] = 0x7f; /* NaN in the tail */
-    CHECK(attn__widen_rows_avx2((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+  for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+    if (!attn_kernel_supported(sets[si].kernel)) continue;
+    const widen_fn widen = sets[si].fn;
+    for (int i = 0; i < ROWS * N; i++)
+      src[i] = (uint16_t)i;
+    for (int t = ATTN_DTYPE_F16; t <= ATTN_DTYPE_BF16; t++) {
+      const int fa = widen((attn_dtype)t, src, N, 1, 0, ROWS, N, LD, a);
+      const int fb = attn__widen_rows((attn_dtype)t, src, N, 1, 0, ROWS, N, LD, b);
+      CHECKF(memcmp(a, b, sizeof(float) * ROWS * LD) == 0 && fa == fb && fa == 0,
+             "%s: the %s widening differs from the portable one", attn_dtype_name((attn_dtype)t),
+             sets[si].name);
+      /* finite rows only (exponent field below all ones): both report finite */
+      const uint16_t one = t == ATTN_DTYPE_F16 ? 0x3c00 : 0x3f80;
+      uint16_t fin[2 * N];
+      for (int i = 0; i < 2 * N; i++)
+        fin[i] = (uint16_t)(one + i);
+      CHECK(widen((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 1);
+      fin[N + 28] = t == ATTN_DTYPE_F16 ? 0x7c00 : 0x7f80; /* inf in the tail */
+      CHECK(widen((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+      fin[N + 28] = one, fin[N + 5] = t == ATTN_DTYPE_F16 ? 0xfc00 : 0xff80; /* −inf, a step */
+      CHECK(widen((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+    }
+    /* fp8: every pattern in every lane of a vector step and in the tail (256 rows of 29) */
+    uint8_t *src8 = (uint8_t *)src;
+    for (int i = 0; i < 256 * N; i++)
+      src8[i] = (uint8_t)(i / N + i * 37);
+    for (int t = ATTN_DTYPE_F8E4M3; t <= ATTN_DTYPE_F8E5M2; t++) {
+      const int fa = widen((attn_dtype)t, src8, N, 1, 0, 256, N, LD, a);
+      const int fb = attn__widen_rows((attn_dtype)t, src8, N, 1, 0, 256, N, LD, b);
+      CHECKF(memcmp(a, b, sizeof(float) * 256 * LD) == 0 && fa == fb && fa == 0,
+             "%s: the %s widening differs from the portable one", attn_dtype_name((attn_dtype)t),
+             sets[si].name);
+      uint8_t fin[2 * N];
+      for (int i = 0; i < 2 * N; i++)
+        fin[i] = (uint8_t)(0x30 + i); /* finite in both formats */
+      CHECK(widen((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 1);
+      fin[3] = 0xff; /* NaN in a vector step */
+      CHECK(widen((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+      fin[3] = 0x30, fin[N + 28] = 0x7f; /* NaN in the tail */
+      CHECK(widen((attn_dtype)t, fin, N, 1, 0, 2, N, LD, a) == 0);
+    }
   }
   free(src), free(a), free(b);
 #endif

@@ -188,6 +188,45 @@ static inline const void *at(attn_dtype t, const void *base, int64_t offset) {
   return (const char *)base + offset * (int64_t)attn__dtype_size(t);
 }
 
+/* widen_rows of contiguous narrow rows of type t (a constant after inlining), 16 values per step,
+ * finiteness tracked in the same pass; tails through attn__widen. */
+static inline __attribute__((always_inline)) int widen_rows_typed(attn_dtype t, const void *src,
+                                                                  int64_t row_stride, int64_t j0,
+                                                                  int cols, int64_t n, int64_t ld,
+                                                                  float *dst) {
+  const __m512i expo = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;
+  int tail_finite = 1;
+  const int64_t n16 = n & ~(int64_t)15;
+  for (int c = 0; c < cols; c++) {
+    const void *row = at(t, src, (j0 + c) * row_stride);
+    float *out = dst + (int64_t)c * ld;
+    for (int64_t d = 0; d < n16; d += 16) {
+      const __m512 f = load16(t, row, d, 16);
+      _mm512_storeu_ps(out + d, f);
+      bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(f), expo), expo);
+    }
+    if (n16 < n) {
+      attn__widen(t, src, (j0 + c) * row_stride + n16, 1, n - n16, out + n16);
+      tail_finite &= attn__rows_finite(out + n16, 0, 1, n - n16);
+    }
+    for (int64_t d = n; d < ld; d++)
+      out[d] = 0.0f;
+  }
+  return tail_finite && bad == 0;
+}
+
+/* attn__widen_rows for contiguous narrow rows on 16 lanes (widen16); exact, so bitwise the
+ * portable function's result, to which fp32 and strided rows go. */
+static int widen_rows_avx512(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
+                             int64_t j0, int cols, int64_t n, int64_t ld, float *dst) {
+  if (t == ATTN_DTYPE_F32 || col_stride != 1)
+    return attn__widen_rows(t, src, row_stride, col_stride, j0, cols, n, ld, dst);
+#define ATTN__WIDEN(T) return widen_rows_typed(T, src, row_stride, j0, cols, n, ld, dst)
+  ATTN__BY_DTYPE(t, ATTN__WIDEN)
+#undef ATTN__WIDEN
+}
+
 /* Rows [r, r + R) of the decode qk, R ≤ 4: two keys per pass, K and Q vectors loaded once per
  * step of 16 along D. */
 static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dtype t,
@@ -371,7 +410,7 @@ const attn__fwd_ukernel attn__ukernel_avx512 = {
     attn__pv_masked_avx2,
     qk_direct_avx512,
     pv_direct_avx512,
-    attn__widen_rows_avx2,
+    widen_rows_avx512,
 };
 
 attn_status attn__fwd_f32__avx512(const attn__problem *pr, const void *q, const void *k,
