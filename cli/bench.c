@@ -12,8 +12,7 @@
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
  *              [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd] [--page-size N]
- * [--csv] [--long]
- *              [--quick] [--backward] [--no-machine]
+ *              [--csv] [--long] [--quick] [--backward] [--no-machine]
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
  * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts

@@ -227,6 +227,11 @@ static inline size_t attn__dtype_size(attn_dtype t) {
   return t == ATTN_DTYPE_F32 ? 4 : t == ATTN_DTYPE_F16 || t == ATTN_DTYPE_BF16 ? 2 : 1;
 }
 
+/* Element `offset` of an array base of type t. */
+static inline const void *attn__elem(attn_dtype t, const void *base, int64_t offset) {
+  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
+}
+
 /* dst[d] = element offset + d·stride of src (of type t), as float (exact), for d in [0, n). */
 void attn__widen(attn_dtype t, const void *src, int64_t offset, int64_t stride, int64_t n,
                  float *dst);

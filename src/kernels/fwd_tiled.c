@@ -226,10 +226,6 @@ int attn__widen_rows(attn_dtype t, const void *src, int64_t row_stride, int64_t 
 }
 
 /* Address of element `offset` of a tensor of type t. */
-static const void *elem(const void *base, attn_dtype t, int64_t offset) {
-  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
-}
-
 /* attn__widen_rows through the set's own form when it has one. */
 static int widen_rows(const attn__fwd_ukernel *uk, attn_dtype t, const void *src,
                       int64_t row_stride, int64_t col_stride, int64_t j0, int cols, int64_t n,
@@ -264,7 +260,7 @@ static int page_run(const attn_params *p, int64_t j, int n) {
 
 /* Address of the row of key j (j < klen(b) when paged) of KV head (b, hk) of x. */
 static const void *kv_row_at(const fwd_job *job, kv_tensor x, int64_t b, int64_t hk, int64_t j) {
-  return elem(x.base, x.type, attn__kv_row(job->pr->p, x.stride, b, hk, j));
+  return attn__elem(x.type, x.base, attn__kv_row(job->pr->p, x.stride, b, hk, j));
 }
 
 /* Paged decode: the direct forms prefetch K rows a few keys ahead of the one they read, within

@@ -141,8 +141,9 @@ extern const attn__fwd_ukernel attn__ukernel_generic;
 extern const attn__fwd_ukernel attn__ukernel_avx2;
 extern const attn__fwd_ukernel attn__ukernel_avx512;
 /* Parts of the AVX2 set that the AVX-512 set shares (ukernel_avx2.c; AVX2 + FMA + F16C only): K
- * packing in panels of w keys (w a multiple of 8), Q packing in panels of mr rows, the masked P·V,
- * the decode direct forms, all with S rows 128 floats apart (bc = 128), and narrow widening. */
+ * packing in panels of w keys (w a multiple of 8), Q packing in panels of mr rows and the masked
+ * P·V, with S rows 128 floats apart (bc = 128); the decode direct forms and narrow widening, which
+ * test_dtype calls directly. */
 void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_stride, int64_t j0,
                               int cols, int64_t D, float *dst, int w);
 void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr);
@@ -181,9 +182,18 @@ static inline int64_t attn__round_up(int64_t x, int64_t m) { return (x + m - 1) 
     break;                                                                                         \
   }
 
+/* The decode direct forms prefetch, for each pair of keys c, c + 1 they read, the K rows
+ * ATTN__DECODE_AHEAD keys ahead and the V rows of keys c, c + 1 (read by pv after the tile's
+ * softmax), both into L2. On Zen 4 (Lq = 1, Lk = 32768, Hq = 32, Hkv = 8, D = 128, fp32, three
+ * alternating rounds): K non-temporal 4 ahead and V into L1 (the Zen 3 choice) took 32 ms on one
+ * thread and 17–27 on two; K and V into L2 16–32 ahead 19–21 and 11–14; K into L2 with V into L1
+ * or not prefetched 28–34 (presumably prefetches into L1 wait for its few miss buffers; on Zen 3
+ * K non-temporal was 1.03–1.04× faster than into L1). 16 rather than 32 ahead: pages of 16 keys
+ * took 14–15 ms against 16–17 (prefetches past a page's end fetch rows of other pages). */
+enum { ATTN__DECODE_AHEAD = 16 };
+
 /* Prefetches bytes [0, n) from p into L2 (prefetches never fault, so p may lie past an array's
- * end). The decode direct forms' prefetch of K and V rows: into L1 it was 1.4–1.6× slower on
- * Zen 4 (docs/performance.md). */
+ * end). */
 static inline void attn__prefetch_l2(const char *p, int64_t n) {
   for (int64_t b = 0; b < n; b += 64)
     __builtin_prefetch(p + b, 0, 2);

@@ -347,11 +347,6 @@ static inline __attribute__((always_inline)) __m256 load8(attn_dtype t, const vo
   return widen8(t, _mm_loadu_si128((const __m128i *)(const void *)tmp));
 }
 
-/* Element `offset` of a row base of type t. */
-static inline const void *at(attn_dtype t, const void *base, int64_t offset) {
-  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
-}
-
 /* Rows [r, r + R) of the decode qk below, R ≤ 4 and the K type t constants after inlining: two
  * keys per pass (2R accumulators), K and Q vectors loaded once per step of 8 along D (narrow K
  * widened in registers). */
@@ -388,24 +383,17 @@ static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dty
 static inline __attribute__((always_inline)) void
 qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int rows, int cols,
                 int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs, int64_t Dv) {
-  /* K rows are prefetched 16 keys ahead and V rows of the same keys (read by pv after this tile's
-   * softmax), both into L2 (T1). On Zen 4 (Lq = 1, Lk = 32768, Hq = 32, Hkv = 8, D = 128, fp32,
-   * three alternating rounds): K non-temporal 4 ahead and V into L1 (the Zen 3 choice) took 32 ms
-   * on one thread and 17–27 on two; K and V into L2 16–32 ahead 19–21 and 11–14; K into L2 with V
-   * into L1 or not prefetched 28–34 (presumably prefetches into L1 wait for its few miss buffers;
-   * on Zen 3 K non-temporal was 1.03–1.04× faster than into L1). 16 rather than 32 ahead: pages of
-   * 16 keys took 14–15 ms against 16–17 (prefetches past a page's end fetch rows of other pages).
-   */
-  enum { AHEAD = 16 };
+  /* prefetches: see ATTN__DECODE_AHEAD */
   const int64_t k_bytes = D * (int64_t)attn__dtype_size(t);
   const int64_t v_bytes = Dv * (int64_t)attn__dtype_size(vt);
   for (int c = 0; c < cols; c += 2) {
     const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
-    const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
-    const char *ka = at(t, k0, AHEAD * k_rs), *kb = at(t, k0, (AHEAD + 1) * k_rs);
+    const char *k0 = attn__elem(t, k, c * k_rs), *k1 = two ? attn__elem(t, k0, k_rs) : k0;
+    const char *ka = attn__elem(t, k0, ATTN__DECODE_AHEAD * k_rs),
+               *kb = attn__elem(t, k0, (ATTN__DECODE_AHEAD + 1) * k_rs);
     attn__prefetch_l2(ka, k_bytes), attn__prefetch_l2(kb, k_bytes);
-    attn__prefetch_l2(at(vt, v, c * v_rs), v_bytes); /* V rows c, c + 1 for pv */
-    attn__prefetch_l2(at(vt, v, (c + two) * v_rs), v_bytes);
+    attn__prefetch_l2(attn__elem(vt, v, c * v_rs), v_bytes); /* V rows c, c + 1 for pv */
+    attn__prefetch_l2(attn__elem(vt, v, (c + two) * v_rs), v_bytes);
     int r = 0;
     for (; r + 4 <= rows; r += 4)
       qk_direct_rows(4, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
@@ -452,7 +440,7 @@ pv_direct_rows(int R, attn_dtype t, const float *p, const void *v, int64_t v_rs,
     a[i][1] = _mm256_mul_ps(_mm256_load_ps(o + i * dvp + 8), al);
   }
   for (int c = 0; c < cols; c++) {
-    const void *vr = at(t, v, c * v_rs);
+    const void *vr = attn__elem(t, v, c * v_rs);
     const __m256 v0 = load8(t, vr, 0, n0), v1 = load8(t, vr, 8, n1);
     check0 = _mm256_fmadd_ps(v0, zero, check0);
     check1 = _mm256_fmadd_ps(v1, zero, check1);
@@ -474,8 +462,9 @@ pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const
   for (int64_t d0 = 0; d0 < Dv; d0 += 16) {
     int r = 0;
 #define ATTN__PV(R)                                                                                \
-  check = _mm256_add_ps(check, pv_direct_rows(R, t, p + r * BC, at(t, v, d0), v_rs, alpha + r,     \
-                                              cols, Dv - d0, dvp, acc + (int64_t)r * dvp + d0))
+  check =                                                                                          \
+      _mm256_add_ps(check, pv_direct_rows(R, t, p + r * BC, attn__elem(t, v, d0), v_rs, alpha + r, \
+                                          cols, Dv - d0, dvp, acc + (int64_t)r * dvp + d0))
     for (; r + 4 <= rows; r += 4)
       ATTN__PV(4);
     switch (rows - r) {

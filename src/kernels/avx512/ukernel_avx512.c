@@ -184,10 +184,6 @@ static inline __attribute__((always_inline)) __m512 load16(attn_dtype t, const v
                             : _mm512_maskz_loadu_epi8((__mmask64)((1ull << n) - 1u), r));
 }
 
-static inline const void *at(attn_dtype t, const void *base, int64_t offset) {
-  return (const char *)base + offset * (int64_t)attn__dtype_size(t);
-}
-
 /* widen_rows of contiguous narrow rows of type t (a constant after inlining), 16 values per step,
  * finiteness tracked in the same pass; tails through attn__widen. */
 static inline __attribute__((always_inline)) int widen_rows_typed(attn_dtype t, const void *src,
@@ -199,7 +195,7 @@ static inline __attribute__((always_inline)) int widen_rows_typed(attn_dtype t, 
   int tail_finite = 1;
   const int64_t n16 = n & ~(int64_t)15;
   for (int c = 0; c < cols; c++) {
-    const void *row = at(t, src, (j0 + c) * row_stride);
+    const void *row = attn__elem(t, src, (j0 + c) * row_stride);
     float *out = dst + (int64_t)c * ld;
     for (int64_t d = 0; d < n16; d += 16) {
       const __m512 f = load16(t, row, d, 16);
@@ -257,21 +253,20 @@ static inline __attribute__((always_inline)) void qk_direct_rows(int R, attn_dty
   }
 }
 
-/* The decode qk for K of type t (a constant after inlining); prefetches as the AVX2 form's (K 16
- * keys ahead and V of the same keys, into L2). */
+/* The decode qk for K of type t (a constant after inlining); prefetches: see ATTN__DECODE_AHEAD. */
 static inline __attribute__((always_inline)) void
 qk_direct_typed(attn_dtype t, const float *qs, const void *k, int64_t k_rs, int rows, int cols,
                 int64_t D, float *s, attn_dtype vt, const void *v, int64_t v_rs, int64_t Dv) {
-  enum { AHEAD = 16 };
   const int64_t k_bytes = D * (int64_t)attn__dtype_size(t);
   const int64_t v_bytes = Dv * (int64_t)attn__dtype_size(vt);
   for (int c = 0; c < cols; c += 2) {
     const int two = c + 1 < cols; /* the pair's second key exists (else key c is read twice) */
-    const char *k0 = at(t, k, c * k_rs), *k1 = two ? at(t, k0, k_rs) : k0;
-    const char *ka = at(t, k0, AHEAD * k_rs), *kb = at(t, k0, (AHEAD + 1) * k_rs);
+    const char *k0 = attn__elem(t, k, c * k_rs), *k1 = two ? attn__elem(t, k0, k_rs) : k0;
+    const char *ka = attn__elem(t, k0, ATTN__DECODE_AHEAD * k_rs),
+               *kb = attn__elem(t, k0, (ATTN__DECODE_AHEAD + 1) * k_rs);
     attn__prefetch_l2(ka, k_bytes), attn__prefetch_l2(kb, k_bytes);
-    attn__prefetch_l2(at(vt, v, c * v_rs), v_bytes); /* V rows c, c + 1 for pv */
-    attn__prefetch_l2(at(vt, v, (c + two) * v_rs), v_bytes);
+    attn__prefetch_l2(attn__elem(vt, v, c * v_rs), v_bytes); /* V rows c, c + 1 for pv */
+    attn__prefetch_l2(attn__elem(vt, v, (c + two) * v_rs), v_bytes);
     int r = 0;
     for (; r + 4 <= rows; r += 4)
       qk_direct_rows(4, t, qs + (int64_t)r * D, k0, k1, two, D, s + r * BC + c);
@@ -319,7 +314,7 @@ pv_direct_rows(int R, int NV, attn_dtype t, const float *p, const void *v, int64
   }
   __mmask16 bad = 0;
   for (int c = 0; c < cols; c++) {
-    const void *vr = at(t, v, c * v_rs);
+    const void *vr = attn__elem(t, v, c * v_rs);
     __m512 x[4];
     for (int j = 0; j < NV; j++) {
       x[j] = load16(t, vr, 16 * j, nl[j]);
@@ -348,7 +343,7 @@ pv_direct_typed(attn_dtype t, const float *p, const void *v, int64_t v_rs, const
     for (int r = 0; r < rows; r += 4) {
       const int R = rows - r < 4 ? rows - r : 4;
       const float *pr = p + r * BC, *al = alpha + r;
-      const void *vd = at(t, v, d0);
+      const void *vd = attn__elem(t, v, d0);
       float *o = acc + (int64_t)r * dvp + d0;
 #define ATTN__PV(RR, NV) bad |= pv_direct_rows(RR, NV, t, pr, vd, v_rs, al, cols, Dv - d0, dvp, o)
       if (wide) {
