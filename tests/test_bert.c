@@ -235,8 +235,17 @@ static void test_png(void) {
 
 /* GELU on a dense grid of [−8, 8] and at the edges of the approximation's range: error ≤
  * 5e-7·(1 + |x|) against x/2·(1 + erf(x/√2)) in double (erf's 4.2e-7 times x/2, plus the
- * result's rounding); NaN stays NaN. */
-static void test_gelu(void) {
+ * result's rounding); NaN stays NaN. For attn_bert_gelu and each pass behind it (the 8-lane one
+ * where the CPU has AVX2 and FMA), and with a bias: rows of 37 values (tails of both lane
+ * counts) against GELU(x + b) of the float sum. */
+typedef void (*gelu_rows_fn)(float *x, const float *b, size_t rows, size_t n);
+static void gelu_dispatched(float *x, const float *b, size_t rows, size_t n) {
+  (void)b; /* attn_bert_gelu has no bias: one row */
+  attn_bert_gelu(x, rows * n);
+}
+static double gelu_ref(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
+
+static void test_gelu_pass(const char *name, gelu_rows_fn fn) {
   enum { N = 160001 };
   float *x = malloc(sizeof(float) * (N + 6));
   for (int i = 0; i < N; i++)
@@ -246,18 +255,45 @@ static void test_gelu(void) {
   x[N + 5] = NAN;
   float *y = malloc(sizeof(float) * (N + 6));
   memcpy(y, x, sizeof(float) * (N + 6));
-  attn_bert_gelu(y, N + 6);
+  fn(y, NULL, 1, N + 6);
   double worst = 0; /* error / allowed */
   int at = 0;
   for (int i = 0; i < N + 5; i++) {
-    const double ref = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
-    const double e = fabs(y[i] - ref) / (5e-7 * (1.0 + fabs(x[i])));
+    const double e = fabs(y[i] - gelu_ref(x[i])) / (5e-7 * (1.0 + fabs(x[i])));
     if (!(e <= worst)) worst = e, at = i;
   }
-  CHECKF(worst <= 1.0, "GELU: error %.3g x the allowed 5e-7*(1+|x|) at x = %.9g", worst,
+  CHECKF(worst <= 1.0, "GELU %s: error %.3g x the allowed 5e-7*(1+|x|) at x = %.9g", name, worst,
          (double)x[at]);
-  CHECKF(isnan(y[N + 5]), "GELU(NaN) = %g, want NaN", (double)y[N + 5]);
+  CHECKF(isnan(y[N + 5]), "GELU %s (NaN) = %g, want NaN", name, (double)y[N + 5]);
+  if (fn != gelu_dispatched) { /* with a bias, rows of 37 */
+    enum { R = 3, C = 37 };
+    float xb[R * C], yb[R * C], b[C];
+    for (int c = 0; c < C; c++)
+      b[c] = 0.25f * (float)(c % 7) - 0.75f;
+    for (int i = 0; i < R * C; i++)
+      xb[i] = yb[i] = 0.37f * (float)(i % 23) - 4.0f;
+    fn(yb, b, R, C);
+    worst = 0;
+    for (int i = 0; i < R * C; i++) {
+      const float v = xb[i] + b[i % C];
+      const double e = fabs(yb[i] - gelu_ref(v)) / (5e-7 * (1.0 + fabs(v)));
+      if (!(e <= worst)) worst = e, at = i;
+    }
+    CHECKF(worst <= 1.0, "GELU %s with a bias: error %.3g x the allowed at element %d", name, worst,
+           at);
+  }
   free(x), free(y);
+}
+
+static void test_gelu(void) {
+  test_gelu_pass("attn_bert_gelu", gelu_dispatched);
+  test_gelu_pass("4 lanes", attn_bert_gelu_rows_sse);
+#if defined(__x86_64__) || defined(__i386__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    test_gelu_pass("8 lanes (AVX2)", attn_bert_gelu_rows_avx2);
+  else
+    printf("  GELU 8 lanes (AVX2): SKIP (no AVX2/FMA)\n");
+#endif
 }
 
 int main(int argc, char **argv) {

@@ -86,6 +86,10 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
 /* x[i] = GELU(x[i]) = x/2 · (1 + erf(x/√2)) (BERT's exact form), erf from a rational
  * approximation: error within 5e-7·(1 + |x|) (tested on [−8, 8]), NaN stays NaN. */
 void attn_bert_gelu(float *x, size_t n);
+/* The passes behind it (x [rows, n] = GELU(x + b), b [n] or NULL), for tests: 4 lanes at the
+ * baseline ISA, and (x86 only; call it only where the CPU has AVX2 and FMA) 8 lanes. */
+void attn_bert_gelu_rows_sse(float *x, const float *b, size_t rows, size_t n);
+void attn_bert_gelu_rows_avx2(float *x, const float *b, size_t rows, size_t n);
 
 /* Sentence embeddings [n, hidden]: mean of the last-layer states over the tokens, L2-normalised. */
 int attn_bert_embed(const attn_bert *m, int n, const char *const *texts, float *emb, char *err,
