@@ -152,11 +152,11 @@ static void add_layernorm(float *x, const float *r, const float *rb, const float
 #define GELU_ROWS_FN attn_bert_gelu_rows_sse
 #include "gelu_body.h"
 
+/* x [rows, n] = GELU(x + b) with b [n] or NULL: the bias of the first FFN product folded into its
+ * activation pass. */
 static void gelu_rows(float *x, const float *b, size_t rows, size_t n) {
 #if defined(__x86_64__) || defined(__i386__)
-  static int avx2 = -1; /* the same answer for every thread: a benign race at worst */
-  if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     attn_bert_gelu_rows_avx2(x, b, rows, n);
     return;
   }
@@ -165,12 +165,6 @@ static void gelu_rows(float *x, const float *b, size_t rows, size_t n) {
 }
 
 void attn_bert_gelu(float *x, size_t n) { gelu_rows(x, NULL, 1, n); }
-
-/* x [rows, n] = GELU(x + b) with b [n]: the bias of the first FFN product folded into its
- * activation pass. */
-static void bias_gelu(float *x, const float *b, int rows, int n) {
-  gelu_rows(x, b, (size_t)rows, (size_t)n);
-}
 
 /* The row-wise part of a layer — everything but attention: each worker takes a fixed band of
  * rows (so results do not depend on timing) with single-threaded OpenBLAS, keeping the band's
@@ -204,7 +198,7 @@ static void *band(void *arg) {
   linear(j->a + (size_t)r0 * (size_t)H, j->L->wo, NULL, t, nr, H, H);
   add_layernorm(x, t, j->L->bo, j->L->ln1_g, j->L->ln1_b, nr, H);
   linear(x, j->L->w1, NULL, inter, nr, H, F);
-  bias_gelu(inter, j->L->b1, nr, F);
+  gelu_rows(inter, j->L->b1, (size_t)nr, (size_t)F);
   linear(inter, j->L->w2, NULL, t, nr, F, H);
   add_layernorm(x, t, j->L->b2, j->L->ln2_g, j->L->ln2_b, nr, H);
   return NULL;

@@ -6,7 +6,8 @@
  * ATTN_BWD_SCRATCH_FN and ATTN_BWD_EXP_FN (and ATTN_BWD_VL, ATTN_BWD_FMA) and includes this file.
  *
  * Passes (each a parallel loop over items that write disjoint memory, so no atomics):
- *   1. Δ = rowsum(dO∘O)                          items (b, h, query block)
+ *   1. Δ = rowsum(dO∘O); scale·Q and dO packed; the rows' LSE and key ranges gathered
+ *                                                  items (b, h, query block)
  *   2. main: items (b, KV head, key slice). For each key block kb of the slice (bc keys):
  *        for each query head of the group and each query block that sees kb:
  *          S  = (scale·Q)·Kᵀ, then softcap/ALiBi/bias/visibility (attn__score_row)
@@ -597,8 +598,9 @@ static attn_status plan(bwd_job *job, int *workers, int64_t *n_main, size_t extr
            attn__mul_ok(n[0], job->dp * 4, &n[0]) && attn__mul_ok(rows, 4, &n[1]) &&
            attn__mul_ok(rows, job->dp * 4, &n[2]) && attn__mul_ok(rows, job->dvp * 4, &n[3]) &&
            attn__mul_ok(bhq, job->n_qb, &n[4]) && attn__mul_ok(rows, 4, &n[5]) &&
-           attn__mul_ok(p->batch, job->lq_p * 8, &n[6]) && (n[7] = n[6], 1) &&
+           attn__mul_ok(p->batch, job->lq_p * 8, &n[6]) &&
            scratch_layout(job->dp, job->dvp, offs, &job->scratch_bytes);
+  n[7] = n[6]; /* lo and hi alike */
   for (int i = 0; ok && i < N_EXTRA; i++) {
     ok = attn__add_ok(n[i], 64, &n[i]);
     extra[i] = (size_t)(n[i] & ~(int64_t)63);
