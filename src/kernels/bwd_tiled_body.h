@@ -592,7 +592,7 @@ static attn_status plan(bwd_job *job, int *workers, int64_t *n_main, size_t extr
   const int64_t full[4] = {p->batch, p->heads_q, p->len_q, p->len_k};
   for (int d = 0; d < 4; d++)
     job->db[d] = p->bias_stride[d] == 0 ? 1 : full[d];
-  int64_t n[N_EXTRA], rows;
+  int64_t n[N_EXTRA] = {0}, rows = 0;
   int ok = attn__mul_ok(bhk, job->n_slices, n_main) && attn__mul_ok(bhq, job->lq_p, &rows) &&
            attn__mul_ok(*n_main, job->pr->group * job->lq_p, &n[0]) &&
            attn__mul_ok(n[0], job->dp * 4, &n[0]) && attn__mul_ok(rows, 4, &n[1]) &&
