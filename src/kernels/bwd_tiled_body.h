@@ -215,8 +215,9 @@ typedef struct bwd_job {
   float *dos_all;           /* [B, Hq, lq_p, dvp] dO, packed once */
   unsigned char *qfin;      /* [B, Hq, n_qb] bit 0: the block's Q finite, bit 1: its dO */
   float *dq_part;           /* [B, Hkv, n_slices, group, lq_p, dp] */
-  int64_t db[4];            /* dBias shape */
-  unsigned char *scratch;   /* workers × scratch_bytes */
+  unsigned char *dq_wrote; /* [B, Hkv, n_slices, group, n_qb] 1: that block of dq_part is written */
+  int64_t db[4];           /* dBias shape */
+  unsigned char *scratch;  /* workers × scratch_bytes */
   size_t scratch_bytes;
 } bwd_job;
 
@@ -458,8 +459,12 @@ static void main_item(void *ctx, int64_t item, int worker) {
   const int64_t S = job->n_slices, group = job->pr->group, dp = job->dp, dvp = job->dvp;
   const int64_t slice = item % S, bhk = item / S, hk = bhk % p->heads_kv, b = bhk / p->heads_kv;
   float *dq_part = job->dq_part + item * group * job->lq_p * dp;
+  unsigned char *wrote = job->dq_wrote + item * group * job->n_qb;
   bwd_scratch w = carve(job, worker);
-  memset(dq_part, 0, sizeof(float) * (size_t)(group * job->lq_p * dp));
+  /* a block of the partial dQ is written (not accumulated) by its first tile, and one that no tile
+   * of the slice sees is never read: nothing to zero (bitwise the same sums: the first FMA onto a
+   * zero is the product itself, and pass 3 adds exact zeros no more) */
+  memset(wrote, 0, (size_t)(group * job->n_qb));
 
   for (int64_t kb = 0; kb < job->n_kb; kb++) {
     if (slice_of(kb, S) != slice) continue;
@@ -492,12 +497,14 @@ static void main_item(void *ctx, int64_t item, int worker) {
           gemm(cols_p, (int)dp, rows_p, w.ds, 1, BC, w.qs, dp, w.dk, dp, 1);
         else
           gemm_masked(cols_p, (int)dp, rows_p, w.ds, 1, BC, w.vis, 1, BC, w.qs, dp, w.dk, dp, 1);
-        /* dQpart += dS·K */
+        /* dQpart (+)= dS·K */
         float *dq = dq_part + (hh * job->lq_p + i0) * dp;
+        const int acc = wrote[hh * job->n_qb + qb];
         if (fin_kv & 1)
-          gemm(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.kr, dp, dq, dp, 1);
+          gemm(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.kr, dp, dq, dp, acc);
         else
-          gemm_masked(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.vis, BC, 1, w.kr, dp, dq, dp, 1);
+          gemm_masked(rows_p, (int)dp, cols_p, w.ds, BC, 1, w.vis, BC, 1, w.kr, dp, dq, dp, acc);
+        wrote[hh * job->n_qb + qb] = 1;
       }
     for (int c = 0; c < cols && j0 + c < attn__k_stored(p, b); c++) {
       const int64_t j = j0 + c; /* (keys of packed K past klen(b) have no dK, dV rows) */
@@ -511,24 +518,31 @@ static void main_item(void *ctx, int64_t item, int worker) {
   }
 }
 
-/* Pass 3: dQ rows of item (b, h, query block) = scale · Σ_slice partials, in slice order. */
+/* Pass 3: dQ rows of item (b, h, query block) = scale · Σ_slice partials, in slice order (a
+ * slice whose tiles never reached the block adds nothing: its partial holds no rows there). */
 static void dq_item(void *ctx, int64_t item, int worker) {
   const bwd_job *job = ctx;
   const attn_params *p = job->pr->p;
-  const int64_t S = job->n_slices, group = job->pr->group, dp = job->dp;
+  const int64_t S = job->n_slices, group = job->pr->group, dp = job->dp, n_qb = job->n_qb;
   (void)worker;
-  const int64_t qb = item % job->n_qb, bh = item / job->n_qb;
+  const int64_t qb = item % n_qb, bh = item / n_qb;
   const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / group, hh = h % group;
-  const int64_t part_stride = group * job->lq_p * dp;
-  const float *part0 = job->dq_part + (b * p->heads_kv + hk) * S * part_stride;
+  const int64_t part_stride = group * job->lq_p * dp, first = (b * p->heads_kv + hk) * S;
+  const float *part0 = job->dq_part + first * part_stride;
+  const unsigned char *wrote0 = job->dq_wrote + first * group * n_qb;
   const int64_t rows = attn__q_stored(p, b); /* packed: no padding */
+  const float scale = job->pr->scale;
   for (int64_t i = qb * BR; i < rows && i < (qb + 1) * BR; i++) {
     float *dq = job->t->dq + attn__q_row(p, p->dq_stride, b, h, i);
-    for (int64_t d = 0; d < p->dim; d++) {
-      float sum = 0.0f;
+    for (int64_t d0 = 0; d0 < p->dim; d0 += VL) { /* VL columns at a time (dp is a multiple) */
+      vf sum = splat(0.0f);
       for (int64_t s = 0; s < S; s++)
-        sum += part0[s * part_stride + (hh * job->lq_p + i) * dp + d];
-      dq[d * p->dq_stride[3]] = sum == 0.0f ? 0.0f : sum * job->pr->scale; /* +0, never −0 */
+        if (wrote0[(s * group + hh) * n_qb + qb])
+          sum += ldv(part0 + s * part_stride + (hh * job->lq_p + i) * dp + d0);
+      float out[VL];
+      stv(out, sum);
+      for (int64_t l = 0; l < VL && d0 + l < p->dim; l++) /* +0, never −0 */
+        dq[(d0 + l) * p->dq_stride[3]] = out[l] == 0.0f ? 0.0f : out[l] * scale;
     }
   }
 }
@@ -575,8 +589,9 @@ static void dbias_item(void *ctx, int64_t item, int worker) {
 }
 
 /* Sizes the job; the plan depends on shapes only. Extra buffers, in bytes: dQ partials, Δ, packed
- * Q and dO, finiteness flags, LSE, key ranges (lo, hi) (each part rounded up to 64 bytes). */
-enum { N_EXTRA = 8 };
+ * Q and dO, finiteness flags, LSE, key ranges (lo, hi), the partials' written flags (each part
+ * rounded up to 64 bytes). */
+enum { N_EXTRA = 9 };
 static attn_status plan(bwd_job *job, int *workers, int64_t *n_main, size_t extra[N_EXTRA]) {
   const attn_params *p = job->pr->p;
   size_t offs[N_PARTS];
@@ -599,6 +614,7 @@ static attn_status plan(bwd_job *job, int *workers, int64_t *n_main, size_t extr
            attn__mul_ok(rows, job->dp * 4, &n[2]) && attn__mul_ok(rows, job->dvp * 4, &n[3]) &&
            attn__mul_ok(bhq, job->n_qb, &n[4]) && attn__mul_ok(rows, 4, &n[5]) &&
            attn__mul_ok(p->batch, job->lq_p * 8, &n[6]) &&
+           attn__mul_ok(*n_main, job->pr->group * job->n_qb, &n[8]) &&
            scratch_layout(job->dp, job->dvp, offs, &job->scratch_bytes);
   n[7] = n[6]; /* lo and hi alike */
   for (int i = 0; ok && i < N_EXTRA; i++) {
@@ -660,6 +676,7 @@ attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
   job.lse = (float *)(void *)part[5];
   job.lo = (int64_t *)(void *)part[6];
   job.hi = (int64_t *)(void *)part[7];
+  job.dq_wrote = part[8];
   const int64_t n_rows_items = p->batch * p->heads_q * job.n_qb;
   attn__parallel_for(workers, n_rows_items, prepare_item, &job);
   attn__parallel_for(workers, n_main, main_item, &job);
