@@ -14,7 +14,7 @@
  * included), so that half times 2^8 is the value, exactly; its NaN (magnitude 0x7f) gets the
  * half's all-ones exponent first. The AVX2 and AVX-512 widenings build the same half with vector
  * integer operations and convert it with vcvtph2ps, so all give the same bits (NaN included;
- * test_dtype compares the AVX2 one with this file on every pattern).
+ * test_dtype compares both with this file on every pattern).
  */
 #include "internal.h"
 

@@ -225,7 +225,6 @@ int attn__widen_rows(attn_dtype t, const void *src, int64_t row_stride, int64_t 
   return attn__rows_finite(dst, ld, cols, n);
 }
 
-/* Address of element `offset` of a tensor of type t. */
 /* attn__widen_rows through the set's own form when it has one. */
 static int widen_rows(const attn__fwd_ukernel *uk, attn_dtype t, const void *src,
                       int64_t row_stride, int64_t col_stride, int64_t j0, int cols, int64_t n,

@@ -193,8 +193,9 @@ static inline int64_t attn__round_up(int64_t x, int64_t m) { return (x + m - 1) 
 enum { ATTN__DECODE_AHEAD = 16 };
 
 /* Prefetches bytes [0, n) from p into L2 (prefetches never fault, so p may lie past an array's
- * end). */
-static inline void attn__prefetch_l2(const char *p, int64_t n) {
+ * end). Always inlined: gcc deems a function that only prefetches free of side effects and may
+ * delete calls to one it keeps out of line (see prefetch_next_page in fwd_tiled.c). */
+static inline __attribute__((always_inline)) void attn__prefetch_l2(const char *p, int64_t n) {
   for (int64_t b = 0; b < n; b += 64)
     __builtin_prefetch(p + b, 0, 2);
 }
