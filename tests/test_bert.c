@@ -7,7 +7,10 @@
  *      probes of single code points across Unicode plus 300 random strings;
  *   2. sentence embeddings match sentence-transformers' (cosine ≥ 0.99999, max |diff| ≤ 1e-4) on
  *      22 sentences, one at a time and as one padded batch;
- *   3. the GELU (erf from a rational approximation) against erf in double;
+ *      with each dense-product path (ATTN_BERT_GEMM=avx512 where the CPU has it, and openblas),
+ *      and the AVX-512 path bitwise the same at 1, 2 and 3 threads;
+ *   3. the GELU (erf from a rational approximation) against erf in double, and the AVX-512 dense
+ *      product against double over awkward sizes;
  *   4. the safetensors reader rejects truncated, malformed and mismatched files with a message
  *      naming the problem.
  * Usage: test_bert MODEL_DIR FIXTURES_DIR
@@ -296,6 +299,122 @@ static void test_gelu(void) {
 #endif
 }
 
+/* The AVX-512 dense product against double: rows, in and out around its blocks (12 rows, 32
+ * outputs, k chunks of 384), with and without bias, rows and y padded (ldx > in, ldy > out: the
+ * padding must stay untouched), |error| within in·2⁻²³·Σ|x·w| + |b|·2⁻²³; and a row's result
+ * bitwise the same when it is computed in a different group of rows. */
+static void test_gemm(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!__builtin_cpu_supports("avx512f")) {
+    printf("  dense product (AVX-512): SKIP (no AVX-512F)\n");
+    return;
+  }
+  static const int rows_list[] = {1, 2, 11, 12, 13, 25, 50};
+  static const int in_list[] = {1, 3, 16, 383, 384, 385, 800};
+  static const int out_list[] = {1, 15, 16, 17, 31, 32, 33, 100};
+  unsigned seed = 12345;
+  int cases = 0, bad = 0;
+  double worst = 0;
+  for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+    for (size_t ii = 0; ii < sizeof in_list / sizeof *in_list; ii++)
+      for (size_t oi = 0; oi < sizeof out_list / sizeof *out_list; oi++) {
+        const int rows = rows_list[ri], in = in_list[ii], out = out_list[oi], bias = (ri + oi) & 1;
+        const size_t ldx = (size_t)in + 3, ldy = (size_t)out + 5;
+        float *x = malloc(sizeof(float) * (size_t)rows * ldx);
+        float *w = malloc(sizeof(float) * (size_t)out * (size_t)in),
+              *b = malloc(sizeof(float) * (size_t)out);
+        float *wp =
+            aligned_alloc(64, (sizeof(float) * attn_bert_packed_floats(out, in) + 63) / 64 * 64);
+        float *y = malloc(sizeof(float) * (size_t)rows * ldy),
+              *y2 = malloc(sizeof(float) * (size_t)rows * ldy);
+        for (size_t i = 0; i < (size_t)rows * ldx; i++)
+          x[i] = (float)((seed = seed * 1103515245u + 12345u) >> 8) / 16777216.0f * 2.0f - 1.0f;
+        for (size_t i = 0; i < (size_t)out * (size_t)in; i++)
+          w[i] = (float)((seed = seed * 1103515245u + 12345u) >> 8) / 16777216.0f - 0.5f;
+        for (int o = 0; o < out; o++)
+          b[o] = 0.25f * (float)(o % 7) - 0.75f;
+        for (size_t i = 0; i < (size_t)rows * ldy; i++)
+          y[i] = y2[i] = -12345.0f; /* sentinel: the padding columns must keep it */
+        attn_bert_pack_weights(w, out, in, wp);
+        attn_bert_gemm_avx512(x, ldx, wp, bias ? b : NULL, y, ldy, rows, in, out);
+        for (int r0 = 0; r0 < rows; r0 += 5) /* the same rows in groups of 5 */
+          attn_bert_gemm_avx512(x + (size_t)r0 * ldx, ldx, wp, bias ? b : NULL,
+                                y2 + (size_t)r0 * ldy, ldy, rows - r0 < 5 ? rows - r0 : 5, in, out);
+        int ok = memcmp(y, y2, sizeof(float) * (size_t)rows * ldy) == 0;
+        for (int r = 0; r < rows; r++) {
+          for (int o = 0; o < out; o++) {
+            double ref = bias ? b[o] : 0.0, mag = bias ? fabs(b[o]) : 0.0;
+            for (int k = 0; k < in; k++) {
+              const double t =
+                  (double)x[(size_t)r * ldx + (size_t)k] * w[(size_t)o * (size_t)in + (size_t)k];
+              ref += t, mag += fabs(t);
+            }
+            const double e =
+                fabs(y[(size_t)r * ldy + (size_t)o] - ref) / ((in + 1) * 0x1p-23 * mag + 1e-30);
+            if (e > worst) worst = e;
+            ok &= e <= 1.0;
+          }
+          for (size_t o = (size_t)out; o < ldy; o++)
+            ok &= y[(size_t)r * ldy + o] == -12345.0f;
+        }
+        if (!ok && bad++ < 5)
+          CHECKF(0,
+                 "dense product rows %d in %d out %d bias %d: wrong values, padding written, or "
+                 "rows' grouping changed a result",
+                 rows, in, out, bias);
+        cases++;
+        free(x), free(w), free(b), free(wp), free(y), free(y2);
+      }
+  CHECKF(bad == 0, "dense product: %d of %d cases failed", bad, cases);
+  printf("  dense product (AVX-512): %d cases, worst error %.3f of its bound\n", cases, worst);
+#else
+  printf("  dense product (AVX-512): SKIP (not x86)\n");
+#endif
+}
+
+/* Embeddings of a padded batch at 1, 2 and 3 threads: bitwise equal on the AVX-512 path (every
+ * product sums in k order whatever the rows' bands; attention is deterministic). */
+static void test_threads_bitwise(attn_bert *m) {
+  if (m->gemm != ATTN_BERT_GEMM_AVX512) {
+    printf("  thread counts bitwise: SKIP (OpenBLAS path)\n");
+    return;
+  }
+  const char *texts[] = {"The bank raised its interest rates again.",
+                         "I sat on the bank of the river and watched the water.", "Hi.",
+                         ("The plants in my garden need water, and the power plant was shut down "
+                          "after the storm took out the lines along the river.")};
+  enum { N = 4, H = 384 };
+  static float e[3][N][H];
+  char err[512];
+  const int saved = m->threads;
+  for (int t = 1; t <= 3; t++) {
+    m->threads = t;
+    CHECKF(attn_bert_embed(m, N, texts, &e[t - 1][0][0], err, sizeof err) == 0, "embed: %s", err);
+  }
+  m->threads = saved;
+  CHECK(memcmp(e[0], e[1], sizeof e[0]) == 0);
+  CHECK(memcmp(e[0], e[2], sizeof e[0]) == 0);
+}
+
+/* ATTN_BERT_GEMM picks the dense-product path at load; a bad value is an error naming it. */
+static void test_gemm_choice(void) {
+  attn_bert m;
+  char err[512] = "";
+  setenv("ATTN_BERT_GEMM", "cublas", 1);
+  CHECKF(attn_bert_load(&m, model_dir, err, sizeof err) == -1 && strstr(err, "ATTN_BERT_GEMM") &&
+             strstr(err, "cublas"),
+         "ATTN_BERT_GEMM=cublas: message \"%s\"", err);
+#if defined(__x86_64__) || defined(__i386__)
+  if (!__builtin_cpu_supports("avx512f")) {
+    err[0] = '\0';
+    setenv("ATTN_BERT_GEMM", "avx512", 1);
+    CHECKF(attn_bert_load(&m, model_dir, err, sizeof err) == -1 && strstr(err, "AVX-512"),
+           "ATTN_BERT_GEMM=avx512 without AVX-512F: message \"%s\"", err);
+  }
+#endif
+  unsetenv("ATTN_BERT_GEMM");
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_bert MODEL_DIR FIXTURES_DIR\n");
@@ -303,6 +422,7 @@ int main(int argc, char **argv) {
   }
   model_dir = argv[1], fixtures = argv[2];
   test_gelu();
+  test_gemm();
   test_safetensors();
   test_png();
   attn_bert m;
@@ -314,7 +434,22 @@ int main(int argc, char **argv) {
   m.threads = 2;
   test_tokenizer(&m, "bert_tokens.txt", 50);
   test_tokenizer(&m, "bert_tokens_unicode.txt", 2000);
+  printf("  dense products: %s\n", m.gemm == ATTN_BERT_GEMM_AVX512 ? "avx512" : "openblas");
   test_embeddings(&m);
+  test_threads_bitwise(&m);
   attn_bert_free(&m);
+  if (m.gemm == ATTN_BERT_GEMM_AVX512) { /* and the other path */
+    setenv("ATTN_BERT_GEMM", "openblas", 1);
+    const int rc = attn_bert_load(&m, model_dir, err, sizeof err);
+    unsetenv("ATTN_BERT_GEMM");
+    CHECKF(rc == 0 && m.gemm == ATTN_BERT_GEMM_OPENBLAS, "ATTN_BERT_GEMM=openblas: %s", err);
+    if (rc == 0) {
+      m.threads = 2;
+      printf("  dense products: openblas\n");
+      test_embeddings(&m);
+      attn_bert_free(&m);
+    }
+  }
+  test_gemm_choice();
   return t_finish("test_bert");
 }

@@ -409,7 +409,8 @@ static int cmd_demo(int argc, char **argv) {
 }
 
 /* Throughput: sentences per second embedding batches of 32 sentences of about `tokens` tokens
- * (words from a fixed list), median of reps after a warm-up. Prints one CSV line per length. */
+ * (words from a fixed list), median of reps after a warm-up. Prints one CSV line per length,
+ * naming the dense products' path (ATTN_BERT_GEMM). */
 static int cmd_bench(int argc, char **argv) {
   const char *model = NULL;
   int reps = 5, threads = 2, batch = 32;
@@ -435,7 +436,8 @@ static int cmd_bench(int argc, char **argv) {
   m.threads = threads;
   static const char *words[] = {"the",     "river", "bank",  "was",   "covered", "in",     "wild",
                                 "flowers", "and",   "money", "water", "plant",   "garden", "power"};
-  printf("tokens,batch,threads,sentences_per_s,ms_per_batch\n");
+  const char *gemm = m.gemm == ATTN_BERT_GEMM_AVX512 ? "avx512" : "openblas";
+  printf("tokens,batch,threads,sentences_per_s,ms_per_batch,dense_products\n");
   for (int li = 0; li < n_len; li++) {
     char *texts[32];
     for (int b = 0; b < batch; b++) { /* tokens − 2 words: each is one word piece */
@@ -464,8 +466,8 @@ static int cmd_bench(int argc, char **argv) {
         const double x = t[b];
         t[b] = t[b - 1], t[b - 1] = x;
       }
-    printf("%d,%d,%d,%.1f,%.2f\n", lengths[li], batch, threads, batch / t[reps / 2],
-           1e3 * t[reps / 2]);
+    printf("%d,%d,%d,%.1f,%.2f,%s\n", lengths[li], batch, threads, batch / t[reps / 2],
+           1e3 * t[reps / 2], gemm);
     fflush(stdout);
     for (int b = 0; b < batch; b++)
       free(texts[b]);
