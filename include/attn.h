@@ -109,12 +109,12 @@
  *     block_table[b · block_table_stride + j / page_size]
  * for j < klen(b). Everything else (len_k, kv_len, masks, bias, P, positions) speaks of the
  * logical keys j, so a paged call gives bitwise the result of the same call on K and V gathered
- * into ordinary [B, Hkv, Lk, ·] tensors with contiguous rows, on every kernel. (Layouts in general
- * agree within rounding, not always to the last bit: decode, Lq ≤ 16, reads K and V rows in place
- * when their elements are contiguous — Q·K summed in vector lanes — and copies them into tiles
- * otherwise.) Entries for keys at or past klen(b) are never read (they may hold anything, e.g.
- * −1); the others must lie in [0, num_pages). Pages may be shared between batch items (a common
- * prefix) and appear in any order.
+ * into ordinary [B, Hkv, Lk, ·] tensors with contiguous rows, on every kernel — as any layout of
+ * the same numbers does (decode copies K and V rows whose elements are not contiguous into a
+ * contiguous tile, so it sums in the same order as on rows read in place). Entries for keys at or
+ * past klen(b) are never read (they may hold anything, e.g. −1); the others must lie in
+ * [0, num_pages). Pages may be shared between batch items (a common prefix) and appear in any
+ * order.
  *
  * Dropout (training; FlashAttention's and SDPA's dropout_p): with p->dropout = p > 0, each
  * visible pair's weight is kept and scaled by 1/(1 − p), or dropped (set to 0), as decided by a

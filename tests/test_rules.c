@@ -5,7 +5,8 @@
  * explicit head repetition; infinite scores; P rows sum to 1; causal flag = explicit mask; default
  * scale = explicit scale; batched = per item; Lk = 1; scale 0 averages; attention sinks (−inf =
  * none, bitwise; empty rows give LSE = sink; P sums to 1 − the sink's weight; invalid values);
- * query lengths (padding rows are empty rows, NaN in their Q and dO rows changes nothing).
+ * query lengths (padding rows are empty rows, NaN in their Q and dO rows changes nothing);
+ * K and V in strided and reversed layouts bitwise the contiguous call (decode and prefill).
  */
 #include "harness.h"
 
@@ -422,6 +423,77 @@ static void test_equivalences(attn_kernel kern) {
   tcase_free(&c);
 }
 
+/* ---- layouts: the same numbers in any memory layout give bitwise the same outputs ---- */
+
+/* K [Hkv, Lk, D] and V [Hkv, Lk, Dv] stored contiguously, with column stride 3 (the gaps NaN)
+ * and with column stride −1 (columns reversed in memory), fp32 and bf16; decode (Lq 1 and 5
+ * against 1500 keys: the split-key direct forms) and prefill (Lq 100). */
+static void test_layouts_bitwise(attn_kernel kern) {
+  enum { HQ = 4, HKV = 2, LK = 1500, D = 40, DV = 24, LQ_MAX = 100 };
+  const int64_t n_k = (int64_t)HKV * LK * D, n_v = (int64_t)HKV * LK * DV;
+  float *q = malloc(sizeof(float) * HQ * LQ_MAX * D), *o[3], lse[3][HQ * LQ_MAX];
+  float *k[3], *v[3];
+  uint16_t *kb[3], *vb[3];
+  for (int l = 0; l < 3; l++) {
+    k[l] = malloc(sizeof(float) * (size_t)n_k * 3), v[l] = malloc(sizeof(float) * (size_t)n_v * 3);
+    kb[l] = malloc(2 * (size_t)n_k * 3), vb[l] = malloc(2 * (size_t)n_v * 3);
+    o[l] = malloc(sizeof(float) * HQ * LQ_MAX * DV);
+    for (int64_t i = 0; i < n_k * 3; i++)
+      k[l][i] = NAN;
+    for (int64_t i = 0; i < n_v * 3; i++)
+      v[l][i] = NAN;
+  }
+  unsigned seed = 7;
+  for (int64_t i = 0; i < (int64_t)HQ * LQ_MAX * D; i++)
+    q[i] = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f - 1.0f;
+  /* element (row r, column d) of a row of n columns: layout 0 at r·n + d, layout 1 at 3(r·n + d),
+   * layout 2 at r·n + (n − 1 − d) */
+  for (int64_t r = 0; r < (int64_t)HKV * LK; r++)
+    for (int d = 0; d < D + DV; d++) {
+      const float x = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f - 1.0f;
+      const int n = d < D ? D : DV, c = d < D ? d : d - D;
+      float *const *t = d < D ? k : v;
+      t[0][r * n + c] = x, t[1][3 * (r * n + c)] = x, t[2][r * n + (n - 1 - c)] = x;
+    }
+  for (int l = 0; l < 3; l++) {
+    attn_from_f32(ATTN_DTYPE_BF16, k[l], kb[l], (size_t)n_k * 3);
+    attn_from_f32(ATTN_DTYPE_BF16, v[l], vb[l], (size_t)n_v * 3);
+  }
+  static const int lqs[] = {1, 5, LQ_MAX};
+  for (int dt = 0; dt < 2; dt++)
+    for (size_t qi = 0; qi < sizeof lqs / sizeof *lqs; qi++) {
+      for (int l = 0; l < 3; l++) {
+        attn_params p;
+        attn_params_init(&p, 1, HQ, HKV, lqs[qi], LK, D, DV);
+        p.kernel = kern, p.threads = 2;
+        p.k_dtype = p.v_dtype = dt ? ATTN_DTYPE_BF16 : ATTN_DTYPE_F32;
+        const void *kp = dt ? (const void *)kb[l] : k[l], *vp = dt ? (const void *)vb[l] : v[l];
+        if (l == 1) {
+          for (int t = 0; t < 3; t++)
+            p.k_stride[t] *= 3, p.v_stride[t] *= 3;
+          p.k_stride[3] = p.v_stride[3] = 3;
+        }
+        if (l == 2) { /* point at column 0, the last of each row in memory */
+          p.k_stride[3] = p.v_stride[3] = -1;
+          kp = dt ? (const void *)(kb[2] + D - 1) : (const void *)(k[2] + D - 1);
+          vp = dt ? (const void *)(vb[2] + DV - 1) : (const void *)(v[2] + DV - 1);
+        }
+        CHECK(attn_forward(&p, q, kp, vp, o[l], lse[l], NULL) == ATTN_STATUS_OK);
+      }
+      const size_t no = (size_t)HQ * (size_t)lqs[qi] * DV, nl = (size_t)HQ * (size_t)lqs[qi];
+      for (int l = 1; l < 3; l++) {
+        const int eq =
+            !memcmp(o[0], o[l], sizeof(float) * no) && !memcmp(lse[0], lse[l], sizeof(float) * nl);
+        CHECKF(eq, "%s, Lq %d, %s K and V: not bitwise the contiguous call's (%s)",
+               dt ? "bf16" : "fp32", lqs[qi], l == 1 ? "column stride 3" : "column stride -1",
+               attn_kernel_name(kern));
+      }
+    }
+  for (int l = 0; l < 3; l++)
+    free(k[l]), free(v[l]), free(kb[l]), free(vb[l]), free(o[l]);
+  free(q);
+}
+
 /* ---- probabilities and simple exact cases ---- */
 static void test_probs_and_simple(attn_kernel kern) {
   tspec s = tspec_shape(2, 2, 1, 77, 301, 16, 8);
@@ -647,6 +719,7 @@ int main(void) {
     test_causal_prefix(kern);
     test_gqa(kern);
     test_equivalences(kern);
+    test_layouts_bitwise(kern);
     test_probs_and_simple(kern);
     test_sinks(kern);
     test_q_len(kern);

@@ -38,9 +38,11 @@
  * chunk of keys), so K and V are read once per block and the key range is shared by all threads;
  * the partial (m, l, acc) of the chunks are merged exactly through their log-sum-exp, in chunk
  * order ("flash-decoding"). Chunks and blocks depend on shapes only, so results never depend on
- * the thread count. Decode blocks read K and V in place through the set's direct forms. Few items
- * that cannot split the keys (fewer than 2·DECODE_CHUNK keys, or P requested) get smaller query
- * blocks instead (at least SPLIT_MIN_ROWS·mr rows), again by a rule on shapes only.
+ * the thread count. Decode blocks read K and V in place through the set's direct forms (rows whose
+ * elements are not contiguous copied into a contiguous tile first, so every layout of the same
+ * numbers gives the same sums, bitwise). Few items that cannot split the keys (fewer than
+ * 2·DECODE_CHUNK keys, or P requested) get smaller query blocks instead (at least
+ * SPLIT_MIN_ROWS·mr rows), again by a rule on shapes only.
  *
  * Masked values: a V tile holding any non-finite value goes through uk->pv_masked, which skips
  * invisible pairs instead of multiplying them by 0 (0·NaN = NaN), so NaN behind a mask never
@@ -140,8 +142,10 @@ static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int
   const int64_t br = uk->br, bc = uk->bc, D = p->dim;
   const int64_t qp = uk->pack_q ? br * D : 0;
   const int per_seq = attn__kv_per_seq(p); /* tiles may span pages or reach rows past klen(b) */
-  const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 || per_seq ? bc * D : 0;
-  const int64_t vc = p->v_dtype != ATTN_DTYPE_F32 || per_seq ? bc * p->dim_v : 0;
+  /* (and for decode on K or V whose columns are not contiguous, copied for the direct forms) */
+  const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 || per_seq || p->k_stride[3] != 1 ? bc * D : 0;
+  const int64_t vc =
+      p->v_dtype != ATTN_DTYPE_F32 || per_seq || p->v_stride[3] != 1 ? bc * p->dim_v : 0;
   /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, ones, vis, grp, kc, vc */
   const int64_t counts[N_PARTS] = {br,       br, br, br, br * D, qp,      bc * D, bc * dvp, br * bc,
                                    br * dvp, br, br, br, br,     br * bc, 2 * br, kc,       vc};
@@ -483,11 +487,11 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   }
   memset(ts->acc, 0, sizeof(float) * (size_t)rows_p * (size_t)dvp);
 
-  /* decode blocks read K and V in place (narrow values widened in registers) when the set can
-   * and rows are contiguous; the choice depends on shapes and strides only, and a non-finite V
-   * still uses qk_direct's scores */
-  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && p->k_stride[3] == 1 &&
-                     p->v_stride[3] == 1 && Dv > 0;
+  /* decode blocks read K and V in place (narrow values widened in registers) when the set can,
+   * rows whose elements are not contiguous copied into a contiguous tile first, so the sums are
+   * the same for every layout; the choice depends on shapes only, and a non-finite V still uses
+   * qk_direct's scores */
+  const int direct = job->direct && uk->qk_direct && uk->br <= uk->bc && Dv > 0;
   /* a decode block of more than DIRECT_WIDE_ROWS rows widens each narrow K and V tile once into
    * kc, vc for the direct forms, which would otherwise widen it again for every group of 4 rows
    * (bf16, 2 threads, D = 128, 32k keys: at 64 rows in registers 0.90× the fp32 call, widened
@@ -502,8 +506,10 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     int v_finite = 1, ragged = 0;
     /* the direct forms read K and V where they are, one call per run of keys in one page (one
      * run unless paged), or a narrow tile widened once for a block of many rows */
-    const int k_wide = widen_tile && p->k_dtype != ATTN_DTYPE_F32;
-    const int v_wide = widen_tile && p->v_dtype != ATTN_DTYPE_F32;
+    const int k_wide =
+        direct && ((widen_tile && p->k_dtype != ATTN_DTYPE_F32) || p->k_stride[3] != 1);
+    const int v_wide =
+        direct && ((widen_tile && p->v_dtype != ATTN_DTYPE_F32) || p->v_stride[3] != 1);
     const attn_dtype kd_t = k_wide ? ATTN_DTYPE_F32 : p->k_dtype;
     const attn_dtype vd_t = v_wide ? ATTN_DTYPE_F32 : p->v_dtype;
     const int64_t kd_rs = k_wide ? D : p->k_stride[2], vd_rs = v_wide ? Dv : p->v_stride[2];
