@@ -239,8 +239,8 @@ static void test_png(void) {
 /* GELU on a dense grid of [−8, 8] and at the edges of the approximation's range: error ≤
  * 5e-7·(1 + |x|) against x/2·(1 + erf(x/√2)) in double (erf's 4.2e-7 times x/2, plus the
  * result's rounding); NaN stays NaN. For attn_bert_gelu and each pass behind it (the 8-lane one
- * where the CPU has AVX2 and FMA), and with a bias: rows of 37 values (tails of both lane
- * counts) against GELU(x + b) of the float sum. */
+ * where the CPU has AVX2 and FMA, the 16-lane one where it has AVX-512F), and with a bias: rows
+ * of 37 values (tails of every lane count) against GELU(x + b) of the float sum. */
 typedef void (*gelu_rows_fn)(float *x, const float *b, size_t rows, size_t n);
 static void gelu_dispatched(float *x, const float *b, size_t rows, size_t n) {
   (void)b; /* attn_bert_gelu has no bias: one row */
@@ -296,6 +296,10 @@ static void test_gelu(void) {
     test_gelu_pass("8 lanes (AVX2)", attn_bert_gelu_rows_avx2);
   else
     printf("  GELU 8 lanes (AVX2): SKIP (no AVX2/FMA)\n");
+  if (__builtin_cpu_supports("avx512f"))
+    test_gelu_pass("16 lanes (AVX-512)", attn_bert_gelu_rows_avx512);
+  else
+    printf("  GELU 16 lanes (AVX-512): SKIP (no AVX-512F)\n");
 #endif
 }
 

@@ -64,7 +64,9 @@ typedef struct attn_bert_layer {
   const float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo, *ln1_g, *ln1_b;
   const float *w1, *b1, *w2, *b2, *ln2_g, *ln2_b;
   float *wqkv, *bqkv; /* [3·hidden, hidden] and [3·hidden]: Q, K, V weights stacked, one product */
-  float *pqkv, *po, *p1, *p2; /* wqkv, wo, w1, w2 packed for the AVX-512 product (else NULL) */
+  /* wqkv, wo, w1, w2 packed for the AVX-512 product (else NULL; wqkv is then freed): 40.5 MiB for
+   * the six layers */
+  float *pqkv, *po, *p1, *p2;
 } attn_bert_layer;
 
 /* How the dense layers multiply: chosen at load from the environment variable ATTN_BERT_GEMM —
@@ -97,9 +99,11 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
  * approximation: error within 5e-7·(1 + |x|) (tested on [−8, 8]), NaN stays NaN. */
 void attn_bert_gelu(float *x, size_t n);
 /* The passes behind it (x [rows, n] = GELU(x + b), b [n] or NULL), for tests: 4 lanes at the
- * baseline ISA, and (x86 only; call it only where the CPU has AVX2 and FMA) 8 lanes. */
+ * baseline ISA, and (x86 only; call each only where the CPU has what it needs) 8 lanes (AVX2 and
+ * FMA) and 16 lanes (AVX-512F). */
 void attn_bert_gelu_rows_sse(float *x, const float *b, size_t rows, size_t n);
 void attn_bert_gelu_rows_avx2(float *x, const float *b, size_t rows, size_t n);
+void attn_bert_gelu_rows_avx512(float *x, const float *b, size_t rows, size_t n);
 
 /* The dense product behind the AVX-512 choice, for tests. Weights W [out, in] (a Linear layer's)
  * are packed into panels of 32 outputs: wp holds attn_bert_packed_floats(out, in) floats, 64-byte

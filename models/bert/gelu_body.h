@@ -1,8 +1,8 @@
 /*
  * gelu_body.h — GELU(x + b) = v/2 · (1 + erf(v/√2)), v = x + b, written once with vector
  * extensions of GELU_LANES floats and compiled once per instruction set: bert.c (4 lanes, SSE at
- * the baseline ISA) and gelu_avx2.c (8 lanes, -mavx2 -mfma), each of which defines GELU_LANES
- * and GELU_ROWS_FN and includes this file.
+ * the baseline ISA), gelu_avx2.c (8 lanes, -mavx2 -mfma) and gelu_avx512.c (16 lanes,
+ * -mavx512f), each of which defines GELU_LANES and GELU_ROWS_FN and includes this file.
  *
  * erf is a rational function of x² on [−4, 4] (beyond, erf rounds to ±1 in float):
  * x·P(x²)/Q(x²) with the coefficients XLA and Eigen use for their float erf. Largest absolute
