@@ -9,8 +9,9 @@
  *      22 sentences, one at a time and as one padded batch;
  *      with each dense-product path (ATTN_BERT_GEMM=avx512 where the CPU has it, and openblas),
  *      and the AVX-512 path bitwise the same at 1, 2 and 3 threads;
- *   3. the GELU (erf from a rational approximation) against erf in double, and the AVX-512 dense
- *      product against double over awkward sizes;
+ *   3. the GELU (erf from a rational approximation) against erf in double, LayerNorm against
+ *      double (its AVX2 pass bitwise the scalar one), and the AVX-512 dense product against
+ *      double over awkward sizes;
  *   4. the safetensors reader rejects truncated, malformed and mismatched files with a message
  *      naming the problem.
  * Usage: test_bert MODEL_DIR FIXTURES_DIR
@@ -303,6 +304,61 @@ static void test_gelu(void) {
 #endif
 }
 
+/* The LayerNorm pass four doubles at a time (AVX2) against the scalar one: the same bits, rows of
+ * 384 (the model's), 37 and 3 values (the tails), with and without the residual and its bias; and
+ * the scalar one against LayerNorm in double (|error| ≤ 1e-6; the outputs are of order 1). */
+static void test_layernorm(void) {
+  enum { R = 5, HMAX = 384 };
+  static const int hs[] = {384, 37, 3};
+  float x[R * HMAX], x2[R * HMAX], res[R * HMAX], rb[HMAX], g[HMAX], bb[HMAX];
+  unsigned seed = 99;
+  int bad = 0;
+  double worst = 0;
+  for (size_t hi = 0; hi < sizeof hs / sizeof *hs; hi++)
+    for (int mode = 0; mode < 3; mode++) { /* no residual, residual, residual + bias */
+      const int h = hs[hi];
+      for (int i = 0; i < R * h; i++) {
+        x[i] = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f * 6.0f - 3.0f + 2.0f;
+        res[i] = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f - 1.0f;
+        x2[i] = x[i];
+      }
+      for (int d = 0; d < h; d++)
+        rb[d] = 0.01f * (float)d, g[d] = 1.0f + 0.001f * (float)d,
+        bb[d] = -0.5f + 0.002f * (float)d;
+      const float *r = mode ? res : NULL, *rbias = mode == 2 ? rb : NULL;
+      float want[R * HMAX];
+      for (int i = 0; i < R; i++) { /* in double */
+        double v[HMAX], mean = 0, var = 0;
+        for (int d = 0; d < h; d++) {
+          v[d] = x[i * h + d];
+          if (r) v[d] = (float)(x[i * h + d] + (rbias ? res[i * h + d] + rb[d] : res[i * h + d]));
+          mean += v[d];
+        }
+        mean /= h;
+        for (int d = 0; d < h; d++)
+          var += (v[d] - mean) * (v[d] - mean);
+        for (int d = 0; d < h; d++)
+          want[i * h + d] = (float)((v[d] - mean) / sqrt(var / h + 1e-12) * g[d] + bb[d]);
+      }
+      attn_bert_add_layernorm(x, r, rbias, g, bb, R, h);
+      for (int i = 0; i < R * h; i++) {
+        const double e = fabs((double)x[i] - want[i]);
+        if (e > worst) worst = e;
+        bad += e > 1e-6;
+      }
+#if defined(__x86_64__) || defined(__i386__)
+      if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        attn_bert_add_layernorm_avx2(x2, r, rbias, g, bb, R, h);
+        CHECKF(memcmp(x, x2, sizeof(float) * (size_t)(R * h)) == 0,
+               "LayerNorm, AVX2 pass: not the scalar pass's bits (h %d, mode %d)", h, mode);
+      }
+#endif
+    }
+  CHECKF(bad == 0, "LayerNorm: %d values off double's by more than 1e-6 (worst %.2g)", bad, worst);
+  printf("  LayerNorm: worst |error| %.2g against double; AVX2 pass bitwise the scalar one\n",
+         worst);
+}
+
 /* The AVX-512 dense product against double: rows, in and out around its blocks (12 rows, 32
  * outputs, k chunks of 384), with and without bias, rows and y padded (ldx > in, ldy > out: the
  * padding must stay untouched), |error| within in·2⁻²³·Σ|x·w| + |b|·2⁻²³; and a row's result
@@ -426,6 +482,7 @@ int main(int argc, char **argv) {
   }
   model_dir = argv[1], fixtures = argv[2];
   test_gelu();
+  test_layernorm();
   test_gemm();
   test_safetensors();
   test_png();

@@ -115,6 +115,15 @@ void attn_bert_pack_weights(const float *w, int out, int in, float *wp);
 void attn_bert_gemm_avx512(const float *x, size_t ldx, const float *wp, const float *b, float *y,
                            size_t ldy, int rows, int in, int out);
 
+/* x [rows, h] = LayerNorm(x + r + rb) per row (eps 1e-12; r [rows, h] and rb [h] may be NULL;
+ * g, b [h]): the pass behind the encoder's LayerNorms, for tests — at the baseline ISA, and
+ * (x86 only; call it only where the CPU has AVX2 and FMA) four doubles at a time, bitwise the
+ * same. */
+void attn_bert_add_layernorm(float *x, const float *r, const float *rb, const float *g,
+                             const float *b, int rows, int h);
+void attn_bert_add_layernorm_avx2(float *x, const float *r, const float *rb, const float *g,
+                                  const float *b, int rows, int h);
+
 /* Sentence embeddings [n, hidden]: mean of the last-layer states over the tokens, L2-normalised. */
 int attn_bert_embed(const attn_bert *m, int n, const char *const *texts, float *emb, char *err,
                     size_t err_size);
