@@ -505,7 +505,8 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
     int v_finite = 1, ragged = 0;
     /* the direct forms read K and V where they are, one call per run of keys in one page (one
-     * run unless paged), or a narrow tile widened once for a block of many rows */
+     * run unless paged), or a narrow tile widened once for a block of many rows, or a tile whose
+     * elements are not contiguous copied */
     const int k_wide =
         direct && ((widen_tile && p->k_dtype != ATTN_DTYPE_F32) || p->k_stride[3] != 1);
     const int v_wide =
