@@ -311,15 +311,15 @@ static void test_layernorm(void) {
   enum { R = 5, HMAX = 384 };
   static const int hs[] = {384, 37, 3};
   float x[R * HMAX], x2[R * HMAX], res[R * HMAX], rb[HMAX], g[HMAX], bb[HMAX];
-  unsigned seed = 99;
+  rng rg = {99};
   int bad = 0;
   double worst = 0;
   for (size_t hi = 0; hi < sizeof hs / sizeof *hs; hi++)
     for (int mode = 0; mode < 3; mode++) { /* no residual, residual, residual + bias */
       const int h = hs[hi];
       for (int i = 0; i < R * h; i++) {
-        x[i] = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f * 6.0f - 3.0f + 2.0f;
-        res[i] = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f - 1.0f;
+        x[i] = (float)rng_uniform(&rg) * 6.0f - 1.0f;
+        res[i] = (float)rng_uniform(&rg) * 2.0f - 1.0f;
         x2[i] = x[i];
       }
       for (int d = 0; d < h; d++)
@@ -372,7 +372,7 @@ static void test_gemm(void) {
   static const int rows_list[] = {1, 2, 11, 12, 13, 25, 50};
   static const int in_list[] = {1, 3, 16, 383, 384, 385, 800};
   static const int out_list[] = {1, 15, 16, 17, 31, 32, 33, 100};
-  unsigned seed = 12345;
+  rng rg = {12345};
   int cases = 0, bad = 0;
   double worst = 0;
   for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
@@ -388,9 +388,9 @@ static void test_gemm(void) {
         float *y = malloc(sizeof(float) * (size_t)rows * ldy),
               *y2 = malloc(sizeof(float) * (size_t)rows * ldy);
         for (size_t i = 0; i < (size_t)rows * ldx; i++)
-          x[i] = (float)((seed = seed * 1103515245u + 12345u) >> 8) / 16777216.0f * 2.0f - 1.0f;
+          x[i] = (float)rng_uniform(&rg) * 2.0f - 1.0f;
         for (size_t i = 0; i < (size_t)out * (size_t)in; i++)
-          w[i] = (float)((seed = seed * 1103515245u + 12345u) >> 8) / 16777216.0f - 0.5f;
+          w[i] = (float)rng_uniform(&rg) - 0.5f;
         for (int o = 0; o < out; o++)
           b[o] = 0.25f * (float)(o % 7) - 0.75f;
         for (size_t i = 0; i < (size_t)rows * ldy; i++)

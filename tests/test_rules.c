@@ -443,14 +443,14 @@ static void test_layouts_bitwise(attn_kernel kern) {
     for (int64_t i = 0; i < n_v * 3; i++)
       v[l][i] = NAN;
   }
-  unsigned seed = 7;
+  rng rg = {7};
   for (int64_t i = 0; i < (int64_t)HQ * LQ_MAX * D; i++)
-    q[i] = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f - 1.0f;
+    q[i] = (float)rng_uniform(&rg) * 2.0f - 1.0f;
   /* element (row r, column d) of a row of n columns: layout 0 at r·n + d, layout 1 at 3(r·n + d),
    * layout 2 at r·n + (n − 1 − d) */
   for (int64_t r = 0; r < (int64_t)HKV * LK; r++)
     for (int d = 0; d < D + DV; d++) {
-      const float x = (float)((seed = seed * 1103515245u + 12345u) >> 9) / 4194304.0f - 1.0f;
+      const float x = (float)rng_uniform(&rg) * 2.0f - 1.0f;
       const int n = d < D ? D : DV, c = d < D ? d : d - D;
       float *const *t = d < D ? k : v;
       t[0][r * n + c] = x, t[1][3 * (r * n + c)] = x, t[2][r * n + (n - 1 - c)] = x;
