@@ -35,7 +35,9 @@ typedef struct attn__fwd_ukernel {
   /* Optional (NULL: qk reads Qs as is): rearranges Qs [rows_p, D] into the layout qk reads, once
    * per query block; rows from r on (r a multiple of mr) must start at qp + r·D. */
   void (*pack_q)(const float *qs, int rows_p, int64_t D, float *qp);
-  /* S [rows_p, bc] = Qs (or its pack_q layout) · Kpᵀ for the first round_up(cols, nr) columns. */
+  /* S [rows_p, bc] = Qs (or its pack_q layout) · Kpᵀ for the first cols columns; the columns up
+   * to round_up(cols, nr) may be computed or left as they are (the driver writes −inf there
+   * before the softmax reads them, and pv reads only the first cols). */
   void (*qk)(const float *qs, const float *kp, int rows_p, int cols, int64_t D, float *s);
   /* Online-softmax update of rows [0, rows) over columns [0, round_up(cols, nr)); invisible
    * entries hold −inf. Rewrites S as P = exp(S − m_new), updates m and l, writes alpha =
@@ -130,7 +132,8 @@ static inline void attn__softmax_vector_done(float *row, int cols_p, float sum, 
     *m = *l = *alpha = NAN;
     return;
   }
-  const float a = expf(m_old - m_new);
+  /* a row's first visible tile (m_old = −inf): exp(−inf) = 0 without the call */
+  const float a = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
   *alpha = a;
   *l = *l * a + sum;
   *m = m_new;

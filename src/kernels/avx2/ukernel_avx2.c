@@ -56,6 +56,15 @@ void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_
                               int cols, int64_t D, float *dst, int w) {
   const int cols_p = (int)attn__round_up(cols, w);
 #define ATTN__KP(c, d) dst[(int64_t)((c) / w) * w * D + (d)*w + (c) % w]
+  if (cols < cols_p) { /* the padding, first: columns from the last block of 8 that cols reaches
+                          to the end of the last panel, for every d (the keys' values then
+                          overwrite the block's first columns) */
+    const int z0 = (cols & ~7) % w;
+    float *last = dst + (int64_t)(cols / w) * w * D;
+    for (int64_t d = 0; d < D; d++)
+      for (int cc = z0; cc < w; cc += 8)
+        _mm256_storeu_ps(last + d * w + cc, _mm256_setzero_ps());
+  }
   int c = 0;
   int64_t d8 = 0;
   if (col_stride == 1) {
@@ -69,9 +78,6 @@ void attn__pack_k_panels_avx2(const float *src, int64_t row_stride, int64_t col_
     for (int64_t d = cc < c ? d8 : 0; d < D; d++)
       ATTN__KP(cc, d) = row[d * col_stride];
   }
-  for (int cc = cols; cc < cols_p; cc++)
-    for (int64_t d = 0; d < D; d++)
-      ATTN__KP(cc, d) = 0.0f;
 #undef ATTN__KP
 }
 
@@ -158,10 +164,29 @@ int attn__widen_rows_avx2(attn_dtype t, const void *src, int64_t row_stride, int
 /* Qp, micro-panel-major: rows r0..r0+mr-1 form a contiguous [D, mr] block, so the mr broadcasts
  * of one step of d read consecutive bytes (rows_p a multiple of mr). */
 void attn__pack_q_panels_avx2(const float *qs, int rows_p, int64_t D, float *qp, int mr) {
-  for (int r0 = 0; r0 < rows_p; r0 += mr)
-    for (int64_t d = 0; d < D; d++)
-      for (int r = 0; r < mr; r++)
-        qp[(int64_t)r0 * D + d * mr + r] = qs[(int64_t)(r0 + r) * D + d];
+  const int64_t d8 = D & ~(int64_t)7;
+  for (int r0 = 0; r0 < rows_p; r0 += mr) {
+    const float *src = qs + (int64_t)r0 * D;
+    float *dst = qp + (int64_t)r0 * D;
+    int g = 0;
+    for (; g + 4 <= mr; g += 4) /* rows g..g+3, 8 columns at a time: two 4×4 transposes */
+      for (int64_t d = 0; d < d8; d += 8) {
+        const float *a = src + g * D + d;
+        const __m256 r0v = _mm256_loadu_ps(a), r1v = _mm256_loadu_ps(a + D),
+                     r2v = _mm256_loadu_ps(a + 2 * D), r3v = _mm256_loadu_ps(a + 3 * D);
+        const __m256 t0 = _mm256_unpacklo_ps(r0v, r1v), t1 = _mm256_unpackhi_ps(r0v, r1v),
+                     t2 = _mm256_unpacklo_ps(r2v, r3v), t3 = _mm256_unpackhi_ps(r2v, r3v);
+        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xee),
+                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xee)};
+        for (int k = 0; k < 4; k++) { /* u[k] holds column d + k, then d + 4 + k, of the 4 rows */
+          _mm_storeu_ps(dst + (d + k) * mr + g, _mm256_castps256_ps128(u[k]));
+          _mm_storeu_ps(dst + (d + 4 + k) * mr + g, _mm256_extractf128_ps(u[k], 1));
+        }
+      }
+    for (int64_t d = 0; d < D; d++) /* rows past the groups of 4, columns past the blocks of 8 */
+      for (int r = d < d8 ? g : 0; r < mr; r++)
+        dst[d * mr + r] = src[(int64_t)r * D + d];
+  }
 }
 
 static void pack_q_panels(const float *qs, int rows_p, int64_t D, float *qp) {

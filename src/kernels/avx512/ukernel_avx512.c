@@ -38,9 +38,34 @@ static void pack_q_panels12(const float *qs, int rows_p, int64_t D, float *qp) {
   attn__pack_q_panels_avx2(qs, rows_p, D, qp, MR);
 }
 
+/* S [rows_p, 16] of a last panel whose keys all lie in its first 16 columns (cols ≤ 16 there, as
+ * at Lk = 16): 12 rows × 16 columns per block, the other 16 columns left to the driver (−inf). */
+static void qk_half_panel(const float *qp, const float *kp, int rows_p, int64_t D, float *s) {
+  for (int r0 = 0; r0 < rows_p; r0 += MR) {
+    const float *a = qp + (int64_t)r0 * D, *b = kp;
+    __m512 acc[MR];
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; r++)
+      acc[r] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
+      const __m512 b0 = _mm512_load_ps(b);
+#pragma GCC unroll 12
+      for (int r = 0; r < MR; r++)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b0, acc[r]);
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; r++)
+      _mm512_store_ps(s + (r0 + r) * BC, acc[r]);
+  }
+}
+
 /* S [rows_p, BC] = Q · Kᵀ from Qp and Kp: 12 rows × 32 columns per register block. */
 static void qk_avx512(const float *qp, const float *kp, int rows_p, int cols, int64_t D, float *s) {
-  const int cols_p = (int)attn__round_up(cols, NR);
+  int cols_p = (int)attn__round_up(cols, NR);
+  if (cols_p - cols >= 16) { /* the last panel's keys fill at most half of it */
+    cols_p -= NR;
+    qk_half_panel(qp, kp + (int64_t)cols_p * D, rows_p, D, s + cols_p);
+  }
   for (int c0 = 0; c0 < cols_p; c0 += NR)
     for (int r0 = 0; r0 < rows_p; r0 += MR) {
       const float *a = qp + (int64_t)r0 * D, *b = kp + (int64_t)c0 * D;
