@@ -424,6 +424,41 @@ static void group_cols(const attn__fwd_ukernel *uk, tile_scratch *ts, int rows, 
   }
 }
 
+/* Prefetches into L2 what a block of rows reads first — its Q rows and the K (or its packed copy)
+ * and V rows of its first key tile — so that their memory latencies overlap instead of each
+ * stalling the pass that first touches it (short keys: a block's Q, K and V are a few KiB each, too
+ * short for the hardware's stream prefetch to ramp up; B = 32, H = 12, L = 64, D = 32, one
+ * thread: 1.14× faster). Not for paged K and V. Always inlined: gcc deletes calls to a function
+ * that only prefetches (see prefetch_next_page). */
+static inline __attribute__((always_inline)) void
+prefetch_first_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64_t hk, int rows,
+                    int64_t blo, int64_t bhi) {
+  const attn_params *p = job->pr->p;
+  if (p->block_table || job->direct || bhi <= blo) return;
+  const int64_t q_bytes = p->dim * (int64_t)attn__dtype_size(p->q_dtype);
+  const int64_t stored = attn__q_stored(p, b);
+  for (int r = 0; r < rows; r++)
+    if (ts->row_i[r] < stored)
+      attn__prefetch_l2(attn__elem(p->q_dtype, job->q,
+                                   attn__q_row(p, p->q_stride, b, ts->row_h[r], ts->row_i[r])),
+                        q_bytes);
+  int64_t j_end = blo + job->uk->bc < bhi ? blo + job->uk->bc : bhi;
+  if (j_end > attn__k_stored(p, b)) j_end = attn__k_stored(p, b);
+  const kv_tensor k = k_of(job), v = v_of(job);
+  const int64_t k_size = (int64_t)attn__dtype_size(k.type),
+                v_size = (int64_t)attn__dtype_size(v.type);
+  const char *k_row = kv_row_at(job, k, b, hk, blo), *v_row = kv_row_at(job, v, b, hk, blo);
+  if (job->k_packed && blo % job->uk->nr == 0)
+    attn__prefetch_l2(
+        (const char *)(job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + blo * p->dim),
+        (j_end - blo) * p->dim * (int64_t)sizeof(float));
+  else
+    for (int64_t j = 0; j < j_end - blo; j++) /* rows stride[2] apart: not paged */
+      attn__prefetch_l2(k_row + j * k.stride[2] * k_size, k.n * k_size);
+  for (int64_t j = 0; j < j_end - blo; j++)
+    attn__prefetch_l2(v_row + j * v.stride[2] * v_size, v.n * v_size);
+}
+
 /* Runs the fused loop for `rows` query rows of batch item b (row r is query row_i[r] of head
  * row_h[r], all reading KV head hk) over the keys in [j_lo, j_hi) that each row can see. Leaves
  * the running max, sum and unnormalised output in ts->m, ts->l, ts->acc; returns the union of the
@@ -435,6 +470,7 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   const attn_params *p = pr->p;
   const int64_t D = p->dim, Dv = p->dim_v, dvp = job->dvp;
   const int bc = uk->bc, rows_p = (int)attn__round_up(rows, uk->mr);
+  const int rows_k = attn__rows_computed(uk, rows); /* rows the products compute (≤ rows_p) */
   const int64_t shift = attn__pos_shift(p, b);
 
   /* key range of every row (padding rows past qlen: empty) and of the block */
@@ -450,6 +486,8 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
   }
   if (bhi <= blo) blo = bhi = 0;
   *blo_out = blo, *bhi_out = bhi;
+
+  prefetch_first_tile(job, ts, b, hk, rows, blo, bhi);
 
   /* Q rows, pre-scaled: s = (scale·q)·k; padding rows (no storage when packed) as zeros */
   const int64_t qlen = attn__qlen(p, b);
@@ -540,11 +578,11 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       for (int r = 0; r < rows && !ragged; r++)
         ragged = ts->lo[r] > j0 || ts->hi[r] < j0 + cols;
       if (ragged) group_cols(uk, ts, rows, group, j0, cols);
-      if (!ragged) uk->qk(qk_q, kt, rows_p, cols, D, ts->s);
+      if (!ragged) uk->qk(qk_q, kt, rows_k, cols, D, ts->s);
       for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
         const int g = rows - r0 < group ? rows - r0 : group, c_lo = ts->grp[2 * k];
         if (ts->grp[2 * k + 1] > c_lo)
-          uk->qk(qk_q + (int64_t)r0 * D, kt + (int64_t)c_lo * D, (int)attn__round_up(g, uk->mr),
+          uk->qk(qk_q + (int64_t)r0 * D, kt + (int64_t)c_lo * D, attn__rows_computed(uk, g),
                  ts->grp[2 * k + 1] - c_lo, D, ts->s + r0 * bc + c_lo);
       }
     }
@@ -582,19 +620,19 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       const float *vt =    /* in place (fp32), or the packed tile */
           job->v_rows_ok ? (const float *)kv_row_at(job, v_of(job), b, hk, j0) : ts->vs;
       const int64_t ldv = job->v_rows_ok ? p->v_stride[2] : dvp;
-      if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_p, cols, dvp, ts->acc);
+      if (!ragged) uk->pv(ts->s, vt, ldv, ts->alpha, rows_k, cols, dvp, ts->acc);
       for (int r0 = 0, k = 0; r0 < rows && ragged; r0 += group, k++) {
         const int g = rows - r0 < group ? rows - r0 : group, c_lo = ts->grp[2 * k];
         const int c_hi = ts->grp[2 * k + 1] < cols ? ts->grp[2 * k + 1] : cols;
         if (ts->grp[2 * k + 1] > c_lo)
           uk->pv(ts->s + r0 * bc + c_lo, vt + c_lo * ldv, ldv, ts->alpha + r0,
-                 (int)attn__round_up(g, uk->mr), c_hi - c_lo, dvp, ts->acc + (int64_t)r0 * dvp);
+                 attn__rows_computed(uk, g), c_hi - c_lo, dvp, ts->acc + (int64_t)r0 * dvp);
       }
     }
     if (!v_finite) {
       if (whole) memset(ts->vis, 1, (size_t)rows * (size_t)bc);
       memset(ts->vis + (size_t)rows * (size_t)bc, 0, (size_t)(rows_p - rows) * (size_t)bc);
-      uk->pv_masked(ts->s, ts->vs, ts->alpha, ts->vis, rows_p, cols, dvp, ts->acc);
+      uk->pv_masked(ts->s, ts->vs, ts->alpha, ts->vis, rows_k, cols, dvp, ts->acc);
     }
   }
 }
@@ -674,7 +712,6 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / pr->group;
   const int64_t i0 = qb * job->qb_rows;
   const int rows = (int)(Lq - i0 < job->qb_rows ? Lq - i0 : job->qb_rows);
-  const int rows_p = (int)attn__round_up(rows, uk->mr);
   tile_scratch ts = carve(job, worker);
   for (int r = 0; r < rows; r++)
     ts.row_h[r] = h, ts.row_i[r] = i0 + r;
@@ -697,7 +734,8 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   }
   for (int64_t j0 = blo; j0 < bhi; j0 += bc) {
     const int cols = (int)(bhi - j0 < bc ? bhi - j0 : bc);
-    uk->qk(uk->pack_q ? ts.qp : ts.qs, k_tile(job, &ts, b, hk, j0, cols), rows_p, cols, D, ts.s);
+    uk->qk(uk->pack_q ? ts.qp : ts.qs, k_tile(job, &ts, b, hk, j0, cols),
+           attn__rows_computed(uk, rows), cols, D, ts.s);
     score_tile(uk, pr, b, shift, &ts, rows, j0, cols);
     for (int r = 0; r < rows; r++) {
       float *prow = job->probs + b * p->probs_stride[0] + h * p->probs_stride[1] +

@@ -71,7 +71,17 @@ typedef struct attn__fwd_ukernel {
    * K and V tiles; exact, so bitwise attn__widen_rows's result. */
   int (*widen_rows)(attn_dtype t, const void *src, int64_t row_stride, int64_t col_stride,
                     int64_t j0, int cols, int64_t n, int64_t ld, float *dst);
+  /* Optional (0: mr): qk, pv and pv_masked also take rows_p a multiple of mr_min (a divisor of
+   * mr), so a block whose rows end mr_min past a multiple of mr is not computed up to mr (Q is
+   * still padded, and pack_q still called, to a multiple of mr) */
+  int mr_min;
 } attn__fwd_ukernel;
+
+/* Rows that qk, pv and pv_masked compute for `rows` query rows. */
+static inline int attn__rows_computed(const attn__fwd_ukernel *uk, int rows) {
+  const int m = uk->mr_min ? uk->mr_min : uk->mr;
+  return (rows + m - 1) / m * m;
+}
 
 /* The fused forward over any microkernel set. */
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const void *q,

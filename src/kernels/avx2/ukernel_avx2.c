@@ -554,6 +554,7 @@ const attn__fwd_ukernel attn__ukernel_avx2 = {
     attn__qk_direct_avx2,
     attn__pv_direct_avx2,
     attn__widen_rows_avx2,
+    0, /* mr_min: mr */
 };
 
 attn_status attn__fwd_f32__avx2(const attn__problem *pr, const void *q, const void *k,

@@ -38,56 +38,64 @@ static void pack_q_panels12(const float *qs, int rows_p, int64_t D, float *qp) {
   attn__pack_q_panels_avx2(qs, rows_p, D, qp, MR);
 }
 
-/* S [rows_p, 16] of a last panel whose keys all lie in its first 16 columns (cols ≤ 16 there, as
- * at Lk = 16): 12 rows × 16 columns per block, the other 16 columns left to the driver (−inf). */
-static void qk_half_panel(const float *qp, const float *kp, int rows_p, int64_t D, float *s) {
-  for (int r0 = 0; r0 < rows_p; r0 += MR) {
-    const float *a = qp + (int64_t)r0 * D, *b = kp;
-    __m512 acc[MR];
+/* One register block of S = Q·Kᵀ: R rows (12, or 4 for the last rows) × 16·H columns (H = 2, or 1
+ * for a last panel whose keys fill at most its first half). a points at the block's first row in
+ * its Q panel (a row's D values MR floats apart), b at the K panel [D, 32]; R and H are constants
+ * after inlining, each S element is the same chain of FMAs over d in every form. */
+static inline __attribute__((always_inline)) void qk_block(int R, int H, const float *a,
+                                                           const float *b, int64_t D, float *s) {
+  __m512 acc[MR][2];
 #pragma GCC unroll 12
-    for (int r = 0; r < MR; r++)
-      acc[r] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
-      const __m512 b0 = _mm512_load_ps(b);
+  for (int r = 0; r < R; r++) {
+#pragma GCC unroll 2
+    for (int h = 0; h < H; h++)
+      acc[r][h] = _mm512_setzero_ps();
+  }
+  for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
+    __m512 bv[2];
+#pragma GCC unroll 2
+    for (int h = 0; h < H; h++)
+      bv[h] = _mm512_load_ps(b + 16 * h);
 #pragma GCC unroll 12
-      for (int r = 0; r < MR; r++)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b0, acc[r]);
+    for (int r = 0; r < R; r++) {
+      const __m512 x = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 2
+      for (int h = 0; h < H; h++)
+        acc[r][h] = _mm512_fmadd_ps(x, bv[h], acc[r][h]);
     }
+  }
 #pragma GCC unroll 12
-    for (int r = 0; r < MR; r++)
-      _mm512_store_ps(s + (r0 + r) * BC, acc[r]);
+  for (int r = 0; r < R; r++) {
+#pragma GCC unroll 2
+    for (int h = 0; h < H; h++)
+      _mm512_store_ps(s + r * BC + 16 * h, acc[r][h]);
   }
 }
 
-/* S [rows_p, BC] = Q · Kᵀ from Qp and Kp: 12 rows × 32 columns per register block. */
+/* S [rows_p, BC] = Q · Kᵀ from Qp and Kp over the 32-key panels that hold the cols keys: 12 rows
+ * × 32 columns per register block, the last rows (rows_p a multiple of 4, not of 12) in blocks of
+ * 4; a last panel with at most 16 keys on 16 columns only (the other 16 are the driver's, −inf). */
 static void qk_avx512(const float *qp, const float *kp, int rows_p, int cols, int64_t D, float *s) {
-  int cols_p = (int)attn__round_up(cols, NR);
-  if (cols_p - cols >= 16) { /* the last panel's keys fill at most half of it */
-    cols_p -= NR;
-    qk_half_panel(qp, kp + (int64_t)cols_p * D, rows_p, D, s + cols_p);
-  }
-  for (int c0 = 0; c0 < cols_p; c0 += NR)
-    for (int r0 = 0; r0 < rows_p; r0 += MR) {
-      const float *a = qp + (int64_t)r0 * D, *b = kp + (int64_t)c0 * D;
-      __m512 acc[MR][2];
-#pragma GCC unroll 12
-      for (int r = 0; r < MR; r++)
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D; d++, a += MR, b += NR) {
-        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) {
-          const __m512 x = _mm512_set1_ps(a[r]);
-          acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
-          acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
-        }
-      }
-#pragma GCC unroll 12
-      for (int r = 0; r < MR; r++) {
-        _mm512_store_ps(s + (r0 + r) * BC + c0, acc[r][0]);
-        _mm512_store_ps(s + (r0 + r) * BC + c0 + 16, acc[r][1]);
-      }
+  const int cols_p = (int)attn__round_up(cols, NR);
+  for (int c0 = 0; c0 < cols_p; c0 += NR) {
+    const int half = cols - c0 <= 16;
+    const float *b = kp + (int64_t)c0 * D;
+    int r0 = 0;
+    for (; r0 + MR <= rows_p; r0 += MR) {
+      const float *a = qp + (int64_t)r0 * D;
+      if (half)
+        qk_block(MR, 1, a, b, D, s + r0 * BC + c0);
+      else
+        qk_block(MR, 2, a, b, D, s + r0 * BC + c0);
     }
+    for (int r = r0; r < rows_p; r += 4) { /* rows r0 .. of the last (partial) Q panel */
+      const float *a = qp + (int64_t)r0 * D + (r - r0);
+      if (half)
+        qk_block(4, 1, a, b, D, s + r * BC + c0);
+      else
+        qk_block(4, 2, a, b, D, s + r * BC + c0);
+    }
+  }
 }
 
 /* 2^t for t ≤ 0 (or −inf), the AVX2 set's exp2_ps on 16 lanes: 0 where t < −125.5, NaN for NaN. */
@@ -140,38 +148,48 @@ static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, flo
   }
 }
 
+/* One register block of acc = α·acc + P·V: R rows (12, or 4 for the last rows) × 32 columns; p
+ * at the block's first P row, v at V's row 0 and the block's first column, o at acc. R is a
+ * constant after inlining; every form runs acc·α, then one FMA per key in key order. */
+static inline __attribute__((always_inline)) void pv_block(int R, const float *p, const float *v,
+                                                           int64_t ldv, const float *alpha,
+                                                           int cols, int64_t dvp, float *o) {
+  __m512 c[MR][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; r++) {
+    const __m512 a = _mm512_set1_ps(alpha[r]);
+    c[r][0] = _mm512_mul_ps(_mm512_load_ps(o + r * dvp), a);
+    c[r][1] = _mm512_mul_ps(_mm512_load_ps(o + r * dvp + 16), a);
+  }
+  for (int k = 0; k < cols; k++) {
+    const float *vr = v + (int64_t)k * ldv;
+    const __m512 b0 = _mm512_loadu_ps(vr), b1 = _mm512_loadu_ps(vr + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; r++) {
+      const __m512 x = _mm512_set1_ps(p[r * BC + k]);
+      c[r][0] = _mm512_fmadd_ps(x, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(x, b1, c[r][1]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; r++) {
+    _mm512_store_ps(o + r * dvp, c[r][0]);
+    _mm512_store_ps(o + r * dvp + 16, c[r][1]);
+  }
+}
+
 /* acc [rows_p, dvp] = α·acc + P [rows_p, BC] · V [cols, dvp] (rows ldv apart): 12 rows × 32
- * columns per block; per output element acc·α, then one fused multiply-add per key in key order
- * (pv_masked's sequence). */
+ * columns per block, the last rows (rows_p a multiple of 4, not of 12) in blocks of 4; per output
+ * element acc·α, then one fused multiply-add per key in key order (pv_masked's sequence). */
 static void pv_avx512(const float *p, const float *vs, int64_t ldv, const float *alpha, int rows_p,
                       int cols, int64_t dvp, float *acc) {
-  for (int r0 = 0; r0 < rows_p; r0 += MR)
-    for (int64_t d0 = 0; d0 < dvp; d0 += NR) {
-      float *o = acc + (int64_t)r0 * dvp + d0;
-      const float *pp = p + r0 * BC;
-      __m512 c[MR][2];
-#pragma GCC unroll 12
-      for (int r = 0; r < MR; r++) {
-        const __m512 a = _mm512_set1_ps(alpha[r0 + r]);
-        c[r][0] = _mm512_mul_ps(_mm512_load_ps(o + r * dvp), a);
-        c[r][1] = _mm512_mul_ps(_mm512_load_ps(o + r * dvp + 16), a);
-      }
-      for (int k = 0; k < cols; k++) {
-        const float *vr = vs + (int64_t)k * ldv + d0;
-        const __m512 b0 = _mm512_loadu_ps(vr), b1 = _mm512_loadu_ps(vr + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) {
-          const __m512 x = _mm512_set1_ps(pp[r * BC + k]);
-          c[r][0] = _mm512_fmadd_ps(x, b0, c[r][0]);
-          c[r][1] = _mm512_fmadd_ps(x, b1, c[r][1]);
-        }
-      }
-#pragma GCC unroll 12
-      for (int r = 0; r < MR; r++) {
-        _mm512_store_ps(o + r * dvp, c[r][0]);
-        _mm512_store_ps(o + r * dvp + 16, c[r][1]);
-      }
-    }
+  int r0 = 0;
+  for (; r0 + MR <= rows_p; r0 += MR)
+    for (int64_t d0 = 0; d0 < dvp; d0 += NR)
+      pv_block(MR, p + r0 * BC, vs + d0, ldv, alpha + r0, cols, dvp, acc + (int64_t)r0 * dvp + d0);
+  for (; r0 < rows_p; r0 += 4)
+    for (int64_t d0 = 0; d0 < dvp; d0 += NR)
+      pv_block(4, p + r0 * BC, vs + d0, ldv, alpha + r0, cols, dvp, acc + (int64_t)r0 * dvp + d0);
 }
 
 /* ---- decode direct forms (K and V read in place; see attn__fwd_ukernel) ---- */
@@ -431,6 +449,7 @@ const attn__fwd_ukernel attn__ukernel_avx512 = {
     qk_direct_avx512,
     pv_direct_avx512,
     widen_rows_avx512,
+    4, /* mr_min: blocks of 4 rows end qk and pv */
 };
 
 attn_status attn__fwd_f32__avx512(const attn__problem *pr, const void *q, const void *k,

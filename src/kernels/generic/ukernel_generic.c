@@ -84,6 +84,7 @@ const attn__fwd_ukernel attn__ukernel_generic = {
     NULL, /* qk_direct */
     NULL, /* pv_direct */
     NULL, /* widen_rows: the portable attn__widen_rows */
+    0,    /* mr_min: mr */
 };
 
 attn_status attn__fwd_f32__generic(const attn__problem *pr, const void *q, const void *k,
