@@ -36,6 +36,7 @@ SHAPES = [
     (1, 2, 2, 4096, 4096, 64, True),
     (1, 2, 2, 4096, 4096, 128, True),
     (4, 8, 8, 512, 512, 64, False),
+    (32, 12, 12, 128, 128, 32, False),  # the BERT encoder's attention (models/bert)
     (1, 32, 8, 1, 32768, 128, True),
     (1, 1, 1, 64, 32768, 128, True),
     # a 16-bit KV cache: decode, and a prefill

@@ -45,13 +45,15 @@ typedef struct shape {
   int causal;
 } shape;
 
-/* The goals' shapes, then decode (one query per head of a GQA group against a 32k cache) and one
- * head's chunk of 64 queries against a 32k cache (few work items: the keys are split). */
+/* The goals' shapes, then the BERT encoder's attention (models/bert: a batch of 32 sentences of
+ * 128 tokens, 12 heads of 32 — short keys, many small work items), decode (one query per head of
+ * a GQA group against a 32k cache) and one head's chunk of 64 queries against a 32k cache (few
+ * work items: the keys are split). */
 static const shape default_shapes[] = {
-    {1, 2, 2, 1024, 1024, 64, 0}, {1, 2, 2, 2048, 2048, 64, 0},  {1, 2, 2, 4096, 4096, 64, 0},
-    {1, 2, 2, 8192, 8192, 64, 0}, {1, 2, 2, 2048, 2048, 128, 0}, {1, 2, 2, 4096, 4096, 128, 0},
-    {1, 2, 2, 4096, 4096, 64, 1}, {1, 2, 2, 4096, 4096, 128, 1}, {4, 8, 8, 512, 512, 64, 0},
-    {1, 32, 8, 1, 32768, 128, 1}, {1, 1, 1, 64, 32768, 128, 1},
+    {1, 2, 2, 1024, 1024, 64, 0},  {1, 2, 2, 2048, 2048, 64, 0},  {1, 2, 2, 4096, 4096, 64, 0},
+    {1, 2, 2, 8192, 8192, 64, 0},  {1, 2, 2, 2048, 2048, 128, 0}, {1, 2, 2, 4096, 4096, 128, 0},
+    {1, 2, 2, 4096, 4096, 64, 1},  {1, 2, 2, 4096, 4096, 128, 1}, {4, 8, 8, 512, 512, 64, 0},
+    {32, 12, 12, 128, 128, 32, 0}, {1, 32, 8, 1, 32768, 128, 1},  {1, 1, 1, 64, 32768, 128, 1},
 };
 static const shape long_shapes[] = {
     {1, 2, 2, 16384, 16384, 64, 0},
