@@ -309,7 +309,10 @@ typedef struct attn_params {
   attn_dtype q_dtype, k_dtype, v_dtype;
 
   /* Execution. */
-  int threads;        /* 0 = one per online CPU; otherwise 1..ATTN_MAX_THREADS */
+  int threads;        /* 0 = one per online CPU; otherwise 1..ATTN_MAX_THREADS. An upper bound: a
+                       * call whose work would take one core under ~100 µs (a decode step of a
+                       * small model, a few heads of 64 tokens) runs on the calling thread alone,
+                       * as waking workers costs more than they save; results never depend on it */
   attn_kernel kernel; /* ATTN_KERNEL_AUTO unless you need a specific implementation */
 } attn_params;
 

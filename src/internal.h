@@ -244,6 +244,19 @@ void attn__widen(attn_dtype t, const void *src, int64_t offset, int64_t stride, 
 typedef void (*attn__task_fn)(void *ctx, int64_t item, int worker);
 void attn__parallel_for(int workers, int64_t n_items, attn__task_fn fn, void *ctx);
 
+/* Workers for a call of n_items items whose work would take one core about est_us microseconds:
+ * 1 below the serial threshold (100 µs by default: waking the pool costs ~10–30 µs per parallel
+ * pass, more than a second core saves on such a call — on the Zen 4, decode of 8 heads against
+ * 512 keys took 64 µs on one thread and 129 on two), else `threads` (at most n_items, at least 1).
+ * Results never depend on it. */
+int attn__workers_for(int threads, int64_t n_items, double est_us);
+/* Sets the serial threshold in µs (0: every call uses its threads); the test kit sets 0 so that
+ * its small calls still run on every thread they ask for. Not thread-safe: set it first. */
+void attn__set_serial_us(double us);
+/* One core's time in µs for `flops` fp32 FLOPs and `bytes` of memory traffic, by the rule of thumb
+ * 100 GFLOP/s and 20 GB/s (a guess in either direction only moves the serial threshold). */
+static inline double attn__est_us(double flops, double bytes) { return flops / 1e5 + bytes / 2e4; }
+
 /* Number of online CPUs, at least 1. */
 int attn__cpu_count(void);
 

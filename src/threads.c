@@ -116,6 +116,15 @@ static void run_on_own_threads(pool_job *job) {
     pthread_join(tids[w], NULL);
 }
 
+static double serial_us = 100.0;
+
+void attn__set_serial_us(double us) { serial_us = us; }
+
+int attn__workers_for(int threads, int64_t n_items, double est_us) {
+  if (est_us < serial_us || n_items <= 1 || threads <= 1) return 1;
+  return threads < n_items ? threads : (int)n_items;
+}
+
 void attn__parallel_for(int workers, int64_t n_items, attn__task_fn fn, void *ctx) {
   if (workers > n_items) workers = (int)n_items;
   pool_job job = {fn, ctx, n_items, workers, 0};

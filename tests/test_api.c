@@ -5,6 +5,7 @@
  * names, version and the last-error message behave as documented.
  */
 #include "harness.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -306,6 +307,39 @@ static void test_names(void) {
   CHECK(strlen(buf) < sizeof buf);
 }
 
+/* A call whose work would take one core under ~100 µs runs on the calling thread alone (waking
+ * the pool would cost more than the second core saves), a larger one on the threads it asks for;
+ * seen through the scratch sizes, which count one tile scratch per worker. The test kit turns
+ * the threshold off for the other tests; this one turns it back on. */
+static void test_serial_threshold(void) {
+  attn__set_serial_us(100);
+  static const int64_t shapes[2][3] = {{4, 16, 64}, {8, 1024, 64}}; /* heads, L, D: ~5 µs, ~0.1 s */
+  for (int i = 0; i < 2; i++) {
+    attn_params p;
+    attn_params_init(&p, 1, shapes[i][0], shapes[i][0], shapes[i][1], shapes[i][1], shapes[i][2],
+                     shapes[i][2]);
+    p.kernel = ATTN_KERNEL_GENERIC;
+    size_t fwd[2] = {0, 0}, bwd[2] = {0, 0};
+    for (int t = 0; t < 2; t++) {
+      p.threads = t ? 8 : 1;
+      CHECK(attn_forward_scratch_bytes(&p, 0, &fwd[t]) == ATTN_STATUS_OK);
+      CHECK(attn_backward_scratch_bytes(&p, 0, &bwd[t]) == ATTN_STATUS_OK);
+    }
+    if (i == 0) {
+      CHECKF(fwd[1] == fwd[0] && bwd[1] == bwd[0],
+             "a 16-key call takes one worker's scratch at 8 threads (forward %zu against %zu, "
+             "backward %zu against %zu bytes)",
+             fwd[1], fwd[0], bwd[1], bwd[0]);
+    } else {
+      CHECKF(fwd[1] > fwd[0] && bwd[1] > bwd[0],
+             "a 1024-key call takes 8 workers' scratch at 8 threads (forward %zu against %zu, "
+             "backward %zu against %zu bytes)",
+             fwd[1], fwd[0], bwd[1], bwd[0]);
+    }
+  }
+  attn__set_serial_us(0);
+}
+
 int main(void) {
   tspec s = tspec_shape(2, 4, 2, 5, 7, 8, 6);
   s.mask = MASK_FULL, s.bias = BIAS_FULL;
@@ -327,6 +361,7 @@ int main(void) {
   test_valid_limits();
   test_negative_strides();
   test_names();
+  test_serial_threshold();
   touts_free(&base_out);
   tcase_free(&base_case);
   return t_finish("test_api");

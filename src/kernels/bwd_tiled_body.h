@@ -622,9 +622,13 @@ static attn_status plan(bwd_job *job, int *workers, int64_t *n_main, size_t extr
     extra[i] = (size_t)(n[i] & ~(int64_t)63);
   }
   if (!ok) return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "attn_backward: scratch size overflows");
-  *workers = job->pr->threads;
-  if (*workers > *n_main && *n_main > 0) *workers = (int)*n_main;
-  if (*n_main == 0) *workers = 1;
+  /* one core's time for the call (2.5 forward FLOPs per pair, all pairs; Q, K, V, O, dO read and
+   * dQ, dK, dV written as fp32), for the serial threshold */
+  const double rq = (double)bhq * (double)p->len_q, rk = (double)bhk * (double)p->len_k;
+  const double dd = (double)(p->dim + p->dim_v);
+  *workers = attn__workers_for(job->pr->threads, *n_main,
+                               attn__est_us(5.0 * dd * rq * (double)p->len_k,
+                                            4.0 * (rq * (dd + 2.0 * p->dim_v) + 2.0 * rk * dd)));
   return ATTN_STATUS_OK;
 }
 

@@ -886,8 +886,16 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
                       (long long)p->dim, (long long)p->dim_v);
-  *workers = job->pr->threads;
-  if (*workers > *n_items) *workers = (int)*n_items;
+  /* one core's time for the call (all pairs visible: an upper bound), for the serial threshold */
+  const double rows_q = (double)p->batch * (double)p->heads_q * (double)p->len_q;
+  const double rows_k = (double)p->batch * (double)p->heads_kv * (double)p->len_k;
+  const double bytes = rows_q * ((double)p->dim * attn__dtype_size(p->q_dtype) + 4.0 * p->dim_v) +
+                       rows_k * ((double)p->dim * attn__dtype_size(p->k_dtype) +
+                                 (double)p->dim_v * attn__dtype_size(p->v_dtype)) +
+                       (job->probs ? rows_q * (double)p->len_k * 4.0 : 0.0);
+  *workers = attn__workers_for(
+      job->pr->threads, *n_items,
+      attn__est_us(2.0 * (double)(p->dim + p->dim_v) * rows_q * (double)p->len_k, bytes));
   if (job->scratch_bytes > SIZE_MAX / (size_t)*workers)
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "attn_forward: scratch size overflows");
   return ATTN_STATUS_OK;
