@@ -700,6 +700,27 @@ static void pack_k_item(void *ctx, int64_t item, int worker) {
               job->k_packed + bhk * job->k_packed_len + j0 * p->dim);
 }
 
+/* Items of the pre-passes: B·Hkv V counts (if any), then the K pre-pack's tiles (if any);
+ * *n_counts (if non-NULL) gets the first number. */
+static int64_t prepass_items(const fwd_job *job, int64_t *n_counts) {
+  const attn_params *p = job->pr->p;
+  const int64_t counts = job->v_bad ? p->batch * p->heads_kv : 0;
+  if (n_counts) *n_counts = counts;
+  return counts + (job->k_packed
+                       ? p->batch * p->heads_kv * ((p->len_k + job->uk->bc - 1) / job->uk->bc)
+                       : 0);
+}
+
+/* Pre-pass item: a V count (count_bad_v_item) or a K tile to pre-pack (pack_k_item). */
+static void prepass_item(void *ctx, int64_t item, int worker) {
+  int64_t n_counts;
+  prepass_items(ctx, &n_counts);
+  if (item < n_counts)
+    count_bad_v_item(ctx, item, worker);
+  else
+    pack_k_item(ctx, item - n_counts, worker);
+}
+
 /* Prefill item (b, h, query block). */
 static void fwd_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
@@ -949,10 +970,8 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
       t.ones[r] = 1.0f;
   }
   const attn_params *p = pr->p;
-  if (job.v_bad) attn__parallel_for(workers, p->batch * p->heads_kv, count_bad_v_item, &job);
-  if (job.k_packed)
-    attn__parallel_for(workers, p->batch * p->heads_kv * ((p->len_k + uk->bc - 1) / uk->bc),
-                       pack_k_item, &job);
+  if (job.v_bad || job.k_packed) /* both pre-passes in one parallel pass: one wake-up */
+    attn__parallel_for(workers, prepass_items(&job, NULL), prepass_item, &job);
   if (job.split) {
     attn__parallel_for(workers, n_items, split_item, &job);
     attn__parallel_for(workers, p->batch * p->heads_kv * job.n_rblocks, merge_item, &job);
