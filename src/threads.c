@@ -1,12 +1,12 @@
 /*
  * threads.c — parallel-for over a small persistent pool of pthreads.
  *
- * Workers are started on first need (up to the largest thread count asked for), then park on a
- * condition variable between calls, so a call creates no threads. The caller runs as worker 0.
- * Items are handed out dynamically through an atomic counter; determinism never depends on the
- * schedule, because every item writes its own outputs with the same code whichever worker runs
- * it. One job uses the pool at a time: a call that finds it busy (another user thread is inside
- * attn) runs on threads of its own instead, with the same results.
+ * Workers are started on first need (up to the largest thread count asked for), then spin for a
+ * moment and park on a condition variable between calls, so a call creates no threads. The caller
+ * runs as worker 0. Items are handed out dynamically through an atomic counter; determinism never
+ * depends on the schedule, because every item writes its own outputs with the same code whichever
+ * worker runs it. One job uses the pool at a time: a call that finds it busy (another user thread
+ * is inside attn) runs on threads of its own instead, with the same results.
  */
 #include "internal.h"
 
