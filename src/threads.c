@@ -77,22 +77,11 @@ static inline void cpu_pause(void) {
 #endif
 }
 
-/* Spins while *v == value, for at most SPIN_NS. */
-static void spin_while_ulong(atomic_ulong *v, unsigned long value) {
-  const int64_t end = now_ns() + SPIN_NS;
-  for (int i = 1; atomic_load_explicit(v, memory_order_relaxed) == value; i++) {
-    cpu_pause();
-    if (i % 64 == 0 && now_ns() > end) return;
-  }
-}
-
-/* Spins while *v > 0, for at most SPIN_NS. */
-static void spin_while_positive(atomic_int *v) {
-  const int64_t end = now_ns() + SPIN_NS;
-  for (int i = 1; atomic_load_explicit(v, memory_order_relaxed) > 0; i++) {
-    cpu_pause();
-    if (i % 64 == 0 && now_ns() > end) return;
-  }
+/* One step of a spin that began at `start` (ns): pauses, and says whether SPIN_NS have passed
+ * (the clock is read every 64th step). */
+static int spin_over(int step, int64_t start) {
+  cpu_pause();
+  return step % 64 == 0 && now_ns() - start > SPIN_NS;
 }
 
 static void *pool_worker(void *arg) {
@@ -102,7 +91,11 @@ static void *pool_worker(void *arg) {
   for (;;) {
     if (pool.spin && atomic_load(&pool.generation) == seen) { /* spin a while, then sleep */
       pthread_mutex_unlock(&pool.lock);
-      spin_while_ulong(&pool.generation, seen);
+      const int64_t start = now_ns();
+      for (int i = 1; atomic_load_explicit(&pool.generation, memory_order_relaxed) == seen &&
+                      !spin_over(i, start);
+           i++) {
+      }
       pthread_mutex_lock(&pool.lock);
     }
     while (atomic_load(&pool.generation) == seen)
@@ -194,7 +187,11 @@ void attn__parallel_for(int workers, int64_t n_items, attn__task_fn fn, void *ct
   pthread_cond_broadcast(&pool.wake);
   pthread_mutex_unlock(&pool.lock);
   run_items(&job, 0);
-  if (pool.spin) spin_while_positive(&pool.running);
+  const int64_t start = now_ns();
+  for (int i = 1; pool.spin && atomic_load_explicit(&pool.running, memory_order_relaxed) > 0 &&
+                  !spin_over(i, start);
+       i++) {
+  }
   pthread_mutex_lock(&pool.lock);
   while (atomic_load(&pool.running) > 0)
     pthread_cond_wait(&pool.done, &pool.lock);
