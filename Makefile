@@ -44,8 +44,8 @@ test-sanitize:
 
 test-tsan:
 	cmake -S . -B $(TSANBUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=thread -DATTN_WERROR=ON $(CMAKE_FLAGS)
-	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward test_merge
-	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads|merge)$$'
+	cmake --build $(TSANBUILD) -j $(JOBS) --target test_determinism test_rules test_api test_backward test_merge test_workspace
+	TSAN_OPTIONS=halt_on_error=1 ctest --test-dir $(TSANBUILD) --output-on-failure -j $(JOBS) -R '^(determinism|rules|api|backward_threads|merge|workspace)$$'
 
 # Fuzzing (clang's libFuzzer, ASan + UBSan): the library's entry points against ref (fuzz_api),
 # the .npy reader, the safetensors reader and the tokenizer, each for FUZZ_SECONDS on a copy of its

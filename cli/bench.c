@@ -12,7 +12,7 @@
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
  *              [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd] [--page-size N]
- *              [--csv] [--long] [--quick] [--backward] [--no-machine]
+ *              [--csv] [--long] [--quick] [--backward] [--no-machine] [--alloc]
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
  * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts
@@ -25,6 +25,10 @@
  * sequence's pages in a shuffled order (a fixed permutation), through p.block_table; the pages are
  * [page, head, slot, dim], or with --kv-layout blhd [page, slot, head, dim]; the check runs ref on
  * the unpaged tensors.
+ *
+ * The timed calls share one workspace (attn_params.workspace, sized by the scratch query), as a
+ * caller that calls again and again would keep one; --alloc times calls that allocate their own
+ * extra memory instead (a fresh allocation's page faults are part of such a call's time).
  *
  * --no-machine skips the peak, register-block and bandwidth measurements (their columns read 0):
  * for callers that only want the times, such as bench/peers.py's alternating rounds.
@@ -256,7 +260,7 @@ static void check_rows_backward(const shape *s, const attn_params *full, const f
 int cmd_bench(int argc, char **argv) {
   shape shapes[64];
   int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0, backward = 0;
-  int machine = 1;
+  int machine = 1, alloc = 0;
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   attn_dtype kv_dtype = ATTN_DTYPE_F32;
   int64_t page_size = 0; /* 0: K and V not paged */
@@ -273,6 +277,8 @@ int cmd_bench(int argc, char **argv) {
       backward = 1;
     else if (strcmp(a, "--no-machine") == 0)
       machine = 0;
+    else if (strcmp(a, "--alloc") == 0)
+      alloc = 1;
     else if (strcmp(a, "--shape") == 0 && val && n_shapes < 64) {
       if (parse_shape(val, &shapes[n_shapes++]) != 0) {
         fprintf(stderr, "attn bench: --shape '%s' must be B,Hq,Hkv,Lq,Lk,D[,causal]\n", val);
@@ -444,8 +450,14 @@ int cmd_bench(int argc, char **argv) {
       attn_backward_scratch_bytes(&p, 0, &scratch);
     else
       attn_forward_scratch_bytes(&p, 0, &scratch);
+    /* the timed calls' extra memory: one workspace for all of them (a caller that calls again
+     * and again keeps one), or with --alloc each call's own */
+    void *workspace = alloc ? NULL : aligned_alloc(64, scratch ? (scratch + 63) / 64 * 64 : 64);
     double times[1000];
-    attn_status st = attn_forward(&p, q, k_in, v_in, o, lse, NULL); /* warm-up; O, LSE */
+    attn_params warm = p; /* the forward for O and LSE; under --backward on its own memory */
+    if (!backward) warm.workspace = workspace, warm.workspace_bytes = scratch;
+    attn_status st = attn_forward(&warm, q, k_in, v_in, o, lse, NULL); /* warm-up; O, LSE */
+    p.workspace = workspace, p.workspace_bytes = scratch;
     if (backward && st == ATTN_STATUS_OK)
       st = attn_backward(&p, q, k_in, v_in, o, lse, d_o, dq, dk, dv, NULL);
     for (int r = 0; r < reps && st == ATTN_STATUS_OK; r++) {
@@ -454,6 +466,8 @@ int cmd_bench(int argc, char **argv) {
                     : attn_forward(&p, q, k_in, v_in, o, NULL, NULL);
       times[r] = machine_now() - t0;
     }
+    p.workspace = NULL, p.workspace_bytes = 0;
+    free(workspace);
     if (st != ATTN_STATUS_OK) {
       fprintf(stderr, "attn bench: %s\n", attn_last_error());
       return 1;

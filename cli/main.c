@@ -42,6 +42,7 @@ static void usage(FILE *f) {
         "  attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME]\n"
         "             [--reps N] [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd]\n"
         "             [--page-size N] [--csv] [--long] [--quick] [--backward] [--no-machine]\n"
+        "             [--alloc]  (timed calls allocate their own scratch, no workspace)\n"
         "\n"
         "Q [B,Hq,Lq,D], K [B,Hkv,Lk,D], V [B,Hkv,Lk,Dv] are little-endian C-order .npy, float32\n"
         "or float16 (each on its own: a float16 K and V is a 16-bit KV cache);\n"

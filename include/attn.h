@@ -314,6 +314,22 @@ typedef struct attn_params {
                        * small model, a few heads of 64 tokens) runs on the calling thread alone,
                        * as waking workers costs more than they save; results never depend on it */
   attn_kernel kernel; /* ATTN_KERNEL_AUTO unless you need a specific implementation */
+
+  /* Workspace (attn_forward and attn_backward; every other function ignores it). NULL (the
+   * default): each call allocates its extra memory and frees it before it returns. A fresh
+   * allocation costs page faults, ~2 µs per 4 KiB page here: 6 % of a backward at Lq = Lk = 2048,
+   * 20 % of BERT's attention on a batch of 32 × 128 tokens (docs/performance.md). Callers that
+   * call again and again (a training step, a model's layers) can keep one block instead:
+   *     size_t n;  attn_forward_scratch_bytes(&p, with_probs, &n);  // same p as the calls
+   *     p.workspace = aligned_alloc(64, n ? (n + 63) / 64 * 64 : 64);  p.workspace_bytes = n;
+   * Then the call takes all its extra memory from [workspace, workspace + workspace_bytes) and
+   * allocates nothing. Rules: 64-byte aligned; at least the bytes the scratch query returns for
+   * these parameters (it depends on the shapes, options, threads and kernel; a smaller one is
+   * ATTN_STATUS_INVALID_ARGUMENT, with nothing written); not overlapping any input or output;
+   * one call at a time (concurrent calls need a workspace each). Its contents are scratch before
+   * and after a call. Results are bitwise those of a call without it. */
+  void *workspace;
+  size_t workspace_bytes;
 } attn_params;
 
 #define ATTN_MAX_THREADS 1024

@@ -97,7 +97,7 @@ static void copy_params(const attn_params *p, attn_params *c) {
  * reads narrow and paged tensors itself. */
 typedef struct widened {
   const void *q, *k, *v; /* the pointers to pass: the caller's, or a copy in buf */
-  float *buf[3];
+  float *buf[3];         /* (blocks of the call's arena) */
 } widened;
 
 /* Sizes [n, H, L, ·] of the fp32 copies of Q, K, V in sz: as the caller's tensors, but paged K
@@ -128,13 +128,16 @@ static int widened_counts(const attn_params *p, int64_t n[3]) {
 
 /* Bytes of the fp32 copies widen_inputs makes, added to *bytes (the scratch queries). */
 static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *bytes) {
-  int64_t n[3], total = 0;
-  if (!widened_counts(p, n) || !attn__add_ok(n[0], n[1], &total) ||
-      !attn__add_ok(total, n[2], &total) || !attn__mul_ok(total, 4, &total) ||
-      (uint64_t)total > SIZE_MAX - *bytes)
+  int64_t n[3];
+  int ok = widened_counts(p, n);
+  for (int i = 0; ok && i < 3; i++) {
+    const size_t block = attn__arena_round((size_t)n[i] * sizeof(float));
+    ok = block != SIZE_MAX && block <= SIZE_MAX - *bytes;
+    *bytes += ok ? block : 0;
+  }
+  if (!ok)
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
                       "%s: the fp32 copies of the narrow inputs overflow", fn);
-  *bytes += (size_t)total;
   return ATTN_STATUS_OK;
 }
 
@@ -143,8 +146,8 @@ static attn_status widened_bytes(const char *fn, const attn_params *p, size_t *b
  * sequences stay packed, paged K and V are gathered into [B, Hkv, Lk, ·] with the keys at or past
  * klen(b), never read, as 0 — its packed strides, ATTN_DTYPE_F32 and no block table in *c. Nothing
  * is written to the outputs, so a failure here leaves them untouched. */
-static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, const void *k,
-                                const void *v, widened *w) {
+static attn_status widen_inputs(const char *fn, attn__arena *arena, attn_params *c, const void *q,
+                                const void *k, const void *v, widened *w) {
   *w = (widened){q, k, v, {NULL, NULL, NULL}};
   int64_t n[3], sz[3][4];
   if (!widened_counts(c, n))
@@ -162,13 +165,10 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
       *type[i] = ATTN_DTYPE_F32;
       continue;
     }
-    if (!(w->buf[i] = malloc((size_t)n[i] * sizeof(float)))) {
-      for (int j = 0; j < i; j++)
-        free(w->buf[j]);
+    if (!(w->buf[i] = attn__arena_alloc(arena, (size_t)n[i] * sizeof(float))))
       return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                         "%s: could not allocate %lld bytes for the fp32 copy of %s (%s)", fn,
                         (long long)n[i] * 4, names[i], attn_dtype_name(*type[i]));
-    }
   }
   attn_params to = *c; /* the copies' addressing: packed strides, no block table */
   to.block_table = NULL;
@@ -202,9 +202,40 @@ static attn_status widen_inputs(const char *fn, attn_params *c, const void *q, c
   return ATTN_STATUS_OK;
 }
 
-static void widened_free(widened *w) {
-  for (int i = 0; i < 3; i++)
-    free(w->buf[i]);
+/* The extra memory of a validated call (its scratch query, with_out: P or dBias requested). */
+static attn_status scratch_of(const char *fn, const attn__problem *pr, int backward, int with_out,
+                              size_t *bytes) {
+  const attn_params *p = pr->p;
+  if (!backward && (p->batch == 0 || p->heads_q == 0 || p->len_q == 0)) {
+    *bytes = 0; /* attn_forward returns at once */
+    return ATTN_STATUS_OK;
+  }
+  attn_status st = backward ? attn__kernel_bwd_scratch(pr->kernel)(pr, with_out, bytes)
+                            : attn__kernel_scratch(pr->kernel)(pr, with_out, bytes);
+  /* the fp32 copies of narrow inputs: for ref, and for every backward kernel */
+  if (st == ATTN_STATUS_OK && (backward || pr->kernel == ATTN_KERNEL_REF))
+    st = widened_bytes(fn, p, bytes);
+  return st;
+}
+
+/* The call's arena over the caller's workspace, if it gives one: at least the bytes its scratch
+ * query returns (checked here, before anything is written). */
+static attn_status open_arena(const char *fn, const attn__problem *pr, int backward, int with_out,
+                              attn__arena *arena) {
+  const attn_params *p = pr->p;
+  attn__arena_init(arena, p->workspace, p->workspace_bytes);
+  if (!p->workspace) return ATTN_STATUS_OK;
+  size_t need = 0;
+  attn_status st = scratch_of(fn, pr, backward, with_out, &need);
+  if (st != ATTN_STATUS_OK) return st;
+  if (p->workspace_bytes < need)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: workspace_bytes (%zu) is less than the %zu bytes this call needs (%s "
+                      "with the same parameters and %s %s)",
+                      fn, p->workspace_bytes, need,
+                      backward ? "attn_backward_scratch_bytes" : "attn_forward_scratch_bytes",
+                      backward ? "with_dbias" : "with_probs", with_out ? "1" : "0");
+  return ATTN_STATUS_OK;
 }
 
 attn_status attn_forward(const attn_params *p, const void *q, const void *k, const void *v,
@@ -217,12 +248,15 @@ attn_status attn_forward(const attn_params *p, const void *q, const void *k, con
   if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) return ATTN_STATUS_OK;
   copy_params(p, &c);
   pr.p = &c;
+  attn__arena arena;
+  if ((st = open_arena("attn_forward", &pr, 0, probs != NULL, &arena)) != ATTN_STATUS_OK) return st;
+  pr.arena = &arena;
   widened w = {or_empty(q), or_empty(k), or_empty(v), {NULL, NULL, NULL}};
-  if (pr.kernel == ATTN_KERNEL_REF && /* the oracle reads fp32 only */
-      (st = widen_inputs("attn_forward", &c, w.q, w.k, w.v, &w)) != ATTN_STATUS_OK)
-    return st;
-  st = attn__kernel_fwd(pr.kernel)(&pr, w.q, w.k, w.v, or_empty(o), lse, probs);
-  widened_free(&w);
+  if (pr.kernel == ATTN_KERNEL_REF) /* the oracle reads fp32 only */
+    st = widen_inputs("attn_forward", &arena, &c, w.q, w.k, w.v, &w);
+  if (st == ATTN_STATUS_OK)
+    st = attn__kernel_fwd(pr.kernel)(&pr, w.q, w.k, w.v, or_empty(o), lse, probs);
+  attn__arena_release(&arena);
   return st;
 }
 
@@ -234,14 +268,10 @@ attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs, siz
   attn_status st = attn__check_forward("attn_forward_scratch_bytes", p, NULL, NULL, NULL, NULL,
                                        NULL, NULL, 0, &pr);
   if (st != ATTN_STATUS_OK) return st;
-  if (p->batch == 0 || p->heads_q == 0 || p->len_q == 0) {
-    *bytes = 0;
-    return ATTN_STATUS_OK;
-  }
-  st = attn__kernel_scratch(pr.kernel)(&pr, with_probs != 0, bytes);
-  if (st == ATTN_STATUS_OK && pr.kernel == ATTN_KERNEL_REF)
-    st = widened_bytes("attn_forward_scratch_bytes", p, bytes);
-  return st;
+  attn_params c; /* as the call sizes it */
+  copy_params(p, &c);
+  pr.p = &c;
+  return scratch_of("attn_forward_scratch_bytes", &pr, 0, with_probs != 0, bytes);
 }
 
 attn_status attn_backward(const attn_params *p, const void *q, const void *k, const void *v,
@@ -255,14 +285,19 @@ attn_status attn_backward(const attn_params *p, const void *q, const void *k, co
   if (st != ATTN_STATUS_OK) return st;
   copy_params(p, &c);
   pr.p = &c;
+  attn__arena arena;
+  if ((st = open_arena("attn_backward", &pr, 1, dbias != NULL, &arena)) != ATTN_STATUS_OK)
+    return st;
+  pr.arena = &arena;
   widened w; /* the backward kernels read fp32 only */
-  st = widen_inputs("attn_backward", &c, or_empty(q), or_empty(k), or_empty(v), &w);
-  if (st != ATTN_STATUS_OK) return st;
-  const attn__bwd_tensors nn = {
-      w.q,          w.k,          w.v,          or_empty(o), or_empty(lse), or_empty(dout),
-      or_empty(dq), or_empty(dk), or_empty(dv), dbias};
-  st = attn__kernel_bwd(pr.kernel)(&pr, &nn);
-  widened_free(&w);
+  st = widen_inputs("attn_backward", &arena, &c, or_empty(q), or_empty(k), or_empty(v), &w);
+  if (st == ATTN_STATUS_OK) {
+    const attn__bwd_tensors nn = {
+        w.q,          w.k,          w.v,          or_empty(o), or_empty(lse), or_empty(dout),
+        or_empty(dq), or_empty(dk), or_empty(dv), dbias};
+    st = attn__kernel_bwd(pr.kernel)(&pr, &nn);
+  }
+  attn__arena_release(&arena);
   return st;
 }
 
@@ -287,8 +322,10 @@ attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias, si
                                NULL, NULL, NULL, NULL, with_dbias ? (float *)1 : NULL};
   attn_status st = attn__check_backward("attn_backward_scratch_bytes", p, &t, 0, &pr);
   if (st != ATTN_STATUS_OK) return st;
-  st = attn__kernel_bwd_scratch(pr.kernel)(&pr, with_dbias != 0, bytes);
-  return st == ATTN_STATUS_OK ? widened_bytes("attn_backward_scratch_bytes", p, bytes) : st;
+  attn_params c; /* as the call sizes it */
+  copy_params(p, &c);
+  pr.p = &c;
+  return scratch_of("attn_backward_scratch_bytes", &pr, 1, with_dbias != 0, bytes);
 }
 
 attn_status attn_merge(const attn_params *p, int n_parts, const float *const *o_parts,

@@ -300,6 +300,18 @@ static attn_status check_tensors(const char *fn, tensor_desc *t, const int *pres
   return ATTN_STATUS_OK;
 }
 
+/* The workspace's alignment (its extent and overlaps are checked with the tensors). */
+static attn_status check_workspace(const char *fn, const attn_params *p) {
+  if (p->workspace && (uintptr_t)p->workspace % 64 != 0)
+    return attn__fail(ATTN_STATUS_INVALID_ARGUMENT,
+                      "%s: workspace (%p) must be 64-byte aligned (e.g. aligned_alloc(64, n))", fn,
+                      p->workspace);
+  if (p->workspace && p->workspace_bytes > (size_t)INT64_MAX)
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "%s: workspace_bytes (%zu) overflows a 64-bit size", fn, p->workspace_bytes);
+  return ATTN_STATUS_OK;
+}
+
 /* Sizes and options; fills *pr. */
 static attn_status check_params(const char *fn, const attn_params *p, attn__problem *pr) {
   attn_status st;
@@ -329,7 +341,10 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
   attn__q_rows(p, &qn, &ql), attn__k_rows(p, &kv_n, &kv_l);
   if (paged) kv_n = p->num_pages, kv_l = p->page_size;
   const int64_t bt_stride[2] = {paged ? attn__block_table_stride(p) : 0, 1};
-  enum { Q, K, V, TABLE, MASK, BIAS, O, LSE, PROBS, N_TENSORS };
+  if ((st = check_workspace(fn, p)) != ATTN_STATUS_OK) return st;
+  static const int64_t unit[4] = {1, 0, 0, 0};
+  const int64_t ws = (int64_t)p->workspace_bytes;
+  enum { Q, K, V, TABLE, MASK, BIAS, O, LSE, PROBS, WORKSPACE, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
       [Q] = {"q", "q_stride", q, 4, {qn, Hq, ql, p->dim}, p->q_stride, qe, 0, 0, 0, 0, 0},
       [K] = {"k", "k_stride", k, 4, {kv_n, Hkv, kv_l, p->dim}, p->k_stride, ke, 0, 0, 0, 0, 0},
@@ -354,9 +369,19 @@ attn_status attn__check_forward(const char *fn, const attn_params *p, const void
       [LSE] = {"lse", "lse_stride", lse, 3, {qn, Hq, ql, 1}, p->lse_stride, 4, 1, 0, 0, 0, 0},
       [PROBS] =
           {"probs", "probs_stride", probs, 4, {B, Hq, Lq, Lk}, p->probs_stride, 4, 1, 0, 0, 0, 0},
+      [WORKSPACE] =
+          {"workspace", "workspace_bytes", p->workspace, 1, {ws, 1, 1, 1}, unit, 1, 1, 0, 0, 0, 0},
   };
-  int present[N_TENSORS] = {
-      1, 1, 1, paged, p->mask != NULL, p->bias != NULL, 1, lse != NULL, probs != NULL};
+  int present[N_TENSORS] = {1,
+                            1,
+                            1,
+                            paged,
+                            p->mask != NULL,
+                            p->bias != NULL,
+                            1,
+                            lse != NULL,
+                            probs != NULL,
+                            p->workspace != NULL};
   if ((st = check_tensors(fn, t, present, N_TENSORS, O, check_pointers)) != ATTN_STATUS_OK)
     return st;
   return attn__resolve_kernel(fn, p->kernel, &pr->kernel);
@@ -388,7 +413,10 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
   const int64_t qe = (int64_t)attn__dtype_size(p->q_dtype),
                 ke = (int64_t)attn__dtype_size(p->k_dtype),
                 ve = (int64_t)attn__dtype_size(p->v_dtype);
-  enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, N_TENSORS };
+  if ((st = check_workspace(fn, p)) != ATTN_STATUS_OK) return st;
+  static const int64_t unit[4] = {1, 0, 0, 0};
+  const int64_t ws = (int64_t)p->workspace_bytes;
+  enum { Q, K, V, O, LSE, DOUT, MASK, BIAS, DQ, DK, DV, DBIAS, WORKSPACE, N_TENSORS };
   tensor_desc t[N_TENSORS] = {
       [Q] = {"q", "q_stride", x->q, 4, {qn, Hq, ql, D}, p->q_stride, qe, 0, 0, 0, 0, 0},
       [K] = {"k", "k_stride", x->k, 4, {kn, Hkv, kl, D}, p->k_stride, ke, 0, 0, 0, 0, 0},
@@ -416,9 +444,22 @@ attn_status attn__check_backward(const char *fn, const attn_params *p, const att
                  0,
                  0,
                  0},
+      [WORKSPACE] =
+          {"workspace", "workspace_bytes", p->workspace, 1, {ws, 1, 1, 1}, unit, 1, 1, 0, 0, 0, 0},
   };
-  int present[N_TENSORS] = {
-      1, 1, 1, 1, 1, 1, p->mask != NULL, p->bias != NULL, 1, 1, 1, x->dbias != NULL};
+  int present[N_TENSORS] = {1,
+                            1,
+                            1,
+                            1,
+                            1,
+                            1,
+                            p->mask != NULL,
+                            p->bias != NULL,
+                            1,
+                            1,
+                            1,
+                            x->dbias != NULL,
+                            p->workspace != NULL};
   if ((st = check_tensors(fn, t, present, N_TENSORS, DQ, check_pointers)) != ATTN_STATUS_OK)
     return st;
   return attn__resolve_kernel(fn, p->kernel, &pr->kernel);

@@ -22,6 +22,33 @@ attn_status attn__fail(attn_status status, const char *fmt, ...) ATTN__PRINTF(2,
 /* Clears the detail message; called at the start of every public entry point. */
 void attn__clear_error(void);
 
+/* ---- the extra memory of one call (arena.c) ---- */
+
+/* A call's extra memory: carved in order from the caller's workspace (attn_params.workspace) when
+ * it gives one, else allocated block by block here; either way released by attn__arena_release
+ * when the call ends. Every block is 64-byte aligned and takes attn__arena_round(bytes) of a
+ * workspace, so a kernel's scratch-size query is the sum of attn__arena_round over its blocks. */
+enum { ATTN__ARENA_BLOCKS = 12 };
+typedef struct attn__arena {
+  unsigned char *base; /* the caller's workspace, or NULL */
+  size_t size, used;   /* its bytes, and the bytes handed out */
+  int n_owned;         /* blocks allocated here */
+  void *owned[ATTN__ARENA_BLOCKS];
+} attn__arena;
+
+/* An arena over workspace [base, base + size) (base may be NULL: every block is allocated). */
+void attn__arena_init(attn__arena *a, void *base, size_t size);
+/* bytes rounded up to a multiple of 64 (SIZE_MAX if that overflows). */
+size_t attn__arena_round(size_t bytes);
+/* A 64-byte aligned block of `bytes` (uninitialised), or NULL when bytes is 0 or memory runs out.
+ * A workspace too small for the block (a scratch query that undercounts) does not fail the call:
+ * the block is allocated instead and attn__arena_fallbacks() counts it (the tests assert 0). */
+void *attn__arena_alloc(attn__arena *a, size_t bytes);
+/* Frees the blocks allocated here (the workspace stays the caller's). */
+void attn__arena_release(attn__arena *a);
+/* Blocks allocated because a workspace was too small, since the process started. */
+long attn__arena_fallbacks(void);
+
 /* ---- a validated call (check.c) ---- */
 
 typedef struct attn__problem {
@@ -30,6 +57,7 @@ typedef struct attn__problem {
   int64_t group;        /* heads_q / heads_kv: query head h reads kv head h / group */
   int threads;          /* resolved thread count, ≥ 1 */
   attn_kernel kernel;   /* resolved kernel, never AUTO */
+  attn__arena *arena;   /* where the kernels take their extra memory (set by api.c) */
 } attn__problem;
 
 /* Validates every argument of attn_forward before any output is written; fills *pr on success.

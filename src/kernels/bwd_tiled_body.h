@@ -641,9 +641,10 @@ attn_status ATTN_BWD_SCRATCH_FN(const attn__problem *pr, int with_dbias, size_t 
   (void)with_dbias; /* the dBias pass reuses the same buffers */
   attn_status st = plan(&job, &workers, &n_main, extra);
   if (st != ATTN_STATUS_OK) return st;
-  *bytes = job.scratch_bytes * (size_t)workers;
+  size_t total = 0;
   for (int i = 0; i < N_EXTRA; i++)
-    *bytes += extra[i];
+    total += extra[i];
+  *bytes = attn__arena_round(job.scratch_bytes * (size_t)workers) + attn__arena_round(total);
   return ATTN_STATUS_OK;
 }
 
@@ -659,16 +660,14 @@ attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
   if (st != ATTN_STATUS_OK) return st;
   for (int i = 0; i < N_EXTRA; i++)
     total += extra[i];
-  /* everything is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
-  job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
-  unsigned char *block = aligned_alloc(64, total + 64);
-  if (!job.scratch || !block) {
-    free(job.scratch), free(block);
+  /* everything is taken before any output is written, so OUT_OF_MEMORY changes nothing */
+  job.scratch = attn__arena_alloc(pr->arena, job.scratch_bytes * (size_t)workers);
+  unsigned char *block = attn__arena_alloc(pr->arena, total);
+  if (!job.scratch || (total && !block))
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_backward: could not allocate %d x %zu bytes of tile scratch and %zu "
                       "bytes of packed rows and partial dQ",
                       workers, job.scratch_bytes, total);
-  }
   unsigned char *part[N_EXTRA];
   for (size_t i = 0, at = 0; i < N_EXTRA; at += extra[i], i++)
     part[i] = block + at;
@@ -689,6 +688,5 @@ attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
     const int64_t n_db = job.db[0] * job.db[1] * (job.db[2] > 1 ? job.n_qb : 1);
     attn__parallel_for(workers, n_db, dbias_item, &job);
   }
-  free(job.scratch), free(block);
-  return ATTN_STATUS_OK;
+  return ATTN_STATUS_OK; /* the caller releases the arena */
 }

@@ -947,23 +947,19 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st != ATTN_STATUS_OK) return st;
-  /* all scratch is allocated before any output is written, so OUT_OF_MEMORY changes nothing */
+  /* all scratch is taken before any output is written, so OUT_OF_MEMORY changes nothing */
   const size_t np = partial_floats(&job, n_items), nb = bad_v_counts(&job),
                nk = k_packed_floats(&job);
-  job.scratch = aligned_alloc(64, job.scratch_bytes * (size_t)workers);
-  if (np) job.partials = malloc(np * sizeof(float));
-  if (nb) job.v_bad = malloc(nb * sizeof(int64_t));
-  if (nk) job.k_packed = aligned_alloc(64, attn__round_up((int64_t)(nk * sizeof(float)), 64));
-  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad) || (nk && !job.k_packed)) {
-    free(job.scratch);
-    free(job.partials);
-    free(job.v_bad);
-    free(job.k_packed);
+  attn__arena *arena = pr->arena;
+  job.scratch = attn__arena_alloc(arena, job.scratch_bytes * (size_t)workers);
+  job.partials = attn__arena_alloc(arena, np * sizeof(float));
+  job.v_bad = attn__arena_alloc(arena, nb * sizeof(int64_t));
+  job.k_packed = attn__arena_alloc(arena, nk * sizeof(float));
+  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad) || (nk && !job.k_packed))
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: could not allocate %d x %zu bytes of tile scratch and %zu "
                       "bytes of partial results, V checks and packed K",
                       workers, job.scratch_bytes, (np + nk) * sizeof(float) + nb * sizeof(int64_t));
-  }
   for (int w = 0; w < workers; w++) { /* the constant part of each worker's scratch */
     const tile_scratch t = carve(&job, w);
     for (int r = 0; r < uk->br; r++)
@@ -978,11 +974,7 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
   } else {
     attn__parallel_for(workers, n_items, fwd_item, &job);
   }
-  free(job.k_packed);
-  free(job.v_bad);
-  free(job.partials);
-  free(job.scratch);
-  return ATTN_STATUS_OK;
+  return ATTN_STATUS_OK; /* the caller releases the arena */
 }
 
 attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr,
@@ -992,7 +984,9 @@ attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem
   int64_t n_items;
   attn_status st = plan(&job, &workers, &n_items);
   if (st == ATTN_STATUS_OK)
-    *bytes = job.scratch_bytes * (size_t)workers + partial_floats(&job, n_items) * sizeof(float) +
-             bad_v_counts(&job) * sizeof(int64_t) + k_packed_floats(&job) * sizeof(float);
+    *bytes = attn__arena_round(job.scratch_bytes * (size_t)workers) +
+             attn__arena_round(partial_floats(&job, n_items) * sizeof(float)) +
+             attn__arena_round(bad_v_counts(&job) * sizeof(int64_t)) +
+             attn__arena_round(k_packed_floats(&job) * sizeof(float));
   return st;
 }

@@ -100,8 +100,11 @@ static void ref_bwd_row(ref_bwd *w, int64_t b, int64_t h, int64_t i) {
     dqi[d * p->dq_stride[3]] = (float)w->dq[d]; /* no visible key: +0 */
 }
 
-/* Sizes (elements) of the fp64 accumulators: dK, dV, dBias, and the row scratch Lk. */
-static void ref_sizes(const attn__problem *pr, int with_dbias, size_t n[4], int64_t db[4]) {
+/* Bytes of the ref backward's blocks: the fp64 accumulators dK, dV, dBias (zeroed), the row
+ * scratch (5 rows of Lk doubles), a dQ row, the row's visibility; db gets dBias's shape. */
+enum { REF_BLOCKS = 6 };
+static void ref_sizes(const attn__problem *pr, int with_dbias, size_t bytes[REF_BLOCKS],
+                      int64_t db[4]) {
   const attn_params *p = pr->p;
   const int64_t full[4] = {p->batch, p->heads_q, p->len_q, p->len_k};
   size_t nb = 1;
@@ -109,37 +112,41 @@ static void ref_sizes(const attn__problem *pr, int with_dbias, size_t n[4], int6
     db[d] = p->bias_stride[d] == 0 ? 1 : full[d];
     nb *= (size_t)db[d];
   }
-  n[0] = (size_t)(p->batch * p->heads_kv * p->len_k * p->dim);
-  n[1] = (size_t)(p->batch * p->heads_kv * p->len_k * p->dim_v);
-  n[2] = with_dbias ? nb : 0;
-  n[3] = (size_t)(p->len_k > 0 ? p->len_k : 1);
+  const size_t lk = (size_t)(p->len_k > 0 ? p->len_k : 1);
+  bytes[0] = ((size_t)(p->batch * p->heads_kv * p->len_k * p->dim) + 1) * sizeof(double);
+  bytes[1] = ((size_t)(p->batch * p->heads_kv * p->len_k * p->dim_v) + 1) * sizeof(double);
+  bytes[2] = with_dbias ? (nb + 1) * sizeof(double) : 0;
+  bytes[3] = 5 * lk * sizeof(double);
+  bytes[4] = ((size_t)p->dim + 1) * sizeof(double);
+  bytes[5] = lk;
 }
 
 attn_status attn__bwd_scratch_f32__ref(const attn__problem *pr, int with_dbias, size_t *bytes) {
-  size_t n[4];
+  size_t n[REF_BLOCKS];
   int64_t db[4];
   ref_sizes(pr, with_dbias, n, db);
-  *bytes = (n[0] + n[1] + n[2] + 5 * n[3] + (size_t)pr->p->dim) * sizeof(double) + n[3];
+  *bytes = 0;
+  for (int i = 0; i < REF_BLOCKS; i++)
+    *bytes += attn__arena_round(n[i]);
   return ATTN_STATUS_OK;
 }
 
 attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors *t) {
   const attn_params *p = pr->p;
-  size_t n[4];
+  size_t n[REF_BLOCKS];
   ref_bwd w = {pr, t, NULL, NULL, NULL, {0}, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
   ref_sizes(pr, t->dbias != NULL, n, w.db_size);
-  w.dk = calloc(n[0] + 1, sizeof(double));
-  w.dv = calloc(n[1] + 1, sizeof(double));
-  w.dbias = t->dbias ? calloc(n[2] + 1, sizeof(double)) : NULL;
-  w.x = malloc(5 * n[3] * sizeof(double));
-  w.dq = malloc(((size_t)p->dim + 1) * sizeof(double));
-  w.vis = malloc(n[3]);
-  if (!w.dk || !w.dv || (t->dbias && !w.dbias) || !w.x || !w.dq || !w.vis) {
-    free(w.dk), free(w.dv), free(w.dbias), free(w.x), free(w.dq), free(w.vis);
-    return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
-                      "attn_backward: ref kernel could not allocate its fp64 accumulators");
-  }
-  w.s = w.x + n[3], w.pw = w.s + n[3], w.dp = w.pw + n[3], w.z = w.dp + n[3];
+  void *block[REF_BLOCKS] = {0};
+  for (int i = 0; i < REF_BLOCKS; i++)
+    if (n[i] && !(block[i] = attn__arena_alloc(pr->arena, n[i])))
+      return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
+                        "attn_backward: ref kernel could not allocate its fp64 accumulators");
+  for (int i = 0; i < 3; i++) /* the accumulators start at zero */
+    if (n[i]) memset(block[i], 0, n[i]);
+  w.dk = block[0], w.dv = block[1], w.dbias = n[2] ? block[2] : NULL, w.x = block[3];
+  w.dq = block[4], w.vis = block[5];
+  const size_t lk = n[5]; /* the row scratch: x, s, pw, dp, z of Lk doubles each */
+  w.s = w.x + lk, w.pw = w.s + lk, w.dp = w.pw + lk, w.z = w.dp + lk;
   for (int64_t b = 0; b < p->batch; b++)
     for (int64_t h = 0; h < p->heads_q; h++)
       for (int64_t i = 0; i < attn__q_stored(p, b); i++)
@@ -167,6 +174,5 @@ attn_status attn__bwd_f32__ref(const attn__problem *pr, const attn__bwd_tensors 
             t->dbias[b * p->dbias_stride[0] + h * p->dbias_stride[1] + i * p->dbias_stride[2] +
                      j * p->dbias_stride[3]] = (float)*src++;
   }
-  free(w.dk), free(w.dv), free(w.dbias), free(w.x), free(w.dq), free(w.vis);
-  return ATTN_STATUS_OK;
+  return ATTN_STATUS_OK; /* the caller releases the arena */
 }

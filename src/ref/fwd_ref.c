@@ -113,26 +113,22 @@ attn_status attn__fwd_f32__ref(const attn__problem *pr, const void *q, const voi
                                float *o, float *lse, float *probs) {
   const attn_params *p = pr->p;
   size_t n = (size_t)(p->len_k > 0 ? p->len_k : 1);
-  double *s = malloc(2 * n * sizeof *s); /* scores, then weights */
-  unsigned char *vis = malloc(n);
-  if (!s || !vis) {
-    free(s);
-    free(vis);
+  double *s = attn__arena_alloc(pr->arena, 2 * n * sizeof *s); /* scores, then weights */
+  unsigned char *vis = attn__arena_alloc(pr->arena, n);
+  if (!s || !vis)
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: ref kernel could not allocate %zu bytes of row scratch",
                       n * (2 * sizeof *s + 1));
-  }
   for (int64_t b = 0; b < p->batch; b++) /* fp32 inputs: api.c widens narrow ones for ref */
     for (int64_t h = 0; h < p->heads_q; h++)
       for (int64_t i = 0; i < p->len_q; i++)
         ref_row(pr, q, k, v, o, lse, probs, b, h, i, s, s + n, vis);
-  free(s);
-  free(vis);
-  return ATTN_STATUS_OK;
+  return ATTN_STATUS_OK; /* the caller releases the arena */
 }
 
 attn_status attn__scratch_f32__ref(const attn__problem *pr, int with_probs, size_t *bytes) {
   (void)with_probs;
-  *bytes = (size_t)(pr->p->len_k > 0 ? pr->p->len_k : 1) * (2 * sizeof(double) + 1);
+  const size_t n = (size_t)(pr->p->len_k > 0 ? pr->p->len_k : 1);
+  *bytes = attn__arena_round(2 * n * sizeof(double)) + attn__arena_round(n);
   return ATTN_STATUS_OK;
 }

@@ -15,8 +15,9 @@
  * packed (p.cu_seqlens_q, p.cu_seqlens_k) gives bitwise the same rows, and with an invalid offset
  * is refused without a write; an accepted backward (dBias too, when the call has a bias) is bitwise
  * the same with 1 and 3 threads and, on data without NaN or inf, matches the ref backward within
- * the same loose tolerance. Any violation aborts, which libFuzzer reports with the input that
- * caused it.
+ * the same loose tolerance. Forward and backward again on a workspace of exactly the bytes the
+ * scratch query returned give the same bits and allocate no block. Any violation aborts, which
+ * libFuzzer reports with the input that caused it.
  */
 #include "attn.h"
 #include "fuzz_draw.h"
@@ -341,6 +342,18 @@ static void check_packed(bytes *b, const attn_params *p, const tensor *q, const 
  * thread alone; the fuzzer's calls are that small, so it turns the threshold off to compare 1
  * and 3 threads for real. */
 void attn__set_serial_us(double us);
+/* src/internal.h: blocks a call allocated because its workspace was too small (a scratch query
+ * that undercounts); never, when the workspace has the bytes the query returned. */
+long attn__arena_fallbacks(void);
+
+/* A workspace of exactly n bytes (the queries return whole 64-byte blocks), 0xff in every byte. */
+static void *workspace_of(size_t n) {
+  REQUIRE(n % 64 == 0, "scratch query %zu is not a multiple of 64", n);
+  void *w = aligned_alloc(64, n ? n : 64);
+  if (w) memset(w, 0xff, n);
+  return w;
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
@@ -540,6 +553,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       drop_out(&c1), drop_out(&c3);
     }
+    { /* the same call with a workspace of exactly the queried bytes: the same bits, no block
+       * allocated */
+      call_out c;
+      void *w = workspace_of(scratch);
+      if (w && make_out(&c, &p, want_lse, want_probs)) {
+        attn_params pw = p;
+        pw.workspace = w, pw.workspace_bytes = scratch;
+        const long fallbacks = attn__arena_fallbacks();
+        REQUIRE(attn_forward(&pw, fp(&q), fp(&k), fp(&v), fp(&c.o), fp(&c.lse), fp(&c.probs)) ==
+                    ATTN_STATUS_OK,
+                "the call with a workspace refused: %s", attn_last_error());
+        REQUIRE(attn__arena_fallbacks() == fallbacks, "the scratch query (%zu) undercounts",
+                scratch);
+        REQUIRE((!c.o.buf || !memcmp(c.o.buf, a.o.buf, c.o.size)) &&
+                    (!c.lse.buf || !memcmp(c.lse.buf, a.lse.buf, c.lse.size)) &&
+                    (!c.probs.buf || !memcmp(c.probs.buf, a.probs.buf, c.probs.size)),
+                "the call with a workspace differs");
+      }
+      drop_out(&c);
+      free(w);
+    }
     if (next(&b) % 3 == 0) check_paged(&b, &p, &q, &k, &v, &a, want_lse, want_probs);
     if (next(&b) % 3 == 0) check_packed(&b, &p, &q, &k, &v, &a, want_lse, want_probs);
     /* attn_merge of the result with itself: the same O, and LSE + log 2 (into fresh outputs, or in
@@ -625,6 +659,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
           for (int g = 0; g < ng; g++)
             REQUIRE(!grads[0][g].buf || !memcmp(grads[0][g].buf, grads[1][g].buf, grads[0][g].size),
                     "gradient %d differs between 1 and 3 threads", g);
+          /* 3 threads again, on a workspace of exactly the queried bytes: the same bits */
+          size_t n3 = 0;
+          REQUIRE(attn_backward_scratch_bytes(&p3, ng == 4, &n3) == ATTN_STATUS_OK,
+                  "backward scratch query refused: %s", attn_last_error());
+          void *w = workspace_of(n3);
+          if (w) {
+            for (int g = 0; g < ng; g++)
+              poison(&grads[1][g]);
+            p3.workspace = w, p3.workspace_bytes = n3;
+            const long fallbacks = attn__arena_fallbacks();
+            REQUIRE(attn_backward(&p3, fp(&q), fp(&k), fp(&v), fp(&a.o), fp(&a.lse), fp(&dout),
+                                  fp(&grads[1][0]), fp(&grads[1][1]), fp(&grads[1][2]),
+                                  db[1]) == ATTN_STATUS_OK,
+                    "the backward with a workspace refused: %s", attn_last_error());
+            REQUIRE(attn__arena_fallbacks() == fallbacks,
+                    "the backward scratch query (%zu) undercounts", n3);
+            for (int g = 0; g < ng; g++)
+              REQUIRE(!grads[0][g].buf ||
+                          !memcmp(grads[0][g].buf, grads[1][g].buf, grads[0][g].size),
+                      "gradient %d differs with a workspace", g);
+            free(w);
+          }
           /* against the ref backward when the data hold no NaN or inf (with them, which gradient
            * entries turn NaN is the kernels' own business beyond the contract's masked rule) */
           if (!specials && p.kernel != ATTN_KERNEL_REF) {
