@@ -14,6 +14,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { L = 8, DM = 16, DH = 16, B = 64, STEPS = 200 };
@@ -82,9 +83,28 @@ static void matmul(const float *x, const float *w, float *y, int n, int rows, in
     }
 }
 
+/* The attention calls' parameters, with one workspace for all of them (the forward with and
+ * without P, the backward): sized once for the largest, it makes every call of the training loop
+ * allocate nothing. */
 static attn_params attention_params(void) {
+  static void *workspace;
+  static size_t bytes;
   attn_params p;
   attn_params_init(&p, B, 1, 1, L, L, DH, DH); /* [B, 1 head, L, DH], bidirectional */
+  if (!workspace) {
+    size_t need[3] = {0, 0, 0};
+    example_check(attn_forward_scratch_bytes(&p, 0, &need[0]), "attn_forward_scratch_bytes");
+    example_check(attn_forward_scratch_bytes(&p, 1, &need[1]), "attn_forward_scratch_bytes");
+    example_check(attn_backward_scratch_bytes(&p, 0, &need[2]), "attn_backward_scratch_bytes");
+    for (int i = 0; i < 3; i++)
+      bytes = need[i] > bytes ? need[i] : bytes;
+    workspace = aligned_alloc(64, bytes ? bytes : 64); /* the queries give multiples of 64 */
+    if (!workspace) {
+      fprintf(stderr, "train: out of memory\n");
+      exit(1);
+    }
+  }
+  p.workspace = workspace, p.workspace_bytes = bytes;
   return p;
 }
 

@@ -358,6 +358,22 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
   attn_strides_blhd(p.o_stride, NH, T, Dh);
   p.kv_len = kv_len; /* bidirectional over each sequence's own tokens */
   p.threads = m->threads;
+  /* one workspace for the layers' attention calls (the one that returns P may need more) */
+  size_t ws_bytes = 0, with_p = 0;
+  if (attn_forward_scratch_bytes(&p, 0, &ws_bytes) != ATTN_STATUS_OK ||
+      (probs_layer >= 0 && attn_forward_scratch_bytes(&p, 1, &with_p) != ATTN_STATUS_OK)) {
+    snprintf(err, es, "attention: %s", attn_last_error());
+    free(q), free(inter), free(kv_len);
+    return -1;
+  }
+  ws_bytes = with_p > ws_bytes ? with_p : ws_bytes;
+  void *workspace = aligned_alloc(64, ws_bytes ? ws_bytes : 64); /* multiples of 64 */
+  if (!workspace) {
+    snprintf(err, es, "out of memory");
+    free(q), free(inter), free(kv_len);
+    return -1;
+  }
+  p.workspace = workspace, p.workspace_bytes = ws_bytes;
   int rc = 0;
   int workers = m->threads > 0 ? m->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   workers = workers < 1 ? 1 : workers > 64 ? 64 : workers;
@@ -378,7 +394,7 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
     job.phase = 1;
     run_bands(&job);
   }
-  free(q), free(inter), free(kv_len);
+  free(q), free(inter), free(kv_len), free(workspace);
   return rc;
 }
 
