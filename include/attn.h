@@ -146,9 +146,10 @@
  * uint8, the bias, ALiBi slopes and every output fp32; accumulation fp32 or better. Results are
  * bitwise identical from run to run and for any thread count on the same machine and kernel;
  * different kernels may differ in the last bits. Weights are fp32 in the fused kernels: a visible
- * key whose weight is below fp32's range (e^-104 of the row's largest) weighs exactly 0 there, so
- * an infinite V value at such a key gives NaN (0·inf) where the fp64 ref kernel, whose weight is
- * still positive, gives ±inf.
+ * key whose weight underflows fp32 (in the vector kernels: a score about 87 or more below the
+ * running maximum they weigh against, which trails the row's largest score by at most 8) weighs
+ * exactly 0 there, so an infinite V value at such a key gives NaN (0·inf) where the fp64 ref
+ * kernel, whose weight is still positive, gives ±inf.
  *
  * Errors: a call that cannot be honoured returns a status and writes nothing (outputs keep their
  * previous bytes). attn_last_error() gives a message naming the function, the parameter, its value

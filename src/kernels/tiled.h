@@ -122,6 +122,12 @@ void attn__score_row(const attn_params *p, int64_t b, int64_t h, int64_t i, int6
  * is not finite, and by the generic set for all rows). */
 void attn__softmax_row_scalar(float *row, int cols, float *m, float *l, float *alpha);
 
+/* A vector set's softmax may keep a row's running maximum as the reference of a later tile (P =
+ * exp(S − m_old), α = 1, no rescale) when no score of the tile exceeds it by more than this
+ * (natural-log units): the weights are then at most e^8 ≈ 2981 instead of 1 — the same sums up
+ * to rounding, with no maximum to reduce before the exp pass and no exp for α. */
+#define ATTN__SOFTMAX_SLACK 8.0f
+
 /* The scalar ends of a vector set's row update. A SIMD row maximum that skips NaN scores gives mt;
  * the new running maximum is *m_new, and the vector path applies if it is finite (else the row
  * takes attn__softmax_row_scalar, which sees NaN). */
@@ -142,8 +148,9 @@ static inline void attn__softmax_vector_done(float *row, int cols_p, float sum, 
     *m = *l = *alpha = NAN;
     return;
   }
-  /* a row's first visible tile (m_old = −inf): exp(−inf) = 0 without the call */
-  const float a = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+  /* a row's first visible tile (m_old = −inf): exp(−inf) = 0, and an unchanged maximum:
+   * exp(0) = 1, both without the call */
+  const float a = m_old == -INFINITY ? 0.0f : m_old == m_new ? 1.0f : expf(m_old - m_new);
   *alpha = a;
   *l = *l * a + sum;
   *m = m_new;

@@ -224,7 +224,8 @@ static void qk_avx2(const float *qp, const float *kp, int rows_p, int cols, int6
     }
 }
 
-/* 2^t for t ≤ 0 (or −inf); 0 where t < −125.5 (so never a subnormal); NaN for NaN. Range
+/* 2^t for t ≤ 12 (or −inf; the softmax passes t ≤ ATTN__SOFTMAX_SLACK·log2 e ≈ 11.5); 0 where
+ * t < −125.5 (so never a subnormal); NaN for NaN. Range
  * reduction t = n + f, |f| ≤ ½, with n rounded to nearest by adding 1.5·2^23 + 127 (the sum's low
  * bits are then n + 127, the biased exponent of 2^n); 2^f = 1 + f·P(f) with the degree-5 minimax
  * P of Cephes exp2f.c (peak relative error 1.7e-7). The result is (2·2^f)·2^(n−1): the exponent
@@ -264,8 +265,11 @@ static inline float hmax8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/* Per row: the maximum in one pass (loads and vmax only: a NaN score is skipped there), then
- * P = exp2((S − m)·log2 e) and the row sum, 16 scores per step in two chains. A visible NaN
+/* Per row: the maximum lanes in one pass (loads and vmax only: a NaN score is skipped there);
+ * a row whose running maximum m_old is finite keeps it as the reference while no lane exceeds
+ * m_old + ATTN__SOFTMAX_SLACK (α = 1; tiled.h), else the reference is the new maximum (the row's
+ * first visible tile, a larger score, inf: the scalar rule for a maximum that is not finite);
+ * then P = exp2((S − m)·log2 e) and the row sum, 16 scores per step in two chains. A visible NaN
  * reaches the sum (exp2_ps passes it through; with m finite nothing else can make the sum NaN),
  * and the row then takes the state the scalar rule gives it: m, l, α and P all NaN. */
 static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float *alpha) {
@@ -278,11 +282,15 @@ static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float
       mx0 = _mm256_max_ps(_mm256_load_ps(row + c), mx0);
       mx1 = _mm256_max_ps(_mm256_load_ps(row + c + 8), mx1);
     }
+    const __m256 mx = _mm256_max_ps(mx0, mx1);
     const float m_old = m[r];
-    float m_new;
-    if (!attn__softmax_vector_max(hmax8(_mm256_max_ps(mx0, mx1)), m_old, &m_new)) {
-      attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
-      continue;
+    float m_new = m_old;
+    if (!isfinite(m_old) || _mm256_movemask_ps(_mm256_cmp_ps(
+                                mx, _mm256_set1_ps(m_old + ATTN__SOFTMAX_SLACK), _CMP_GT_OQ))) {
+      if (!attn__softmax_vector_max(hmax8(mx), m_old, &m_new)) {
+        attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
+        continue;
+      }
     }
     const __m256 vm = _mm256_set1_ps(m_new);
     __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;

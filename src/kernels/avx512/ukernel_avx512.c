@@ -98,7 +98,8 @@ static void qk_avx512(const float *qp, const float *kp, int rows_p, int cols, in
   }
 }
 
-/* 2^t for t ≤ 0 (or −inf), the AVX2 set's exp2_ps on 16 lanes: 0 where t < −125.5, NaN for NaN. */
+/* 2^t for t ≤ 12 (or −inf; the softmax passes t ≤ ATTN__SOFTMAX_SLACK·log2 e ≈ 11.5), the AVX2
+ * set's exp2_ps on 16 lanes: 0 where t < −125.5, NaN for NaN. */
 static inline __m512 exp2_ps512(__m512 t) {
   const __m512 magic = _mm512_set1_ps(0x1.8p23f + 127.0f);
   const __m512 tc = _mm512_max_ps(_mm512_set1_ps(-127.0f), t); /* NaN t passes through */
@@ -117,6 +118,12 @@ static inline __m512 exp2_ps512(__m512 t) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
+/* tiled.h's softmax. A row whose running maximum m_old is finite keeps it as the reference while
+ * no score of the tile exceeds m_old + ATTN__SOFTMAX_SLACK (a vector compare of the row's maximum
+ * lanes, no reduction): P = exp(S − m_old), α = 1. Otherwise (the row's first visible tile, a
+ * larger score, inf or NaN) the reference is the new maximum and α rescales, as in the scalar
+ * rule. NaN scores pass the maximum (max(x, mx) keeps mx) and reach the sum, which
+ * attn__softmax_vector_done turns into a NaN row. */
 static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, float *alpha) {
   const int cols_p = (int)attn__round_up(cols, NR); /* padding columns hold −inf */
   const __m512 log2e = _mm512_set1_ps(0x1.715476p+0f);
@@ -127,13 +134,17 @@ static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, flo
       mx0 = _mm512_max_ps(_mm512_load_ps(row + c), mx0);
       mx1 = _mm512_max_ps(_mm512_load_ps(row + c + 16), mx1);
     }
+    const __m512 mx = _mm512_max_ps(mx0, mx1);
     const float m_old = m[r];
-    float m_new;
-    if (!attn__softmax_vector_max(_mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)), m_old, &m_new)) {
-      attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
-      continue;
+    float m_ref = m_old;
+    if (!isfinite(m_old) ||
+        _mm512_cmp_ps_mask(mx, _mm512_set1_ps(m_old + ATTN__SOFTMAX_SLACK), _CMP_GT_OQ)) {
+      if (!attn__softmax_vector_max(_mm512_reduce_max_ps(mx), m_old, &m_ref)) {
+        attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
+        continue;
+      }
     }
-    const __m512 vm = _mm512_set1_ps(m_new);
+    const __m512 vm = _mm512_set1_ps(m_ref);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
     for (int c = 0; c < cols_p; c += NR) {
       const __m512 e0 =
@@ -144,7 +155,7 @@ static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, flo
       sum0 = _mm512_add_ps(sum0, e0), sum1 = _mm512_add_ps(sum1, e1);
     }
     attn__softmax_vector_done(row, cols_p, _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1)), m_old,
-                              m_new, &m[r], &l[r], &alpha[r]);
+                              m_ref, &m[r], &l[r], &alpha[r]);
   }
 }
 
