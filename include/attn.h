@@ -382,8 +382,10 @@ ATTN_API attn_status attn_forward(const attn_params *p, const void *q, const voi
 
 /* The extra memory (bytes) attn_forward allocates for this call (with_probs: whether P will be
  * requested): tile scratch, V-row counts, packed K and split-key partials for the fused kernels,
- * one row of scores for ref; the outputs are the caller's. Validates p like attn_forward (pointers
- * are not needed: pass the shapes, strides and options). Returns ATTN_STATUS_OK and sets *bytes. */
+ * one row of scores for ref; the outputs are the caller's. A multiple of 64, and the least
+ * workspace_bytes a workspace for the call may have (see attn_params.workspace). Validates p like
+ * attn_forward (pointers are not needed: pass the shapes, strides and options). Returns
+ * ATTN_STATUS_OK and sets *bytes. */
 ATTN_API attn_status attn_forward_scratch_bytes(const attn_params *p, int with_probs,
                                                 size_t *bytes);
 
@@ -444,7 +446,8 @@ ATTN_API attn_status attn_backward_sinks(const attn_params *p, const float *o, c
                                          const float *dout, float *dsinks);
 
 /* The extra memory (bytes) attn_backward allocates for this call (with_dbias: whether dbias will
- * be requested). Validates p like attn_backward, without pointers. */
+ * be requested): a multiple of 64, and the least workspace_bytes a workspace for the call may
+ * have. Validates p like attn_backward, without pointers. */
 ATTN_API attn_status attn_backward_scratch_bytes(const attn_params *p, int with_dbias,
                                                  size_t *bytes);
 
