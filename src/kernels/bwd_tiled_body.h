@@ -663,7 +663,7 @@ attn_status ATTN_BWD_FN(const attn__problem *pr, const attn__bwd_tensors *t) {
   /* everything is taken before any output is written, so OUT_OF_MEMORY changes nothing */
   job.scratch = attn__arena_alloc(pr->arena, job.scratch_bytes * (size_t)workers);
   unsigned char *block = attn__arena_alloc(pr->arena, total);
-  if (!job.scratch || (total && !block))
+  if (!job.scratch || !block) /* (total is never 0: each extra part takes at least 64 bytes) */
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_backward: could not allocate %d x %zu bytes of tile scratch and %zu "
                       "bytes of packed rows and partial dQ",
