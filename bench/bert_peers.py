@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Throughput of the BERT encoder on attn against sentence-transformers on PyTorch (CPU), same
 machine, same run, same thread count: sentences per second for batches of 32 sentences of 16, 32,
-64 and 128 tokens (all-MiniLM-L6-v2, mean pooling, L2 normalisation, fp32).
+64 and 128 tokens, and of lengths spread evenly over 16..128 (all-MiniLM-L6-v2, mean pooling, L2
+normalisation, fp32). On the mixed batch attn-bert packs the sentences without padding; the peer
+pads its batch to the longest sentence, as sentence-transformers' encode does.
 
 attn's side is `attn-bert bench` (the dense layers on attn-bert's AVX-512 product where the CPU
 has it, else OpenBLAS — the column `dense` says which; attn for attention); the peer runs
@@ -54,9 +56,9 @@ def main():
 
     dense = ["?"]
 
-    def attn_sps(tokens):
+    def attn_sps(label):
         out = subprocess.run([os.path.join(ROOT, "build", "attn-bert"), "bench", "--model", model_dir,
-                              "--tokens", str(tokens), "--reps", str(args.reps), "--threads",
+                              "--tokens", label, "--reps", str(args.reps), "--threads",
                               str(args.threads)],
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()
         dense[0] = out[1].split(",")[5]
@@ -68,12 +70,16 @@ def main():
           f"ratio: median of the rounds' ratios)")
     print(f"{'tokens':>6} {'attn sent/s':>12} {'torch sent/s':>13} {'attn/torch':>10} {'dense':>8}")
     worst = None
-    for tokens in (16, 32, 64, 128):
-        texts = [" ".join(WORDS[(w * 7 + b) % 14] for w in range(tokens - 2)) for b in range(32)]
+    for lo, hi in ((16, 16), (32, 32), (64, 64), (128, 128), (16, 128)):
+        label = str(lo) if lo == hi else f"{lo}-{hi}"
+        # sentence b: lo + (hi - lo)·b/31 tokens ([CLS], words of one word piece each, [SEP]),
+        # the batch attn-bert bench builds
+        texts = [" ".join(WORDS[(w * 7 + b) % 14] for w in range(lo + (hi - lo) * b // 31 - 2))
+                 for b in range(32)]
         model.encode(texts, batch_size=32, normalize_embeddings=True)  # warm-up
         rounds = []
         for _ in range(max(1, args.rounds)):
-            a = attn_sps(tokens)
+            a = attn_sps(label)
             times = []
             for _ in range(args.reps):
                 t0 = time.perf_counter()
@@ -84,7 +90,7 @@ def main():
         a_sps, t_sps = med([a for a, _ in rounds]), med([t for _, t in rounds])
         ratio = med([a / t for a, t in rounds])
         worst = ratio if worst is None else min(worst, ratio)
-        print(f"{tokens:>6} {a_sps:>12.1f} {t_sps:>13.1f} {ratio:>9.2f}x {dense[0]:>8}", flush=True)
+        print(f"{label:>6} {a_sps:>12.1f} {t_sps:>13.1f} {ratio:>9.2f}x {dense[0]:>8}", flush=True)
     print(f"slowest ratio against sentence-transformers: {worst:.2f}x")
 
 

@@ -1,8 +1,9 @@
 /*
- * bert.c — the BERT encoder on attn. Per layer, for a padded batch X [n·T, H]:
+ * bert.c — the BERT encoder on attn. Per layer, for a batch of sequences packed one after another
+ * without padding, X [Σ len, H] (no work and no memory for padding rows):
  *     [Q K V] = X·[Wq Wk Wv]ᵀ + b            (one sgemm; heads are column blocks, read by attn
- *                                            with strides {T·3H, Dh, 3H, 1}, no copies)
- *     A = attn_forward(Q, K, V)              bidirectional, kv_len = each sequence's length
+ *                                            with strides {·, Dh, 3H, 1}, no copies)
+ *     A = attn_forward(Q, K, V)              bidirectional within each sequence (cu_seqlens)
  *     X = LayerNorm(X + A·Woᵀ + bo)
  *     X = LayerNorm(X + GELU(X·W1ᵀ + b1)·W2ᵀ + b2)     (GELU with erf, as BERT)
  * after the embeddings LayerNorm(word + position + token type 0). Weights are Linear [out, in].
@@ -320,57 +321,62 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
                      int probs_layer, float *probs, char *err, size_t es) {
   const int H = m->hidden, NH = m->heads, Dh = H / NH;
   int T = 1;
+  int64_t *cu = malloc(sizeof(int64_t) * ((size_t)n + 1)); /* sequence i: rows cu[i] .. cu[i+1]-1 */
+  if (!cu) {
+    snprintf(err, es, "out of memory");
+    return -1;
+  }
+  cu[0] = 0;
   for (int i = 0; i < n; i++) {
     if (len[i] < 1 || len[i] > m->max_pos) {
       snprintf(err, es, "sequence %d has %d tokens (1 to %d allowed)", i, len[i], m->max_pos);
+      free(cu);
       return -1;
     }
     if (len[i] > T) T = len[i];
+    cu[i + 1] = cu[i] + len[i];
   }
-  const int rows = n * T;
+  const int rows = (int)cu[n];
   float *x = out, *q = malloc(sizeof(float) * (size_t)rows * (size_t)H * 4);
   float *inter = malloc(sizeof(float) * (size_t)rows * (size_t)m->inter);
-  int64_t *kv_len = malloc(sizeof(int64_t) * (size_t)n);
-  if (!q || !inter || !kv_len) {
-    free(q), free(inter), free(kv_len);
+  if (!q || !inter) {
+    free(q), free(inter), free(cu);
     snprintf(err, es, "out of memory");
     return -1;
   }
   float *qkv = q, *a = q + (size_t)rows * (size_t)H * 3; /* qkv [rows, 3H], a [rows, H] */
-  for (int i = 0; i < n; i++) { /* embeddings; padding rows repeat [PAD] and are never seen */
-    kv_len[i] = len[i];
-    for (int t = 0; t < T; t++) {
-      const int id = t < len[i] ? ids[i][t] : m->vocab.pad;
-      float *row = x + ((size_t)i * (size_t)T + (size_t)t) * (size_t)H;
+  for (int i = 0; i < n; i++)                            /* embeddings */
+    for (int t = 0; t < len[i]; t++) {
+      const int id = ids[i][t];
+      float *row = x + ((size_t)cu[i] + (size_t)t) * (size_t)H;
       for (int d = 0; d < H; d++)
         row[d] = m->word_emb[(size_t)id * (size_t)H + (size_t)d] +
                  m->pos_emb[(size_t)t * (size_t)H + (size_t)d] + m->type_emb[d];
     }
-  }
   add_layernorm(x, NULL, NULL, m->emb_ln_g, m->emb_ln_b, rows, H);
   attn_params p;
   attn_params_init(&p, n, NH, NH, T, T, Dh, Dh);
-  /* Q, K, V are column blocks of qkv [n, T, 3H]; O is [n, T, heads, Dh] */
-  const int64_t qkv_stride[4] = {(int64_t)T * 3 * H, Dh, 3 * H, 1};
+  /* packed sequences: Q, K, V are column blocks of qkv [rows, 3H]; O is [rows, heads, Dh] */
+  const int64_t qkv_stride[4] = {(int64_t)rows * 3 * H, Dh, 3 * H, 1};
   memcpy(p.q_stride, qkv_stride, sizeof qkv_stride);
   memcpy(p.k_stride, qkv_stride, sizeof qkv_stride);
   memcpy(p.v_stride, qkv_stride, sizeof qkv_stride);
-  attn_strides_blhd(p.o_stride, NH, T, Dh);
-  p.kv_len = kv_len; /* bidirectional over each sequence's own tokens */
+  attn_strides_blhd(p.o_stride, NH, rows, Dh);
+  p.cu_seqlens_q = cu, p.cu_seqlens_k = cu; /* bidirectional over each sequence's own tokens */
   p.threads = m->threads;
   /* one workspace for the layers' attention calls (the one that returns P may need more) */
   size_t ws_bytes = 0, with_p = 0;
   if (attn_forward_scratch_bytes(&p, 0, &ws_bytes) != ATTN_STATUS_OK ||
       (probs_layer >= 0 && attn_forward_scratch_bytes(&p, 1, &with_p) != ATTN_STATUS_OK)) {
     snprintf(err, es, "attention: %s", attn_last_error());
-    free(q), free(inter), free(kv_len);
+    free(q), free(inter), free(cu);
     return -1;
   }
   ws_bytes = with_p > ws_bytes ? with_p : ws_bytes;
   void *workspace = aligned_alloc(64, ws_bytes ? ws_bytes : 64); /* multiples of 64 */
   if (!workspace) {
     snprintf(err, es, "out of memory");
-    free(q), free(inter), free(kv_len);
+    free(q), free(inter), free(cu);
     return -1;
   }
   p.workspace = workspace, p.workspace_bytes = ws_bytes;
@@ -394,30 +400,33 @@ int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int
     job.phase = 1;
     run_bands(&job);
   }
-  free(q), free(inter), free(kv_len), free(workspace);
+  free(q), free(inter), free(cu), free(workspace);
   return rc;
 }
 
 int attn_bert_embed(const attn_bert *m, int n, const char *const *texts, float *emb, char *err,
                     size_t es) {
   int **ids = calloc((size_t)n + 1, sizeof *ids), *len = calloc((size_t)n + 1, sizeof *len);
-  int rc = ids && len ? 0 : -1, T = 1;
+  int rc = ids && len ? 0 : -1;
+  size_t total = 0;
   for (int i = 0; i < n && rc == 0; i++) {
     rc = attn_bert_tokenize(&m->vocab, texts[i], m->max_seq, &ids[i], &len[i]);
-    if (len[i] > T) T = len[i];
+    total += rc == 0 ? (size_t)len[i] : 0;
   }
-  float *out = rc ? NULL : malloc(sizeof(float) * (size_t)n * (size_t)T * (size_t)m->hidden);
+  float *out = rc ? NULL : malloc(sizeof(float) * (total ? total : 1) * (size_t)m->hidden);
   if (!out) {
     snprintf(err, es, "out of memory");
     rc = -1;
   }
   if (rc == 0) rc = attn_bert_encode(m, n, (const int *const *)ids, len, out, -1, NULL, err, es);
+  const float *seq = out;                  /* sequence i's rows follow sequence i − 1's */
   for (int i = 0; i < n && rc == 0; i++) { /* mean over the tokens, then L2 */
     const int H = m->hidden;
     double acc[1024] = {0}, norm = 0;
     for (int t = 0; t < len[i]; t++)
       for (int d = 0; d < H; d++)
-        acc[d] += out[((size_t)i * (size_t)T + (size_t)t) * (size_t)H + (size_t)d];
+        acc[d] += seq[(size_t)t * (size_t)H + (size_t)d];
+    seq += (size_t)len[i] * (size_t)H;
     for (int d = 0; d < H; d++)
       norm += (acc[d] / len[i]) * (acc[d] / len[i]);
     norm = sqrt(norm);

