@@ -120,44 +120,79 @@ static inline __m512 exp2_ps512(__m512 t) {
   return _mm512_maskz_scalef_ps(keep, p, n);
 }
 
+/* The 16 lane sums of v[0..15] in one vector: lane i = Σ v[i] (a fixed tree: within 128-bit
+ * lanes by unpack and shuffle, then across them). */
+static inline __m512 sum16_ps512(const __m512 v[16]) {
+  __m512 q[4];
+  for (int k = 0; k < 4; k++) { /* lane L of q[k]: rows 4k..4k+3, summed over lane L of each */
+    const __m512 *w = v + 4 * k;
+    const __m512 a = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+    const __m512 b = _mm512_add_ps(_mm512_unpacklo_ps(w[2], w[3]), _mm512_unpackhi_ps(w[2], w[3]));
+    q[k] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  const __m512 r01 = _mm512_add_ps(_mm512_shuffle_f32x4(q[0], q[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(q[0], q[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 r23 = _mm512_add_ps(_mm512_shuffle_f32x4(q[2], q[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(q[2], q[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(r01, r23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(r01, r23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 /* tiled.h's softmax. A row whose running maximum m_old is finite keeps it as the reference while
  * no score of the tile exceeds m_old + ATTN__SOFTMAX_SLACK (a vector compare of the row's maximum
  * lanes, no reduction): P = exp(S − m_old), α = 1. Otherwise (the row's first visible tile, a
  * larger score, inf or NaN) the reference is the new maximum and α rescales, as in the scalar
  * rule. NaN scores pass the maximum (max(x, mx) keeps mx) and reach the sum, which
- * attn__softmax_vector_done turns into a NaN row. */
+ * attn__softmax_vector_done turns into a NaN row. Rows go in groups of 16 whose lane sums are
+ * reduced together (sum16_ps512) after the group's exp passes: one row's horizontal sum was a
+ * latency chain that held its l update (a third of this function's samples). */
 static void softmax_avx512(float *s, int rows, int cols, float *m, float *l, float *alpha) {
   const int cols_p = (int)attn__round_up(cols, NR); /* padding columns hold −inf */
   const __m512 log2e = _mm512_set1_ps(0x1.715476p+0f);
-  for (int r = 0; r < rows; r++) {
-    float *row = s + r * BC;
-    __m512 mx0 = _mm512_set1_ps(-INFINITY), mx1 = mx0;
-    for (int c = 0; c < cols_p; c += NR) { /* x first: a NaN x leaves mx as it was */
-      mx0 = _mm512_max_ps(_mm512_load_ps(row + c), mx0);
-      mx1 = _mm512_max_ps(_mm512_load_ps(row + c + 16), mx1);
-    }
-    const __m512 mx = _mm512_max_ps(mx0, mx1);
-    const float m_old = m[r];
-    float m_ref = m_old;
-    if (!isfinite(m_old) ||
-        _mm512_cmp_ps_mask(mx, _mm512_set1_ps(m_old + ATTN__SOFTMAX_SLACK), _CMP_GT_OQ)) {
-      if (!attn__softmax_vector_max(_mm512_reduce_max_ps(mx), m_old, &m_ref)) {
-        attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
-        continue;
+  for (int r0 = 0; r0 < rows; r0 += 16) {
+    const int g = rows - r0 < 16 ? rows - r0 : 16;
+    __m512 sums[16]; /* lane sums of the group's vector-path rows, zeros elsewhere */
+    float m_old[16], m_ref[16];
+    unsigned vector_rows = 0;
+    for (int i = 0; i < 16; i++) {
+      sums[i] = _mm512_setzero_ps();
+      if (i >= g) continue;
+      const int r = r0 + i;
+      float *row = s + r * BC;
+      __m512 mx0 = _mm512_set1_ps(-INFINITY), mx1 = mx0;
+      for (int c = 0; c < cols_p; c += NR) { /* x first: a NaN x leaves mx as it was */
+        mx0 = _mm512_max_ps(_mm512_load_ps(row + c), mx0);
+        mx1 = _mm512_max_ps(_mm512_load_ps(row + c + 16), mx1);
       }
+      const __m512 mx = _mm512_max_ps(mx0, mx1);
+      m_old[i] = m_ref[i] = m[r];
+      if (!isfinite(m_old[i]) ||
+          _mm512_cmp_ps_mask(mx, _mm512_set1_ps(m_old[i] + ATTN__SOFTMAX_SLACK), _CMP_GT_OQ)) {
+        if (!attn__softmax_vector_max(_mm512_reduce_max_ps(mx), m_old[i], &m_ref[i])) {
+          attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
+          continue;
+        }
+      }
+      const __m512 vm = _mm512_set1_ps(m_ref[i]);
+      __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
+      for (int c = 0; c < cols_p; c += NR) {
+        const __m512 e0 =
+            exp2_ps512(_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(row + c), vm), log2e));
+        const __m512 e1 =
+            exp2_ps512(_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(row + c + 16), vm), log2e));
+        _mm512_store_ps(row + c, e0), _mm512_store_ps(row + c + 16, e1);
+        sum0 = _mm512_add_ps(sum0, e0), sum1 = _mm512_add_ps(sum1, e1);
+      }
+      sums[i] = _mm512_add_ps(sum0, sum1);
+      vector_rows |= 1u << i;
     }
-    const __m512 vm = _mm512_set1_ps(m_ref);
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
-    for (int c = 0; c < cols_p; c += NR) {
-      const __m512 e0 =
-          exp2_ps512(_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(row + c), vm), log2e));
-      const __m512 e1 =
-          exp2_ps512(_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(row + c + 16), vm), log2e));
-      _mm512_store_ps(row + c, e0), _mm512_store_ps(row + c + 16, e1);
-      sum0 = _mm512_add_ps(sum0, e0), sum1 = _mm512_add_ps(sum1, e1);
-    }
-    attn__softmax_vector_done(row, cols_p, _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1)), m_old,
-                              m_ref, &m[r], &l[r], &alpha[r]);
+    float sum[16];
+    _mm512_storeu_ps(sum, sum16_ps512(sums));
+    for (int i = 0; i < g; i++)
+      if (vector_rows >> i & 1)
+        attn__softmax_vector_done(s + (r0 + i) * BC, cols_p, sum[i], m_old[i], m_ref[i], &m[r0 + i],
+                                  &l[r0 + i], &alpha[r0 + i]);
   }
 }
 
