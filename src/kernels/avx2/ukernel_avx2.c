@@ -265,44 +265,76 @@ static inline float hmax8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+/* The 8 lane sums of v[0..7] in one vector: lane i = Σ v[i] (a fixed tree: within 128-bit lanes
+ * by unpack and shuffle, then the two halves). */
+static inline __m256 sum8_ps(const __m256 v[8]) {
+  __m256 q[2];
+  for (int k = 0; k < 2; k++) { /* half H of q[k]: rows 4k..4k+3, summed over half H of each */
+    const __m256 *w = v + 4 * k;
+    const __m256 a = _mm256_add_ps(_mm256_unpacklo_ps(w[0], w[1]), _mm256_unpackhi_ps(w[0], w[1]));
+    const __m256 b = _mm256_add_ps(_mm256_unpacklo_ps(w[2], w[3]), _mm256_unpackhi_ps(w[2], w[3]));
+    q[k] = _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  return _mm256_add_ps(_mm256_permute2f128_ps(q[0], q[1], 0x20),
+                       _mm256_permute2f128_ps(q[0], q[1], 0x31));
+}
+
 /* Per row: the maximum lanes in one pass (loads and vmax only: a NaN score is skipped there);
  * a row whose running maximum m_old is finite keeps it as the reference while no lane exceeds
  * m_old + ATTN__SOFTMAX_SLACK (α = 1; tiled.h), else the reference is the new maximum (the row's
  * first visible tile, a larger score, inf: the scalar rule for a maximum that is not finite);
  * then P = exp2((S − m)·log2 e) and the row sum, 16 scores per step in two chains. A visible NaN
  * reaches the sum (exp2_ps passes it through; with m finite nothing else can make the sum NaN),
- * and the row then takes the state the scalar rule gives it: m, l, α and P all NaN. */
+ * and the row then takes the state the scalar rule gives it: m, l, α and P all NaN. Rows go in
+ * groups of 8 whose lane sums are reduced together (sum8_ps) after the group's exp passes, so no
+ * row's l update waits on its own horizontal sum. */
 static void softmax_avx2(float *s, int rows, int cols, float *m, float *l, float *alpha) {
   const int cols_p = (int)attn__round_up(cols, NR); /* padding columns hold −inf */
   const __m256 log2e = _mm256_set1_ps(0x1.715476p+0f);
-  for (int r = 0; r < rows; r++) {
-    float *row = s + r * BC;
-    __m256 mx0 = _mm256_set1_ps(-INFINITY), mx1 = mx0;
-    for (int c = 0; c < cols_p; c += NR) { /* x first: a NaN x leaves mx as it was */
-      mx0 = _mm256_max_ps(_mm256_load_ps(row + c), mx0);
-      mx1 = _mm256_max_ps(_mm256_load_ps(row + c + 8), mx1);
-    }
-    const __m256 mx = _mm256_max_ps(mx0, mx1);
-    const float m_old = m[r];
-    float m_new = m_old;
-    if (!isfinite(m_old) || _mm256_movemask_ps(_mm256_cmp_ps(
-                                mx, _mm256_set1_ps(m_old + ATTN__SOFTMAX_SLACK), _CMP_GT_OQ))) {
-      if (!attn__softmax_vector_max(hmax8(mx), m_old, &m_new)) {
-        attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
-        continue;
+  for (int r0 = 0; r0 < rows; r0 += 8) { /* groups of 8 rows: their sums reduced together */
+    const int g = rows - r0 < 8 ? rows - r0 : 8;
+    __m256 sums[8]; /* lane sums of the group's vector-path rows, zeros elsewhere */
+    float m_old[8], m_new[8];
+    unsigned vector_rows = 0;
+    for (int i = 0; i < 8; i++) {
+      sums[i] = _mm256_setzero_ps();
+      if (i >= g) continue;
+      const int r = r0 + i;
+      float *row = s + r * BC;
+      __m256 mx0 = _mm256_set1_ps(-INFINITY), mx1 = mx0;
+      for (int c = 0; c < cols_p; c += NR) { /* x first: a NaN x leaves mx as it was */
+        mx0 = _mm256_max_ps(_mm256_load_ps(row + c), mx0);
+        mx1 = _mm256_max_ps(_mm256_load_ps(row + c + 8), mx1);
       }
+      const __m256 mx = _mm256_max_ps(mx0, mx1);
+      m_old[i] = m_new[i] = m[r];
+      if (!isfinite(m_old[i]) ||
+          _mm256_movemask_ps(
+              _mm256_cmp_ps(mx, _mm256_set1_ps(m_old[i] + ATTN__SOFTMAX_SLACK), _CMP_GT_OQ))) {
+        if (!attn__softmax_vector_max(hmax8(mx), m_old[i], &m_new[i])) {
+          attn__softmax_row_scalar(row, cols_p, &m[r], &l[r], &alpha[r]);
+          continue;
+        }
+      }
+      const __m256 vm = _mm256_set1_ps(m_new[i]);
+      __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
+      for (int c = 0; c < cols_p; c += NR) {
+        const __m256 e0 = exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c), vm), log2e));
+        const __m256 e1 =
+            exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c + 8), vm), log2e));
+        _mm256_store_ps(row + c, e0), _mm256_store_ps(row + c + 8, e1);
+        sum0 = _mm256_add_ps(sum0, e0), sum1 = _mm256_add_ps(sum1, e1);
+      }
+      sums[i] = _mm256_add_ps(sum0, sum1);
+      vector_rows |= 1u << i;
     }
-    const __m256 vm = _mm256_set1_ps(m_new);
-    __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
-    for (int c = 0; c < cols_p; c += NR) {
-      const __m256 e0 = exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c), vm), log2e));
-      const __m256 e1 =
-          exp2_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(row + c + 8), vm), log2e));
-      _mm256_store_ps(row + c, e0), _mm256_store_ps(row + c + 8, e1);
-      sum0 = _mm256_add_ps(sum0, e0), sum1 = _mm256_add_ps(sum1, e1);
-    }
-    attn__softmax_vector_done(row, cols_p, hsum8(_mm256_add_ps(sum0, sum1)), m_old, m_new, &m[r],
-                              &l[r], &alpha[r]);
+    float sum[8];
+    _mm256_storeu_ps(sum, sum8_ps(sums));
+    for (int i = 0; i < g; i++)
+      if (vector_rows >> i & 1)
+        attn__softmax_vector_done(s + (r0 + i) * BC, cols_p, sum[i], m_old[i], m_new[i], &m[r0 + i],
+                                  &l[r0 + i], &alpha[r0 + i]);
   }
 }
 
