@@ -6,7 +6,8 @@
  *      Hq/Hkv ∈ {1, 2, 3, 8} and all layouts rotating;
  *   2. features: every visibility and score feature alone, every pair combined, and all at once,
  *      in both alignments and every layout, with broadcast masks and biases;
- *   3. numerical range: large logits, tiny/huge/zero/negative scale, Dv ≠ D, Lk = 0, Dv = 0.
+ *   3. numerical range: large logits, tiny/huge/zero/negative scale, Dv ≠ D, Lk = 0, Dv = 0;
+ *   4. decode, few items (keys split), and many short heads (items per (b, KV head)).
  * Usage: test_kernels [seed]   (seed 0 by default; CI may pass a rotating seed, printed first);
  * ATTN_TEST_KERNELS=avx512 (a comma-separated list) sweeps only the kernels it names.
  */
@@ -176,6 +177,19 @@ static void sweep_few_items(void) {
     }
 }
 
+/* Short keys and many (b, KV head) pairs (B·Hkv ≥ 4 per thread, packed K of a head ≤ 128 KiB):
+ * one item per pair runs every query block of the group's heads on K packed in the item, each V
+ * tile checked once — every feature alone, on 8 pairs (2 threads) over two key tiles. */
+static void sweep_head_items(void) {
+  for (int f = 0; f < t_n_features; f++) {
+    tspec s = tspec_shape(4, 4, 2, 97 + 31 * (f % 2), 131 + 70 * (f % 2), 24 + 8 * (f % 2), 20);
+    s.layout = f % N_LAYOUTS;
+    s.align = f % 2 ? ATTN_ALIGN_BOTTOM_RIGHT : ATTN_ALIGN_TOP_LEFT;
+    t_features[f].fn(&s);
+    check_all_kernels(&s, f % 2);
+  }
+}
+
 int main(int argc, char **argv) {
   seed_base = argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
   printf("test_kernels: seed %llu\n", (unsigned long long)seed_base);
@@ -190,6 +204,7 @@ int main(int argc, char **argv) {
   sweep_numbers();
   sweep_decode();
   sweep_few_items();
+  sweep_head_items();
   printf("  %d cases\n", n_cases);
   return t_finish("test_kernels");
 }

@@ -101,6 +101,10 @@ typedef struct fwd_job {
   int k_prepack;
   float *k_packed;
   int64_t k_packed_len; /* floats per (b, KV head) */
+  /* prefill with short keys and many (b, KV head) pairs: items are (b, KV head), each running
+   * every query block of its group's heads on K packed once into the worker's scratch (kh) and
+   * each V tile checked once (v_ok) — no pre-pass, and the copy is read from L2 while hot */
+  int head_items;
 } fwd_job;
 
 /* Decode: up to DECODE_MAX_LQ queries, keys in chunks of DECODE_CHUNK. Prefill with fewer than
@@ -115,6 +119,10 @@ enum {
   SPLIT_MIN_ROWS = 4
 };
 #define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
+/* head_items: packed K of one KV head at most this size (it stays in L2 with a tile of V), and at
+ * least HEAD_ITEMS_PER_THREAD (b, KV head) pairs per thread (the items are few and large) */
+#define HEAD_ITEM_K_BYTES ((int64_t)128 << 10)
+enum { HEAD_ITEMS_PER_THREAD = 4 };
 
 /* One worker's scratch, carved from fwd_job.scratch. */
 typedef struct tile_scratch {
@@ -132,13 +140,15 @@ typedef struct tile_scratch {
   int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
   float *kc;          /* [bc, D] a narrow, paged or packed K tile widened to fp32 (else empty) */
   float *vc;          /* [bc, Dv] the same for V, for the decode forms */
+  float *kh;          /* head_items: [round_up(Lk, nr) · D] the item's K, packed; else NULL */
+  signed char *v_ok; /* head_items: [tiles of bc keys] V tile finite (1), not (0), unknown (−1) */
 } tile_scratch;
 
 /* Byte layout of one worker's scratch (tile_scratch order, each part 64-byte aligned); returns 0
  * if its size overflows. */
-enum { N_PARTS = 18 };
+enum { N_PARTS = 20 };
 static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int64_t dvp,
-                          size_t offs[N_PARTS], size_t *total) {
+                          int head_items, size_t offs[N_PARTS], size_t *total) {
   const int64_t br = uk->br, bc = uk->bc, D = p->dim;
   const int64_t qp = uk->pack_q ? br * D : 0;
   const int per_seq = attn__kv_per_seq(p); /* tiles may span pages or reach rows past klen(b) */
@@ -146,10 +156,13 @@ static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int
   const int64_t kc = p->k_dtype != ATTN_DTYPE_F32 || per_seq || p->k_stride[3] != 1 ? bc * D : 0;
   const int64_t vc =
       p->v_dtype != ATTN_DTYPE_F32 || per_seq || p->v_stride[3] != 1 ? bc * p->dim_v : 0;
-  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, ones, vis, grp, kc, vc */
-  const int64_t counts[N_PARTS] = {br,       br, br, br, br * D, qp,      bc * D, bc * dvp, br * bc,
-                                   br * dvp, br, br, br, br,     br * bc, 2 * br, kc,       vc};
-  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4, 4};
+  const int64_t kh = head_items ? attn__round_up(p->len_k, uk->nr) * D : 0;
+  const int64_t v_ok = head_items ? (p->len_k + bc - 1) / bc : 0;
+  /* lo, hi, row_h, row_i, qs, qp, ks, vs, s, acc, m, l, alpha, ones, vis, grp, kc, vc, kh, v_ok */
+  const int64_t counts[N_PARTS] = {br,       br,      br,       br, br * D, qp,  bc * D,
+                                   bc * dvp, br * bc, br * dvp, br, br,     br,  br,
+                                   br * bc,  2 * br,  kc,       vc, kh,     v_ok};
+  const int64_t sizes[N_PARTS] = {8, 8, 8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1, 4, 4, 4, 4, 1};
   int64_t at = 0, bytes;
   for (int i = 0; i < N_PARTS; i++) {
     offs[i] = (size_t)at;
@@ -164,7 +177,7 @@ static int scratch_layout(const attn__fwd_ukernel *uk, const attn_params *p, int
 
 static tile_scratch carve(const fwd_job *job, int worker) {
   size_t o[N_PARTS], total;
-  scratch_layout(job->uk, job->pr->p, job->dvp, o, &total);
+  scratch_layout(job->uk, job->pr->p, job->dvp, job->head_items, o, &total);
   unsigned char *base = job->scratch + (size_t)worker * job->scratch_bytes;
   tile_scratch t;
   t.lo = (int64_t *)(void *)(base + o[0]);
@@ -185,6 +198,8 @@ static tile_scratch carve(const fwd_job *job, int worker) {
   t.grp = (int *)(void *)(base + o[15]);
   t.kc = (float *)(void *)(base + o[16]);
   t.vc = (float *)(void *)(base + o[17]);
+  t.kh = job->head_items ? (float *)(void *)(base + o[18]) : NULL;
+  t.v_ok = job->head_items ? (signed char *)(base + o[19]) : NULL;
   return t;
 }
 
@@ -386,12 +401,13 @@ void attn__softmax_row_scalar(float *srow, int cols, float *m, float *l, float *
   *m = m_new;
 }
 
-/* The packed K tile of keys [j0, j0 + cols) of KV head (b, hk) for uk->qk: a slice of the call's
- * packed copy when there is one and the tile starts at a multiple of nr, else packed into ts->ks.
- */
+/* The packed K tile of keys [j0, j0 + cols) of KV head (b, hk) for uk->qk: a slice of the item's
+ * (head_items) or the call's packed copy when there is one and the tile starts at a multiple of
+ * nr, else packed into ts->ks. */
 static const float *k_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64_t hk,
                            int64_t j0, int cols) {
   const attn_params *p = job->pr->p;
+  if (ts->kh && j0 % job->uk->nr == 0) return ts->kh + j0 * p->dim;
   if (job->k_packed && j0 % job->uk->nr == 0)
     return job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + j0 * p->dim;
   pack_k_tile(job, ts->kc, b, hk, j0, cols, ts->ks);
@@ -448,7 +464,8 @@ prefetch_first_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64
   const int64_t k_size = (int64_t)attn__dtype_size(k.type),
                 v_size = (int64_t)attn__dtype_size(v.type);
   const char *k_row = kv_row_at(job, k, b, hk, blo), *v_row = kv_row_at(job, v, b, hk, blo);
-  if (job->k_packed && blo % job->uk->nr == 0)
+  if (ts->kh) { /* packed by the item: in L2 already */
+  } else if (job->k_packed && blo % job->uk->nr == 0)
     attn__prefetch_l2(
         (const char *)(job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + blo * p->dim),
         (j_end - blo) * p->dim * (int64_t)sizeof(float));
@@ -457,6 +474,21 @@ prefetch_first_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64
       attn__prefetch_l2(k_row + j * k.stride[2] * k_size, k.n * k_size);
   for (int64_t j = 0; j < j_end - blo; j++)
     attn__prefetch_l2(v_row + j * v.stride[2] * v_size, v.n * v_size);
+}
+
+/* head_items: whether the V rows of the tile at j0 (a multiple of bc) that the call may read —
+ * [j0, min(j0 + bc, stored rows)) — are all finite, scanned once per item. A tile used in part
+ * may so take the masked path for a non-finite row it does not use, which gives the same bits. */
+static int v_tile_ok(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk, int64_t j0) {
+  const attn_params *p = job->pr->p;
+  const int64_t bc = job->uk->bc, t = j0 / bc, stored = attn__k_stored(p, b);
+  if (ts->v_ok[t] < 0) {
+    const int64_t end = j0 + bc < stored ? j0 + bc : stored;
+    ts->v_ok[t] =
+        (signed char)(end <= j0 || attn__rows_finite(kv_row_at(job, v_of(job), b, hk, j0),
+                                                     p->v_stride[2], (int)(end - j0), p->dim_v));
+  }
+  return ts->v_ok[t];
 }
 
 /* Runs the fused loop for `rows` query rows of batch item b (row r is query row_i[r] of head
@@ -567,9 +599,11 @@ static void run_rows(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk
       const float *kt = k_tile(job, ts, b, hk, j0, cols);
       if (job->v_rows_ok) { /* V in place (never paged): its finiteness from the counts, or a scan
                                of the tile */
-        v_finite = v_bad ? v_bad[j0 + cols] == v_bad[j0]
-                         : attn__rows_finite(kv_row_at(job, v_of(job), b, hk, j0), p->v_stride[2],
-                                             cols, Dv);
+        v_finite =
+            v_bad ? v_bad[j0 + cols] == v_bad[j0]
+            : ts->v_ok && j0 % bc == 0
+                ? v_tile_ok(job, ts, b, hk, j0)
+                : attn__rows_finite(kv_row_at(job, v_of(job), b, hk, j0), p->v_stride[2], cols, Dv);
         if (!v_finite) /* the masked path reads the packed copy */
           pack_v_tile(job, b, hk, j0, cols, ts->vs);
       } else {
@@ -721,19 +755,17 @@ static void prepass_item(void *ctx, int64_t item, int worker) {
     pack_k_item(ctx, item - n_counts, worker);
 }
 
-/* Prefill item (b, h, query block). */
-static void fwd_item(void *ctx, int64_t item, int worker) {
-  const fwd_job *job = ctx;
+/* Query block qb of head h of batch item b: O, LSE (and P) of its rows. */
+static void fwd_block(const fwd_job *job, tile_scratch *pts, int64_t b, int64_t h, int64_t qb) {
   const attn__fwd_ukernel *uk = job->uk;
   const attn__problem *pr = job->pr;
   const attn_params *p = pr->p;
   const int64_t D = p->dim, Lq = p->len_q, Lk = p->len_k;
   const int bc = uk->bc;
-  const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
-  const int64_t h = bh % p->heads_q, b = bh / p->heads_q, hk = h / pr->group;
+  const int64_t hk = h / pr->group;
   const int64_t i0 = qb * job->qb_rows;
   const int rows = (int)(Lq - i0 < job->qb_rows ? Lq - i0 : job->qb_rows);
-  tile_scratch ts = carve(job, worker);
+  tile_scratch ts = *pts;
   for (int r = 0; r < rows; r++)
     ts.row_h[r] = h, ts.row_i[r] = i0 + r;
   int64_t blo, bhi;
@@ -767,6 +799,29 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
       }
     }
   }
+}
+
+/* Prefill item: (b, h, query block), or with head_items (b, KV head) — K packed once into the
+ * worker's scratch, then every query block of the group's heads. */
+static void fwd_item(void *ctx, int64_t item, int worker) {
+  const fwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  tile_scratch ts = carve(job, worker);
+  if (!job->head_items) {
+    const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
+    fwd_block(job, &ts, bh / p->heads_q, bh % p->heads_q, qb);
+    return;
+  }
+  const int64_t hk = item % p->heads_kv, b = item / p->heads_kv, bc = job->uk->bc;
+  const int64_t group = job->pr->group;
+  for (int64_t j0 = 0; j0 < p->len_k; j0 += bc) {
+    pack_k_tile(job, ts.kc, b, hk, j0, (int)(p->len_k - j0 < bc ? p->len_k - j0 : bc),
+                ts.kh + j0 * p->dim);
+    ts.v_ok[j0 / bc] = -1;
+  }
+  for (int64_t h = hk * group; h < (hk + 1) * group; h++)
+    for (int64_t qb = 0; qb < job->n_qblocks; qb++)
+      fwd_block(job, &ts, b, h, qb);
 }
 
 /* Rows in row block rb of a KV group (the last one may be short). */
@@ -903,10 +958,10 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
                             attn__mul_ok(*n_items, job->n_rblocks * job->n_chunks, n_items)
                       : attn__mul_ok(p->batch, p->heads_q, n_items) &&
                             attn__mul_ok(*n_items, job->n_qblocks, n_items);
-  if (!ok || !scratch_layout(job->uk, p, job->dvp, offs, &job->scratch_bytes))
+  if (!ok)
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
-                      "attn_forward: work or scratch size overflows (dim %lld, dim_v %lld)",
-                      (long long)p->dim, (long long)p->dim_v);
+                      "attn_forward: work size overflows (batch %lld, heads %lld, len_q %lld)",
+                      (long long)p->batch, (long long)p->heads_q, (long long)p->len_q);
   /* one core's time for the call (all pairs visible: an upper bound), for the serial threshold */
   const double rows_q = (double)p->batch * (double)p->heads_q * (double)p->len_q;
   const double rows_k = (double)p->batch * (double)p->heads_kv * (double)p->len_k;
@@ -917,6 +972,20 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   *workers = attn__workers_for(
       job->pr->threads, *n_items,
       attn__est_us(2.0 * (double)(p->dim + p->dim_v) * rows_q * (double)p->len_k, bytes));
+  /* short keys, many (b, KV head) pairs: one item per pair, K packed in it (B = 32, H = 12,
+   * L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more). With at least
+   * HEAD_ITEMS_PER_THREAD pairs per worker the worker count stays what it is. */
+  job->head_items = job->k_prepack && !job->split &&
+                    p->batch * p->heads_kv >= HEAD_ITEMS_PER_THREAD * *workers &&
+                    kp_bytes / (p->batch * p->heads_kv) <= HEAD_ITEM_K_BYTES;
+  if (job->head_items) {
+    job->k_prepack = 0, job->v_counts = 0;
+    *n_items = p->batch * p->heads_kv;
+  }
+  if (!scratch_layout(job->uk, p, job->dvp, job->head_items, offs, &job->scratch_bytes))
+    return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
+                      "attn_forward: scratch size overflows (dim %lld, dim_v %lld)",
+                      (long long)p->dim, (long long)p->dim_v);
   if (job->scratch_bytes > SIZE_MAX / (size_t)*workers)
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW, "attn_forward: scratch size overflows");
   return ATTN_STATUS_OK;
