@@ -119,10 +119,13 @@ enum {
   SPLIT_MIN_ROWS = 4
 };
 #define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
-/* head_items: packed K of one KV head at most this size (it stays in L2 with a tile of V), and at
- * least HEAD_ITEMS_PER_THREAD (b, KV head) pairs per thread (the items are few and large) */
-#define HEAD_ITEM_K_BYTES ((int64_t)128 << 10)
-enum { HEAD_ITEMS_PER_THREAD = 4 };
+/* head_items: packed K of one KV head at most this size (Zen 4's L2; 2 threads, t_min against the
+ * pre-passes: B = 4, H = 8, D = 64 at L = 1024 (256 KiB) 43.4–44.1 against 44.4–46.5 ms, at
+ * L = 4096 (1 MiB) 675–676 against 681–689), and at least HEAD_ITEMS_PER_THREAD (b, KV head)
+ * pairs per worker, in a multiple of the workers or at least HEAD_ITEMS_EVEN_PER_THREAD per
+ * worker: the items are few and large, so an uneven count would leave a worker idle */
+#define HEAD_ITEM_K_BYTES ((int64_t)1 << 20)
+enum { HEAD_ITEMS_PER_THREAD = 4, HEAD_ITEMS_EVEN_PER_THREAD = 32 };
 
 /* One worker's scratch, carved from fwd_job.scratch. */
 typedef struct tile_scratch {
@@ -973,11 +976,13 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
       job->pr->threads, *n_items,
       attn__est_us(2.0 * (double)(p->dim + p->dim_v) * rows_q * (double)p->len_k, bytes));
   /* short keys, many (b, KV head) pairs: one item per pair, K packed in it (B = 32, H = 12,
-   * L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more). With at least
-   * HEAD_ITEMS_PER_THREAD pairs per worker the worker count stays what it is. */
-  job->head_items = job->k_prepack && !job->split &&
-                    p->batch * p->heads_kv >= HEAD_ITEMS_PER_THREAD * *workers &&
-                    kp_bytes / (p->batch * p->heads_kv) <= HEAD_ITEM_K_BYTES;
+   * L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more; 8.1–8.5 →
+   * 6.7–7.0 ms). With at least HEAD_ITEMS_PER_THREAD pairs per worker the worker count stays
+   * what it is. */
+  const int64_t pairs = p->batch * p->heads_kv;
+  job->head_items = job->k_prepack && !job->split && pairs >= HEAD_ITEMS_PER_THREAD * *workers &&
+                    (pairs % *workers == 0 || pairs >= HEAD_ITEMS_EVEN_PER_THREAD * *workers) &&
+                    kp_bytes / pairs <= HEAD_ITEM_K_BYTES;
   if (job->head_items) {
     job->k_prepack = 0, job->v_counts = 0;
     *n_items = p->batch * p->heads_kv;
