@@ -979,13 +979,13 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
    * L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more; 8.1–8.5 →
    * 6.7–7.0 ms). With at least HEAD_ITEMS_PER_THREAD pairs per worker the worker count stays
    * what it is. */
-  const int64_t pairs = p->batch * p->heads_kv;
+  const int64_t pairs = job->k_prepack ? p->batch * p->heads_kv : 0; /* fits: kp_fits */
   job->head_items = job->k_prepack && !job->split && pairs >= HEAD_ITEMS_PER_THREAD * *workers &&
                     (pairs % *workers == 0 || pairs >= HEAD_ITEMS_EVEN_PER_THREAD * *workers) &&
                     kp_bytes / pairs <= HEAD_ITEM_K_BYTES;
   if (job->head_items) {
     job->k_prepack = 0, job->v_counts = 0;
-    *n_items = p->batch * p->heads_kv;
+    *n_items = pairs;
   }
   if (!scratch_layout(job->uk, p, job->dvp, job->head_items, offs, &job->scratch_bytes))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
