@@ -452,7 +452,7 @@ int cmd_bench(int argc, char **argv) {
       attn_forward_scratch_bytes(&p, 0, &scratch);
     /* the timed calls' extra memory: one workspace for all of them (a caller that calls again
      * and again keeps one), or with --alloc each call's own */
-    void *workspace = alloc ? NULL : aligned_alloc(64, scratch ? (scratch + 63) / 64 * 64 : 64);
+    void *workspace = alloc ? NULL : aligned_alloc(64, scratch ? scratch : 64); /* 64·n bytes */
     double times[1000];
     attn_params warm = p; /* the forward for O and LSE; under --backward on its own memory */
     if (!backward) warm.workspace = workspace, warm.workspace_bytes = scratch;

@@ -404,15 +404,19 @@ void attn__softmax_row_scalar(float *srow, int cols, float *m, float *l, float *
   *m = m_new;
 }
 
-/* The packed K tile of keys [j0, j0 + cols) of KV head (b, hk) for uk->qk: a slice of the item's
- * (head_items) or the call's packed copy when there is one and the tile starts at a multiple of
- * nr, else packed into ts->ks. */
+/* KV head (b, hk)'s K packed whole, in the set's pack_k layout (the tile at key j0, a multiple of
+ * nr, starts at j0 · D): the item's copy (head_items), the call's, or NULL. */
+static const float *packed_k(const fwd_job *job, const tile_scratch *ts, int64_t b, int64_t hk) {
+  if (ts->kh) return ts->kh;
+  return job->k_packed ? job->k_packed + (b * job->pr->p->heads_kv + hk) * job->k_packed_len : NULL;
+}
+
+/* The packed K tile of keys [j0, j0 + cols) of KV head (b, hk) for uk->qk: a slice of the packed
+ * copy when there is one and the tile starts at a multiple of nr, else packed into ts->ks. */
 static const float *k_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64_t hk,
                            int64_t j0, int cols) {
-  const attn_params *p = job->pr->p;
-  if (ts->kh && j0 % job->uk->nr == 0) return ts->kh + j0 * p->dim;
-  if (job->k_packed && j0 % job->uk->nr == 0)
-    return job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + j0 * p->dim;
+  const float *kp = packed_k(job, ts, b, hk);
+  if (kp && j0 % job->uk->nr == 0) return kp + j0 * job->pr->p->dim;
   pack_k_tile(job, ts->kc, b, hk, j0, cols, ts->ks);
   return ts->ks;
 }
@@ -467,12 +471,10 @@ prefetch_first_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64
   const int64_t k_size = (int64_t)attn__dtype_size(k.type),
                 v_size = (int64_t)attn__dtype_size(v.type);
   const char *k_row = kv_row_at(job, k, b, hk, blo), *v_row = kv_row_at(job, v, b, hk, blo);
-  if (ts->kh) { /* packed by the item: in L2 already */
-  } else if (job->k_packed && blo % job->uk->nr == 0)
-    attn__prefetch_l2(
-        (const char *)(job->k_packed + (b * p->heads_kv + hk) * job->k_packed_len + blo * p->dim),
-        (j_end - blo) * p->dim * (int64_t)sizeof(float));
-  else
+  if (job->k_packed && blo % job->uk->nr == 0)
+    attn__prefetch_l2((const char *)(packed_k(job, ts, b, hk) + blo * p->dim),
+                      (j_end - blo) * p->dim * (int64_t)sizeof(float));
+  else if (!ts->kh)                           /* (the item's packed copy is in L2 already) */
     for (int64_t j = 0; j < j_end - blo; j++) /* rows stride[2] apart: not paged */
       attn__prefetch_l2(k_row + j * k.stride[2] * k_size, k.n * k_size);
   for (int64_t j = 0; j < j_end - blo; j++)
@@ -759,7 +761,7 @@ static void prepass_item(void *ctx, int64_t item, int worker) {
 }
 
 /* Query block qb of head h of batch item b: O, LSE (and P) of its rows. */
-static void fwd_block(const fwd_job *job, tile_scratch *pts, int64_t b, int64_t h, int64_t qb) {
+static void fwd_block(const fwd_job *job, tile_scratch ts, int64_t b, int64_t h, int64_t qb) {
   const attn__fwd_ukernel *uk = job->uk;
   const attn__problem *pr = job->pr;
   const attn_params *p = pr->p;
@@ -768,7 +770,6 @@ static void fwd_block(const fwd_job *job, tile_scratch *pts, int64_t b, int64_t 
   const int64_t hk = h / pr->group;
   const int64_t i0 = qb * job->qb_rows;
   const int rows = (int)(Lq - i0 < job->qb_rows ? Lq - i0 : job->qb_rows);
-  tile_scratch ts = *pts;
   for (int r = 0; r < rows; r++)
     ts.row_h[r] = h, ts.row_i[r] = i0 + r;
   int64_t blo, bhi;
@@ -812,7 +813,7 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   tile_scratch ts = carve(job, worker);
   if (!job->head_items) {
     const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
-    fwd_block(job, &ts, bh / p->heads_q, bh % p->heads_q, qb);
+    fwd_block(job, ts, bh / p->heads_q, bh % p->heads_q, qb);
     return;
   }
   const int64_t hk = item % p->heads_kv, b = item / p->heads_kv, bc = job->uk->bc;
@@ -824,7 +825,7 @@ static void fwd_item(void *ctx, int64_t item, int worker) {
   }
   for (int64_t h = hk * group; h < (hk + 1) * group; h++)
     for (int64_t qb = 0; qb < job->n_qblocks; qb++)
-      fwd_block(job, &ts, b, h, qb);
+      fwd_block(job, ts, b, h, qb);
 }
 
 /* Rows in row block rb of a KV group (the last one may be short). */
