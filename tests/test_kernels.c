@@ -7,7 +7,8 @@
  *   2. features: every visibility and score feature alone, every pair combined, and all at once,
  *      in both alignments and every layout, with broadcast masks and biases;
  *   3. numerical range: large logits, tiny/huge/zero/negative scale, Dv ≠ D, Lk = 0, Dv = 0;
- *   4. decode, few items (keys split), and many short heads (items per (b, KV head)).
+ *   4. decode, few items (keys split), items per (b, KV head) and items per query block after the
+ *      pre-passes.
  * Usage: test_kernels [seed]   (seed 0 by default; CI may pass a rotating seed, printed first);
  * ATTN_TEST_KERNELS=avx512 (a comma-separated list) sweeps only the kernels it names.
  */
@@ -177,7 +178,7 @@ static void sweep_few_items(void) {
     }
 }
 
-/* Short keys and many (b, KV head) pairs (B·Hkv ≥ 4 per thread, packed K of a head ≤ 128 KiB):
+/* Short keys and (b, KV head) pairs that the workers share evenly (here 4 per thread):
  * one item per pair runs every query block of the group's heads on K packed in the item, each V
  * tile checked once — every feature alone, on 8 pairs (2 threads) over two key tiles. */
 static void sweep_head_items(void) {
@@ -187,6 +188,18 @@ static void sweep_head_items(void) {
     s.align = f % 2 ? ATTN_ALIGN_BOTTOM_RIGHT : ATTN_ALIGN_TOP_LEFT;
     t_features[f].fn(&s);
     check_all_kernels(&s, f % 2);
+  }
+}
+
+/* The same features on pairs the workers cannot share evenly (B·Hkv = 3 on 2 threads): items
+ * per query block after the pre-passes (K packed once per call, V rows' finiteness counted). */
+static void sweep_prepass(void) {
+  for (int f = 0; f < t_n_features; f++) {
+    tspec s = tspec_shape(1, 6, 3, 97 + 31 * (f % 2), 131 + 70 * (f % 2), 24 + 8 * (f % 2), 20);
+    s.layout = (f + 1) % N_LAYOUTS;
+    s.align = f % 2 ? ATTN_ALIGN_TOP_LEFT : ATTN_ALIGN_BOTTOM_RIGHT;
+    t_features[f].fn(&s);
+    check_all_kernels(&s, (f + 1) % 2);
   }
 }
 
@@ -205,6 +218,7 @@ int main(int argc, char **argv) {
   sweep_decode();
   sweep_few_items();
   sweep_head_items();
+  sweep_prepass();
   printf("  %d cases\n", n_cases);
   return t_finish("test_kernels");
 }

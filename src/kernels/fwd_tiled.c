@@ -121,9 +121,10 @@ enum {
 #define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
 /* head_items: packed K of one KV head at most this size (Zen 4's L2; 2 threads, t_min against the
  * pre-passes: B = 4, H = 8, D = 64 at L = 1024 (256 KiB) 43.4–44.1 against 44.4–46.5 ms, at
- * L = 4096 (1 MiB) 675–676 against 681–689), and at least HEAD_ITEMS_PER_THREAD (b, KV head)
- * pairs per worker, in a multiple of the workers or at least HEAD_ITEMS_EVEN_PER_THREAD per
- * worker: the items are few and large, so an uneven count would leave a worker idle */
+ * L = 4096 (1 MiB) 675–676 against 681–689). The items are few and large, so an uneven count
+ * would leave a worker idle: the pairs are a multiple of the workers and all of the same work
+ * (one batch item, or no per-batch lengths), or a multiple of the workers and at least
+ * HEAD_ITEMS_PER_THREAD per worker, or at least HEAD_ITEMS_EVEN_PER_THREAD per worker */
 #define HEAD_ITEM_K_BYTES ((int64_t)1 << 20)
 enum { HEAD_ITEMS_PER_THREAD = 4, HEAD_ITEMS_EVEN_PER_THREAD = 32 };
 
@@ -978,11 +979,16 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
       attn__est_us(2.0 * (double)(p->dim + p->dim_v) * rows_q * (double)p->len_k, bytes));
   /* short keys, many (b, KV head) pairs: one item per pair, K packed in it (B = 32, H = 12,
    * L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more; 8.1–8.5 →
-   * 6.7–7.0 ms). With at least HEAD_ITEMS_PER_THREAD pairs per worker the worker count stays
+   * 6.7–7.0 ms; B = 1, H = 2, D = 64, one pair per worker: L = 1024 2.89–2.91 → 2.68–2.73 ms,
+   * L = 4096 43.3 → 42.4). Every rule leaves at least one pair per worker: the worker count stays
    * what it is. */
   const int64_t pairs = job->k_prepack ? p->batch * p->heads_kv : 0; /* fits: kp_fits */
-  job->head_items = job->k_prepack && !job->split && pairs >= HEAD_ITEMS_PER_THREAD * *workers &&
-                    (pairs % *workers == 0 || pairs >= HEAD_ITEMS_EVEN_PER_THREAD * *workers) &&
+  const int same_work =
+      p->batch == 1 || (!p->kv_len && !p->q_len && !p->cu_seqlens_q && !p->cu_seqlens_k);
+  const int even =
+      pairs % *workers == 0 && (same_work || pairs >= HEAD_ITEMS_PER_THREAD * *workers);
+  job->head_items = job->k_prepack && !job->split &&
+                    (even || pairs >= HEAD_ITEMS_EVEN_PER_THREAD * *workers) &&
                     kp_bytes / pairs <= HEAD_ITEM_K_BYTES;
   if (job->head_items) {
     job->k_prepack = 0, job->v_counts = 0;
