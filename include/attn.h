@@ -370,10 +370,8 @@ ATTN_API int attn_dropout_keep(const attn_params *p, int64_t b, int64_t h, int64
  * columns, Dv a multiple of the kernel's column block — 16 for avx2 — and more than one query
  * block or head per V row), a packed copy of K when several query blocks or heads read each K
  * row and the copy takes at most 64 MiB (B·Hkv·Lk·D floats, Lk rounded up to the kernel's column
- * block) — or, with short keys (a head's copy at most 1 MiB) and batch·KV-head pairs that the
- * threads share evenly (a multiple of the threads, all of the same length or at least 4 per
- * thread; or 32 per thread), one head's copy per thread and no V-row counts — and the split-key
- * partials (decode,
+ * block) — or, with short keys (a head's copy at most 1 MiB), one head's copy per thread and no
+ * V-row counts — and the split-key partials (decode,
  * and prefill with fewer than 8 batch·head·query block items against ≥ 1024 keys: (Dv + 2) floats
  * per query row and key chunk); the P output itself when requested. Narrow (16- or 8-bit) or paged
  * K or V adds one widened tile per worker (ref: a widened fp32 copy of every narrow input, and of K

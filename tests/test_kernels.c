@@ -13,6 +13,7 @@
  * ATTN_TEST_KERNELS=avx512 (a comma-separated list) sweeps only the kernels it names.
  */
 #include "harness.h"
+#include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -178,9 +179,10 @@ static void sweep_few_items(void) {
     }
 }
 
-/* Short keys and (b, KV head) pairs that the workers share evenly (here 4 per thread):
- * one item per pair runs every query block of the group's heads on K packed in the item, each V
- * tile checked once — every feature alone, on 8 pairs (2 threads) over two key tiles. */
+/* Short keys (a head's packed K ≤ 1 MiB): lanes take (b, KV head) pairs and run every query
+ * block of the group's heads on K packed in the worker, each V tile checked once, and take blocks
+ * of each other's pairs at the end — every feature alone, on 8 pairs (2 threads) over two key
+ * tiles. */
 static void sweep_head_items(void) {
   for (int f = 0; f < t_n_features; f++) {
     tspec s = tspec_shape(4, 4, 2, 97 + 31 * (f % 2), 131 + 70 * (f % 2), 24 + 8 * (f % 2), 20);
@@ -191,9 +193,10 @@ static void sweep_head_items(void) {
   }
 }
 
-/* The same features on pairs the workers cannot share evenly (B·Hkv = 3 on 2 threads): items
+/* The same features with the per-head copy switched off, as for a head's K over 1 MiB: items
  * per query block after the pre-passes (K packed once per call, V rows' finiteness counted). */
 static void sweep_prepass(void) {
+  attn__set_head_item_bytes(0);
   for (int f = 0; f < t_n_features; f++) {
     tspec s = tspec_shape(1, 6, 3, 97 + 31 * (f % 2), 131 + 70 * (f % 2), 24 + 8 * (f % 2), 20);
     s.layout = (f + 1) % N_LAYOUTS;
@@ -201,6 +204,7 @@ static void sweep_prepass(void) {
     t_features[f].fn(&s);
     check_all_kernels(&s, (f + 1) % 2);
   }
+  attn__set_head_item_bytes((int64_t)1 << 20);
 }
 
 int main(int argc, char **argv) {

@@ -9,7 +9,12 @@
  *      fits K_PREPACK_MAX_BYTES; a tile starting at a multiple of nr is then a slice of it), and
  *      V is read in place (contiguous columns, Dv a multiple of the set's nr) after a count of
  *      the V rows holding NaN or inf, so only a tile that has one is packed (for the masked
- *      product). With a single reader, V is read in place too, each tile scanned where it is;
+ *      product). With a single reader, V is read in place too, each tile scanned where it is.
+ *      Short keys (a head's packed K ≤ 1 MiB) need no pre-pass: work goes in lanes, one per
+ *      worker, that take (batch, KV head) pairs in turn, pack the pair's K into the worker's
+ *      scratch (hot in its L2) and run the query blocks of the group's heads on it, scanning each
+ *      V tile once; a lane out of pairs takes blocks from the lane with the most left, packing
+ *      that pair's K too (lane_item);
  *   2. S = (scale·Q)·Kᵀ, Q packed pre-scaled               (uk->qk)
  *   3. S = softcap, ALiBi, bias; −inf where invisible      (score_tile; skipped for tiles every
  *                                                           row sees whole with no per-pair
@@ -71,8 +76,15 @@
 #include "tiled.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* head_items: one per lane (worker) — the pair it runs, and the next of that pair's blocks,
+ * (pair << 32) | block, handed out by fetch-and-add; the pair counter first. A cache line each. */
+typedef struct lane_slot {
+  _Alignas(64) atomic_ullong word;
+} lane_slot;
 
 typedef struct fwd_job {
   const attn__fwd_ukernel *uk;
@@ -101,10 +113,13 @@ typedef struct fwd_job {
   int k_prepack;
   float *k_packed;
   int64_t k_packed_len; /* floats per (b, KV head) */
-  /* prefill with short keys and many (b, KV head) pairs: items are (b, KV head), each running
-   * every query block of its group's heads on K packed once into the worker's scratch (kh) and
-   * each V tile checked once (v_ok) — no pre-pass, and the copy is read from L2 while hot */
+  /* prefill with short keys: items are lanes, one per worker, that take (b, KV head) pairs in
+   * turn and run the query blocks of each pair's heads on K packed once into the worker's scratch
+   * (kh), each V tile checked once (v_ok) — no pre-pass, and the copy is read from L2 while hot.
+   * A lane out of pairs takes blocks from the lane with the most left (lane_item) */
   int head_items;
+  int64_t blocks_per_pair, n_lanes; /* group · n_qblocks; lanes = workers */
+  lane_slot *lanes; /* [1 + n_lanes]: the next pair to take, then each lane's slot */
 } fwd_job;
 
 /* Decode: up to DECODE_MAX_LQ queries, keys in chunks of DECODE_CHUNK. Prefill with fewer than
@@ -121,12 +136,11 @@ enum {
 #define K_PREPACK_MAX_BYTES ((int64_t)64 << 20)
 /* head_items: packed K of one KV head at most this size (Zen 4's L2; 2 threads, t_min against the
  * pre-passes: B = 4, H = 8, D = 64 at L = 1024 (256 KiB) 43.4–44.1 against 44.4–46.5 ms, at
- * L = 4096 (1 MiB) 675–676 against 681–689). The items are few and large, so an uneven count
- * would leave a worker idle: the pairs are a multiple of the workers and all of the same work
- * (one batch item, or no per-batch lengths), or a multiple of the workers and at least
- * HEAD_ITEMS_PER_THREAD per worker, or at least HEAD_ITEMS_EVEN_PER_THREAD per worker */
-#define HEAD_ITEM_K_BYTES ((int64_t)1 << 20)
-enum { HEAD_ITEMS_PER_THREAD = 4, HEAD_ITEMS_EVEN_PER_THREAD = 32 };
+ * L = 4096 (1 MiB) 675–676 against 681–689); tests lower it to reach the pre-passes on small
+ * shapes (attn__set_head_item_bytes) */
+static int64_t head_item_k_bytes = (int64_t)1 << 20;
+
+void attn__set_head_item_bytes(int64_t bytes) { head_item_k_bytes = bytes; }
 
 /* One worker's scratch, carved from fwd_job.scratch. */
 typedef struct tile_scratch {
@@ -144,7 +158,7 @@ typedef struct tile_scratch {
   int *grp;           /* [2·br] on a ragged tile: column range of each row group (group_cols) */
   float *kc;          /* [bc, D] a narrow, paged or packed K tile widened to fp32 (else empty) */
   float *vc;          /* [bc, Dv] the same for V, for the decode forms */
-  float *kh;          /* head_items: [round_up(Lk, nr) · D] the item's K, packed; else NULL */
+  float *kh;          /* head_items: [round_up(Lk, nr) · D] a pair's K, packed; else NULL */
   signed char *v_ok; /* head_items: [tiles of bc keys] V tile finite (1), not (0), unknown (−1) */
 } tile_scratch;
 
@@ -406,7 +420,7 @@ void attn__softmax_row_scalar(float *srow, int cols, float *m, float *l, float *
 }
 
 /* KV head (b, hk)'s K packed whole, in the set's pack_k layout (the tile at key j0, a multiple of
- * nr, starts at j0 · D): the item's copy (head_items), the call's, or NULL. */
+ * nr, starts at j0 · D): the worker's copy (head_items), the call's, or NULL. */
 static const float *packed_k(const fwd_job *job, const tile_scratch *ts, int64_t b, int64_t hk) {
   if (ts->kh) return ts->kh;
   return job->k_packed ? job->k_packed + (b * job->pr->p->heads_kv + hk) * job->k_packed_len : NULL;
@@ -483,8 +497,9 @@ prefetch_first_tile(const fwd_job *job, const tile_scratch *ts, int64_t b, int64
 }
 
 /* head_items: whether the V rows of the tile at j0 (a multiple of bc) that the call may read —
- * [j0, min(j0 + bc, stored rows)) — are all finite, scanned once per item. A tile used in part
- * may so take the masked path for a non-finite row it does not use, which gives the same bits. */
+ * [j0, min(j0 + bc, stored rows)) — are all finite, scanned once per pair a worker takes. A tile
+ * used in part may so take the masked path for a non-finite row it does not use, which gives the
+ * same bits. */
 static int v_tile_ok(const fwd_job *job, tile_scratch *ts, int64_t b, int64_t hk, int64_t j0) {
   const attn_params *p = job->pr->p;
   const int64_t bc = job->uk->bc, t = j0 / bc, stored = attn__k_stored(p, b);
@@ -806,27 +821,69 @@ static void fwd_block(const fwd_job *job, tile_scratch ts, int64_t b, int64_t h,
   }
 }
 
-/* Prefill item: (b, h, query block), or with head_items (b, KV head) — K packed once into the
- * worker's scratch, then every query block of the group's heads. */
+/* Prefill item (b, h, query block). */
 static void fwd_item(void *ctx, int64_t item, int worker) {
   const fwd_job *job = ctx;
   const attn_params *p = job->pr->p;
+  const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
+  fwd_block(job, carve(job, worker), bh / p->heads_q, bh % p->heads_q, qb);
+}
+
+/* head_items: takes the blocks of the pair in *slot until none is left: block k is query block
+ * n_qblocks − 1 − k % n_qblocks (the last, on causal rows the largest, first) of the group's head
+ * k / n_qblocks. The pair's K is packed into the worker's scratch first unless it is there
+ * (*have). Every block is computed from the same packed K by the same code whoever takes it. */
+static void run_slot(const fwd_job *job, tile_scratch *ts, int64_t *have, lane_slot *slot) {
+  const attn_params *p = job->pr->p;
+  const int64_t nq = job->n_qblocks, bc = job->uk->bc;
+  for (;;) {
+    const unsigned long long w = atomic_fetch_add_explicit(&slot->word, 1, memory_order_relaxed);
+    const int64_t pair = (int64_t)(w >> 32), k = (int64_t)(w & 0xffffffffu);
+    if (k >= job->blocks_per_pair) return;
+    const int64_t hk = pair % p->heads_kv, b = pair / p->heads_kv;
+    if (*have != pair) {
+      for (int64_t j0 = 0; j0 < p->len_k; j0 += bc) {
+        pack_k_tile(job, ts->kc, b, hk, j0, (int)(p->len_k - j0 < bc ? p->len_k - j0 : bc),
+                    ts->kh + j0 * p->dim);
+        ts->v_ok[j0 / bc] = -1;
+      }
+      *have = pair;
+    }
+    fwd_block(job, *ts, b, hk * job->pr->group + k / nq, nq - 1 - k % nq);
+  }
+}
+
+/* head_items: lane item (one per worker). Takes (b, KV head) pairs in turn and runs each one's
+ * blocks through its slot; out of pairs, takes blocks from the slot with the most left (packing
+ * that pair's K), so a worker that lags — a busy core — leaves no tail, and any number of pairs
+ * shares the workers (B = 1, H = 2, L = 4096, D = 64, 2 threads, one core shared with a busy
+ * loop: one pair per worker 84.6–84.9 ms, lanes 57–67 (t_min 55.0), items per query block after
+ * the pre-passes 66–70 (t_min 55.7)). */
+static void lane_item(void *ctx, int64_t lane, int worker) {
+  const fwd_job *job = ctx;
+  const attn_params *p = job->pr->p;
+  const int64_t pairs = p->batch * p->heads_kv, n_lanes = job->n_lanes;
   tile_scratch ts = carve(job, worker);
-  if (!job->head_items) {
-    const int64_t qb = item % job->n_qblocks, bh = item / job->n_qblocks;
-    fwd_block(job, ts, bh / p->heads_q, bh % p->heads_q, qb);
-    return;
+  int64_t have = -1; /* the pair whose K is in ts.kh */
+  lane_slot *own = &job->lanes[1 + lane];
+  for (;;) {
+    const int64_t pair =
+        (int64_t)atomic_fetch_add_explicit(&job->lanes[0].word, 1, memory_order_relaxed);
+    if (pair >= pairs) break;
+    atomic_store_explicit(&own->word, (unsigned long long)pair << 32, memory_order_relaxed);
+    run_slot(job, &ts, &have, own);
   }
-  const int64_t hk = item % p->heads_kv, b = item / p->heads_kv, bc = job->uk->bc;
-  const int64_t group = job->pr->group;
-  for (int64_t j0 = 0; j0 < p->len_k; j0 += bc) {
-    pack_k_tile(job, ts.kc, b, hk, j0, (int)(p->len_k - j0 < bc ? p->len_k - j0 : bc),
-                ts.kh + j0 * p->dim);
-    ts.v_ok[j0 / bc] = -1;
+  for (;;) {
+    int64_t best = -1, most = 0;
+    for (int64_t l = 0; l < n_lanes; l++) {
+      const unsigned long long w =
+          atomic_load_explicit(&job->lanes[1 + l].word, memory_order_relaxed);
+      const int64_t left = job->blocks_per_pair - (int64_t)(w & 0xffffffffu);
+      if (left > most) best = l, most = left;
+    }
+    if (best < 0) return;
+    run_slot(job, &ts, &have, &job->lanes[1 + best]);
   }
-  for (int64_t h = hk * group; h < (hk + 1) * group; h++)
-    for (int64_t qb = 0; qb < job->n_qblocks; qb++)
-      fwd_block(job, ts, b, h, qb);
 }
 
 /* Rows in row block rb of a KV group (the last one may be short). */
@@ -977,22 +1034,17 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   *workers = attn__workers_for(
       job->pr->threads, *n_items,
       attn__est_us(2.0 * (double)(p->dim + p->dim_v) * rows_q * (double)p->len_k, bytes));
-  /* short keys, many (b, KV head) pairs: one item per pair, K packed in it (B = 32, H = 12,
-   * L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more; 8.1–8.5 →
-   * 6.7–7.0 ms; B = 1, H = 2, D = 64, one pair per worker: L = 1024 2.89–2.91 → 2.68–2.73 ms,
-   * L = 4096 43.3 → 42.4). Every rule leaves at least one pair per worker: the worker count stays
-   * what it is. */
+  /* short keys: lanes that take (b, KV head) pairs and pack each one's K in the worker (B = 32,
+   * H = 12, L = 128, D = 32: the pre-passes wrote packed K to memory and read V once more;
+   * 8.1–8.5 → 6.7–7.0 ms; B = 1, H = 2, D = 64: L = 1024 2.89–2.91 → 2.68–2.73 ms, L = 4096
+   * 43.3 → 42.4). One lane per worker; the worker count stays what it is. */
   const int64_t pairs = job->k_prepack ? p->batch * p->heads_kv : 0; /* fits: kp_fits */
-  const int same_work =
-      p->batch == 1 || (!p->kv_len && !p->q_len && !p->cu_seqlens_q && !p->cu_seqlens_k);
-  const int even =
-      pairs % *workers == 0 && (same_work || pairs >= HEAD_ITEMS_PER_THREAD * *workers);
-  job->head_items = job->k_prepack && !job->split &&
-                    (even || pairs >= HEAD_ITEMS_EVEN_PER_THREAD * *workers) &&
-                    kp_bytes / pairs <= HEAD_ITEM_K_BYTES;
+  job->blocks_per_pair = group * job->n_qblocks;
+  job->head_items = job->k_prepack && !job->split && kp_bytes / pairs <= head_item_k_bytes &&
+                    pairs < ((int64_t)1 << 31) && job->blocks_per_pair < ((int64_t)1 << 31);
   if (job->head_items) {
     job->k_prepack = 0, job->v_counts = 0;
-    *n_items = pairs;
+    *n_items = job->n_lanes = *workers;
   }
   if (!scratch_layout(job->uk, p, job->dvp, job->head_items, offs, &job->scratch_bytes))
     return attn__fail(ATTN_STATUS_SIZE_OVERFLOW,
@@ -1021,6 +1073,11 @@ static size_t bad_v_counts(const fwd_job *job) {
   return job->v_counts ? (size_t)(p->batch * p->heads_kv) * (size_t)(p->len_k + 1) : 0;
 }
 
+/* Bytes of the head_items lanes: the pair counter and a slot per lane. */
+static size_t lane_bytes(const fwd_job *job) {
+  return job->head_items ? sizeof(lane_slot) * (size_t)(1 + job->n_lanes) : 0;
+}
+
 attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr, const void *q,
                             const void *k, const void *v, float *o, float *lse, float *probs) {
   fwd_job job = {.uk = uk, .pr = pr, .q = q, .k = k, .v = v, .o = o, .lse = lse, .probs = probs};
@@ -1030,17 +1087,25 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
   if (st != ATTN_STATUS_OK) return st;
   /* all scratch is taken before any output is written, so OUT_OF_MEMORY changes nothing */
   const size_t np = partial_floats(&job, n_items), nb = bad_v_counts(&job),
-               nk = k_packed_floats(&job);
+               nk = k_packed_floats(&job), nl = lane_bytes(&job);
   attn__arena *arena = pr->arena;
   job.scratch = attn__arena_alloc(arena, job.scratch_bytes * (size_t)workers);
   job.partials = attn__arena_alloc(arena, np * sizeof(float));
   job.v_bad = attn__arena_alloc(arena, nb * sizeof(int64_t));
   job.k_packed = attn__arena_alloc(arena, nk * sizeof(float));
-  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad) || (nk && !job.k_packed))
+  job.lanes = attn__arena_alloc(arena, nl);
+  if (!job.scratch || (np && !job.partials) || (nb && !job.v_bad) || (nk && !job.k_packed) ||
+      (nl && !job.lanes))
     return attn__fail(ATTN_STATUS_OUT_OF_MEMORY,
                       "attn_forward: could not allocate %d x %zu bytes of tile scratch and %zu "
-                      "bytes of partial results, V checks and packed K",
-                      workers, job.scratch_bytes, (np + nk) * sizeof(float) + nb * sizeof(int64_t));
+                      "bytes of partial results, V checks, packed K and work lanes",
+                      workers, job.scratch_bytes,
+                      (np + nk) * sizeof(float) + nb * sizeof(int64_t) + nl);
+  if (job.lanes) { /* no pair taken; every lane's slot empty (its block count reached) */
+    atomic_init(&job.lanes[0].word, 0);
+    for (int64_t l = 1; l <= job.n_lanes; l++)
+      atomic_init(&job.lanes[l].word, (unsigned long long)job.blocks_per_pair);
+  }
   for (int w = 0; w < workers; w++) { /* the constant part of each worker's scratch */
     const tile_scratch t = carve(&job, w);
     for (int r = 0; r < uk->br; r++)
@@ -1053,7 +1118,7 @@ attn_status attn__fwd_tiled(const attn__fwd_ukernel *uk, const attn__problem *pr
     attn__parallel_for(workers, n_items, split_item, &job);
     attn__parallel_for(workers, p->batch * p->heads_kv * job.n_rblocks, merge_item, &job);
   } else {
-    attn__parallel_for(workers, n_items, fwd_item, &job);
+    attn__parallel_for(workers, n_items, job.head_items ? lane_item : fwd_item, &job);
   }
   return ATTN_STATUS_OK; /* the caller releases the arena */
 }
@@ -1068,6 +1133,7 @@ attn_status attn__scratch_tiled(const attn__fwd_ukernel *uk, const attn__problem
     *bytes = attn__arena_round(job.scratch_bytes * (size_t)workers) +
              attn__arena_round(partial_floats(&job, n_items) * sizeof(float)) +
              attn__arena_round(bad_v_counts(&job) * sizeof(int64_t)) +
-             attn__arena_round(k_packed_floats(&job) * sizeof(float));
+             attn__arena_round(k_packed_floats(&job) * sizeof(float)) +
+             attn__arena_round(lane_bytes(&job));
   return st;
 }
