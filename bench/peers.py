@@ -78,6 +78,19 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
+# After a parallel call, torch's OpenMP threads (libgomp) and numpy's OpenBLAS threads busy-wait
+# for the next one before they sleep; a measurement started in that window shares the cores with
+# them (attn bench of L = 1024 D = 64 on 2 threads: 5.1 and 5.4 ms right after torch's SDPA and a
+# numpy product, 2.69-2.70 ms after a 0.3 s pause, 2.70-2.71 alone). So every measurement, of
+# attn and of the peers alike, starts after such a pause.
+SETTLE_S = 0.3
+
+
+def settle():
+    import time
+    time.sleep(SETTLE_S)
+
+
 def time_call(fn, reps):
     import time
     fn()  # warm-up
@@ -173,7 +186,9 @@ def main():
 
         rounds = []
         for _ in range(max(1, args.rounds)):
+            settle()
             t_a, kernel = attn_time(args.attn, shape, args.threads, args.reps, args.backward)
+            settle()
             rounds.append((t_a, time_call(run_torch, args.reps)))
         t_attn, t_torch = median([a for a, _ in rounds]), median([t for _, t in rounds])
         r_torch = median([t / a for a, t in rounds])
@@ -210,6 +225,7 @@ def main():
             print(f"{name + ' ' + kv + ' K/V':44} {t_attn * 1e3:9.2f} {t_torch * 1e3:9.2f} "
                   f"{'-':>9} {r_torch:9.2f}x {'-':>10}", flush=True)
             continue
+        settle()
         t_numpy = time_call(run_numpy, max(1, args.reps // 2))
         r_numpy = t_numpy / t_attn
         print(f"{name:44} {t_attn * 1e3:9.2f} {t_torch * 1e3:9.2f} {t_numpy * 1e3:9.2f} "
