@@ -6,7 +6,7 @@
  *      punctuation, control characters, emoji, very long words, the empty string), and on ~2400
  *      probes of single code points across Unicode plus 300 random strings;
  *   2. sentence embeddings match sentence-transformers' (cosine ≥ 0.99999, max |diff| ≤ 1e-4) on
- *      22 sentences, one at a time and as one padded batch;
+ *      22 sentences, one at a time and as one batch of mixed lengths (packed: no padding);
  *      with each dense-product path (ATTN_BERT_GEMM=avx512 where the CPU has it, and openblas),
  *      and the AVX-512 path bitwise the same at 1, 2 and 3 threads;
  *   3. the GELU (erf from a rational approximation) against erf in double, LayerNorm against
@@ -432,8 +432,8 @@ static void test_gemm(void) {
 #endif
 }
 
-/* Embeddings of a padded batch at 1, 2 and 3 threads: bitwise equal on the AVX-512 path (every
- * product sums in k order whatever the rows' bands; attention is deterministic). */
+/* Embeddings of a batch of mixed lengths at 1, 2 and 3 threads: bitwise equal on the AVX-512 path
+ * (every product sums in k order whatever the rows' bands; attention is deterministic). */
 static void test_threads_bitwise(attn_bert *m) {
   if (m->gemm != ATTN_BERT_GEMM_AVX512) {
     printf("  thread counts bitwise: SKIP (OpenBLAS path)\n");
