@@ -283,9 +283,9 @@ int attn__workers_for(int threads, int64_t n_items, double est_us);
 void attn__set_serial_us(double us);
 /* Sets the largest packed K of one KV head (bytes; 1 MiB by default) for which the forward runs
  * a head's query blocks on a per-worker copy (fwd_tiled.c, head_items) instead of after the
- * pre-passes; tests set 0 to reach the pre-passes on small shapes. Not thread-safe: set it
- * between calls. Results never depend on it. */
-void attn__set_head_item_bytes(int64_t bytes);
+ * pre-passes, and returns the previous value; tests set 0 to reach the pre-passes on small
+ * shapes. Not thread-safe: set it between calls. Results never depend on it. */
+int64_t attn__set_head_item_bytes(int64_t bytes);
 /* One core's time in µs for `flops` fp32 FLOPs and `bytes` of memory traffic, by the rule of thumb
  * 100 GFLOP/s and 20 GB/s (a guess in either direction only moves the serial threshold). */
 static inline double attn__est_us(double flops, double bytes) { return flops / 1e5 + bytes / 2e4; }

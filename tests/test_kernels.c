@@ -196,7 +196,7 @@ static void sweep_head_items(void) {
 /* The same features with the per-head copy switched off, as for a head's K over 1 MiB: items
  * per query block after the pre-passes (K packed once per call, V rows' finiteness counted). */
 static void sweep_prepass(void) {
-  attn__set_head_item_bytes(0);
+  const int64_t was = attn__set_head_item_bytes(0);
   for (int f = 0; f < t_n_features; f++) {
     tspec s = tspec_shape(1, 6, 3, 97 + 31 * (f % 2), 131 + 70 * (f % 2), 24 + 8 * (f % 2), 20);
     s.layout = (f + 1) % N_LAYOUTS;
@@ -204,7 +204,7 @@ static void sweep_prepass(void) {
     t_features[f].fn(&s);
     check_all_kernels(&s, (f + 1) % 2);
   }
-  attn__set_head_item_bytes((int64_t)1 << 20);
+  attn__set_head_item_bytes(was);
 }
 
 int main(int argc, char **argv) {

@@ -307,9 +307,10 @@ static void test_infinite_scores(attn_kernel kern) {
 }
 
 /* ---- causal prefix: changing later tokens never changes earlier outputs ---- */
-/* Four batch items × two KV heads (groups of two): at 2 threads the fused kernels run one item per
- * (b, KV head) with K packed in it (fwd_tiled's head_items), and the second V tile, NaN in its
- * later rows, takes the masked path for rows that see only its finite part: the same bits. */
+/* Four batch items × two KV heads (groups of two): the fused kernels run lanes of (b, KV head)
+ * pairs with each pair's K packed in the worker (fwd_tiled's head_items), and the second V tile,
+ * NaN in its later rows, takes the masked path for rows that see only its finite part: the same
+ * bits. */
 static void test_causal_prefix(attn_kernel kern) {
   enum { B = 4, HQ = 4, HKV = 2, L = 200, D = 16 };
   tspec s = tspec_shape(B, HQ, HKV, L, L, D, D);

@@ -140,7 +140,11 @@ enum {
  * shapes (attn__set_head_item_bytes) */
 static int64_t head_item_k_bytes = (int64_t)1 << 20;
 
-void attn__set_head_item_bytes(int64_t bytes) { head_item_k_bytes = bytes; }
+int64_t attn__set_head_item_bytes(int64_t bytes) {
+  const int64_t was = head_item_k_bytes;
+  head_item_k_bytes = bytes;
+  return was;
+}
 
 /* One worker's scratch, carved from fwd_job.scratch. */
 typedef struct tile_scratch {
@@ -1041,7 +1045,7 @@ static attn_status plan(fwd_job *job, int *workers, int64_t *n_items) {
   const int64_t pairs = job->k_prepack ? p->batch * p->heads_kv : 0; /* fits: kp_fits */
   job->blocks_per_pair = group * job->n_qblocks;
   job->head_items = job->k_prepack && !job->split && kp_bytes / pairs <= head_item_k_bytes &&
-                    pairs < ((int64_t)1 << 31) && job->blocks_per_pair < ((int64_t)1 << 31);
+                    job->blocks_per_pair < ((int64_t)1 << 31); /* a lane slot's block field */
   if (job->head_items) {
     job->k_prepack = 0, job->v_counts = 0;
     *n_items = job->n_lanes = *workers;
