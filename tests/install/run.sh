@@ -1,11 +1,11 @@
 #!/bin/sh
 # tests/install/run.sh BUILD SOURCE CC EXAMPLE — what a program outside this tree gets from an
-# installed attn. Installs BUILD into a temporary prefix, then builds examples/causal.c against
-# it three ways: with pkg-config (libattn.so, and libattn.a with `--static`) and with the CMake
-# package (attn::attn, attn::attn_static). Each program must print what EXAMPLE (the in-tree
-# example_causal) prints, and the shared ones must load the installed libattn.so.0. Also checks
-# that attn.pc's version is attn.h's ATTN_VERSION_STRING. The prefix is moved before use: the
-# installed files must not name the folder they were installed to.
+# installed attn. Installs BUILD into a temporary prefix (moved before use: the installed files
+# must not name the folder they were installed to), then builds examples/causal.c against it four
+# ways: with pkg-config (libattn.so, and libattn.a) and with the CMake package (attn::attn,
+# attn::attn_static). Each program must print what EXAMPLE (the in-tree example_causal) prints,
+# and the shared ones must load the installed libattn.so.0. Also checks that attn.pc's version is
+# attn.h's ATTN_VERSION_STRING and that libattn.so exports exactly the functions attn.h declares.
 set -eu
 build=$1 src=$2 cc=$3 example=$4
 tmp=$(mktemp -d)
@@ -20,6 +20,14 @@ for f in include/attn.h lib/libattn.a lib/libattn.so.0 bin/attn lib/pkgconfig/at
   test -f "$prefix/$f" || fail "the install lacks $f"
 done
 "$example" >"$tmp/want.txt" || fail "$example"
+
+# libattn.so exports exactly the functions attn.h declares with ATTN_API (nothing internal)
+grep -o '^ATTN_API [^(]*(' "$prefix/include/attn.h" | sed 's/($//; s/.*[ *]//' | sort >"$tmp/api.txt"
+nm -D --defined-only "$prefix/lib/libattn.so.0" | awk '{print $3}' | sort >"$tmp/exported.txt"
+[ "$(wc -l <"$tmp/api.txt")" -ge 20 ] || fail "attn.h's ATTN_API declarations not found"
+cmp -s "$tmp/api.txt" "$tmp/exported.txt" ||
+  { diff "$tmp/api.txt" "$tmp/exported.txt"; fail "libattn.so exports other symbols than attn.h declares"; }
+echo "ok: libattn.so exports the $(wc -l <"$tmp/api.txt") functions of attn.h"
 
 same() { # NAME OUTPUT: the program printed what the in-tree example prints
   cmp -s "$tmp/want.txt" "$2" || { diff "$tmp/want.txt" "$2" | head; fail "$1 prints otherwise"; }
