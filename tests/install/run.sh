@@ -15,15 +15,18 @@ fail() { echo "FAIL: $*"; exit 1; }
 cmake --install "$build" --prefix "$tmp/first" >"$tmp/install.log" || fail "cmake --install"
 mv "$tmp/first" "$tmp/prefix"
 prefix=$tmp/prefix
-for f in include/attn.h lib/libattn.a lib/libattn.so.0 bin/attn lib/pkgconfig/attn.pc \
-         lib/cmake/attn/attnConfig.cmake; do
-  test -f "$prefix/$f" || fail "the install lacks $f"
+so=$(find "$prefix" -name libattn.so.0 | head -n 1)
+[ -n "$so" ] || fail "the install lacks libattn.so.0"
+lib=$(dirname "$so") # lib, or what GNUInstallDirs chose (lib64, lib/<multiarch>)
+for f in "$prefix/include/attn.h" "$lib/libattn.a" "$prefix/bin/attn" "$lib/pkgconfig/attn.pc" \
+         "$lib/cmake/attn/attnConfig.cmake"; do
+  test -f "$f" || fail "the install lacks $f"
 done
 "$example" >"$tmp/want.txt" || fail "$example"
 
 # libattn.so exports exactly the functions attn.h declares with ATTN_API (nothing internal)
 grep -o '^ATTN_API [^(]*(' "$prefix/include/attn.h" | sed 's/($//; s/.*[ *]//' | sort >"$tmp/api.txt"
-nm -D --defined-only "$prefix/lib/libattn.so.0" | awk '{print $3}' | sort >"$tmp/exported.txt"
+nm -D --defined-only "$so" | awk '{print $3}' | sort >"$tmp/exported.txt"
 [ "$(wc -l <"$tmp/api.txt")" -ge 20 ] || fail "attn.h's ATTN_API declarations not found"
 cmp -s "$tmp/api.txt" "$tmp/exported.txt" ||
   { diff "$tmp/api.txt" "$tmp/exported.txt"; fail "libattn.so exports other symbols than attn.h declares"; }
@@ -34,12 +37,12 @@ same() { # NAME OUTPUT: the program printed what the in-tree example prints
   echo "ok: $1"
 }
 loads_installed() { # NAME BINARY: the dynamic loader resolves libattn.so.0 inside the prefix
-  LD_LIBRARY_PATH="$prefix/lib" ldd "$2" | grep -q "libattn.so.0 => $prefix/lib/" ||
-    fail "$1 does not load $prefix/lib/libattn.so.0"
+  LD_LIBRARY_PATH="$lib" ldd "$2" | grep -q "libattn.so.0 => $lib/" ||
+    fail "$1 does not load $so"
 }
 
 if command -v pkg-config >/dev/null 2>&1; then
-  export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+  export PKG_CONFIG_PATH="$lib/pkgconfig"
   want=$(sed -n 's/^#define ATTN_VERSION_STRING "\(.*\)"$/\1/p' "$src/include/attn.h")
   got=$(pkg-config --modversion attn)
   [ "$got" = "$want" ] || fail "attn.pc says version $got, attn.h $want"
@@ -47,7 +50,7 @@ if command -v pkg-config >/dev/null 2>&1; then
   "$cc" -std=c11 -o "$tmp/pc_shared" "$src/examples/causal.c" $(pkg-config --cflags --libs attn) -lm ||
     fail "build with pkg-config"
   loads_installed "pkg-config, libattn.so" "$tmp/pc_shared"
-  LD_LIBRARY_PATH="$prefix/lib" "$tmp/pc_shared" >"$tmp/pc_shared.txt"
+  LD_LIBRARY_PATH="$lib" "$tmp/pc_shared" >"$tmp/pc_shared.txt"
   same "pkg-config, libattn.so" "$tmp/pc_shared.txt"
   # shellcheck disable=SC2046
   "$cc" -std=c11 -o "$tmp/pc_static" "$src/examples/causal.c" \
@@ -56,13 +59,17 @@ if command -v pkg-config >/dev/null 2>&1; then
     fail "static build with pkg-config"
   ! ldd "$tmp/pc_static" | grep -q libattn || fail "the --static build loads libattn.so"
   "$tmp/pc_static" >"$tmp/pc_static.txt"
-  same "pkg-config --static, libattn.a" "$tmp/pc_static.txt"
+  same "pkg-config, libattn.a" "$tmp/pc_static.txt"
 else
   echo "SKIP: pkg-config not found (make deps installs it); the CMake package is still checked"
 fi
 
-cmake -S "$src/tests/install/consumer" -B "$tmp/consumer" -DCMAKE_C_COMPILER="$cc" \
-  -DCMAKE_PREFIX_PATH="$prefix" -DATTN_EXAMPLES="$src/examples" >"$tmp/consumer.log" 2>&1 ||
+# found from the prefix alone where CMake looks by default (lib, lib/<multiarch>); a libdir such as
+# lib64, which CMake searches only on systems that use it, is named
+where=-DCMAKE_PREFIX_PATH="$prefix"
+case "$lib" in "$prefix/lib" | "$prefix"/lib/*-*) ;; *) where=-Dattn_DIR="$lib/cmake/attn" ;; esac
+cmake -S "$src/tests/install/consumer" -B "$tmp/consumer" -DCMAKE_C_COMPILER="$cc" "$where" \
+  -DATTN_EXAMPLES="$src/examples" >"$tmp/consumer.log" 2>&1 ||
   { cat "$tmp/consumer.log"; fail "configure the CMake consumer"; }
 cmake --build "$tmp/consumer" >>"$tmp/consumer.log" 2>&1 ||
   { cat "$tmp/consumer.log"; fail "build the CMake consumer"; }
