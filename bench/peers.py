@@ -15,7 +15,10 @@ the tests never need them.
 Shapes with a 16-bit K/V type (bf16, f16) run attn with `--kv-dtype` (Q fp32, K and V 16-bit) and
 torch with Q, K and V all in that type (its SDPA takes one dtype); numpy has no bf16 and is skipped.
 
-usage: bench/peers.py [--threads N] [--reps N] [--quick] [--backward] [--attn PATH]
+Each measurement, of attn and of torch alike, is the median of at least --reps calls (5) that add up
+to at least --min-time seconds (0.25), so a shape of a few milliseconds gets tens of calls.
+
+usage: bench/peers.py [--threads N] [--reps N] [--min-time S] [--quick] [--backward] [--attn PATH]
 """
 import argparse
 import os
@@ -91,22 +94,25 @@ def settle():
     time.sleep(SETTLE_S)
 
 
-def time_call(fn, reps):
+def time_call(fn, reps, min_time=0.0):
+    """Median of at least reps timed calls adding up to at least min_time seconds (at most 1000
+    calls) after a warm-up: the rule `attn bench --reps --min-time` times attn by."""
     import time
     fn()  # warm-up
     times = []
-    for _ in range(reps):
+    while len(times) < 1000 and (len(times) < reps or sum(times) < min_time):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return median(times)
 
 
-def attn_time(attn, shape, threads, reps, backward):
+def attn_time(attn, shape, threads, reps, min_time, backward):
     B, Hq, Hkv, Lq, Lk, D, causal, *kv = shape
     spec = f"{B},{Hq},{Hkv},{Lq},{Lk},{D}" + (",causal" if causal else "")
     out = subprocess.run([attn, "bench", "--csv", "--no-machine", "--shape", spec, "--threads",
-                          str(threads), "--reps", str(reps)] + (["--backward"] if backward else [])
+                          str(threads), "--reps", str(reps), "--min-time", str(min_time)]
+                         + (["--backward"] if backward else [])
                          + (["--kv-dtype", kv[0]] if kv else []),
                          capture_output=True, text=True)
     if out.returncode != 0:
@@ -120,6 +126,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--min-time", type=float, default=0.25,
+                    help="seconds of timed calls per measurement at least (attn and torch alike)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating rounds of attn and torch per shape; the ratio is the median "
                          "of the rounds' ratios, so both see the same moments of a shared machine")
@@ -138,7 +146,8 @@ def main():
 
     torch.set_num_threads(args.threads)
     print(f"peers: torch {torch.__version__} (cpu capability {torch.backends.cpu.get_cpu_capability()}),"
-          f" numpy {np.__version__}, {args.threads} threads, median of {args.reps} after a warm-up,"
+          f" numpy {np.__version__}, {args.threads} threads, median of at least {args.reps} calls and"
+          f" {args.min_time:g} s of them after a warm-up,"
           f" {args.rounds} alternating rounds of attn and torch (times: median over rounds; ratio:"
           f" median of the rounds' ratios){'; BACKWARD pass' if args.backward else ''}")
     print(f"{'shape':44} {'attn ms':>9} {'torch ms':>9} {'numpy ms':>9} "
@@ -187,9 +196,10 @@ def main():
         rounds = []
         for _ in range(max(1, args.rounds)):
             settle()
-            t_a, kernel = attn_time(args.attn, shape, args.threads, args.reps, args.backward)
+            t_a, kernel = attn_time(args.attn, shape, args.threads, args.reps, args.min_time,
+                                    args.backward)
             settle()
-            rounds.append((t_a, time_call(run_torch, args.reps)))
+            rounds.append((t_a, time_call(run_torch, args.reps, args.min_time)))
         t_attn, t_torch = median([a for a, _ in rounds]), median([t for _, t in rounds])
         r_torch = median([t / a for a, t in rounds])
 

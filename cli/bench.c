@@ -11,8 +11,12 @@
  * dK, dQ), and checks sampled rows of dQ against the ref kernel.
  *
  *   attn bench [--shape B,Hq,Hkv,Lq,Lk,D[,causal]]... [--threads N] [--kernel NAME] [--reps N]
- *              [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd] [--page-size N]
- *              [--csv] [--long] [--quick] [--backward] [--no-machine] [--alloc]
+ *              [--min-time S] [--kv-dtype f32|f16|bf16|f8e4m3|f8e5m2] [--kv-layout bhld|blhd]
+ *              [--page-size N] [--csv] [--long] [--quick] [--backward] [--no-machine] [--alloc]
+ *
+ * Each shape is timed at least --reps times (5) and until its timed calls add up to --min-time
+ * seconds (0.25; at most 1000 calls): a shape of 3 ms gets ~80 calls, so its median does not hang
+ * on what a shared machine's neighbour did during 15 ms, while a long shape keeps its 5.
  *
  * --kv-dtype stores K and V in that type (values rounded from the same random fp32 data; the check
  * runs ref on the rounded values widened back, so it compares like with like); GB/s then counts
@@ -261,6 +265,7 @@ int cmd_bench(int argc, char **argv) {
   shape shapes[64];
   int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0, backward = 0;
   int machine = 1, alloc = 0;
+  double min_time = 0.25; /* seconds of timed calls per shape, beyond the first reps */
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   attn_dtype kv_dtype = ATTN_DTYPE_F32;
   int64_t page_size = 0; /* 0: K and V not paged */
@@ -297,6 +302,13 @@ int cmd_bench(int argc, char **argv) {
       reps = cli_parse_i64(val, &r) == 0 && r >= 1 && r <= 1000 ? (int)r : 0, i++;
       if (reps < 1) {
         fprintf(stderr, "attn bench: --reps '%s' must be 1 to 1000\n", val);
+        return 2;
+      }
+    } else if (strcmp(a, "--min-time") == 0 && val) {
+      char *end;
+      min_time = strtod(val, &end), i++;
+      if (end == val || *end != '\0' || !(min_time >= 0.0 && min_time <= 60.0)) {
+        fprintf(stderr, "attn bench: --min-time '%s' must be 0 to 60 (seconds)\n", val);
         return 2;
       }
     } else if (strcmp(a, "--kv-dtype") == 0 && val) {
@@ -362,7 +374,7 @@ int cmd_bench(int argc, char **argv) {
   if (csv) {
     printf("pass,kernel,B,Hq,Hkv,Lq,Lk,D,causal,threads,kv_dtype,t_med_ms,t_min_ms,gflops,peak_pct,"
            "gbs,"
-           "bw_pct,scratch_kib,max_err,check,page_size\n");
+           "bw_pct,scratch_kib,max_err,check,page_size,runs\n");
   } else {
     printf("attn %s bench | cpu: %s | features: %s\n", attn_version(), model, features);
     if (machine)
@@ -382,8 +394,9 @@ int cmd_bench(int argc, char **argv) {
              "median %.1f GFLOP/s = %.0f%% of peak, best %.0f%%\n",
              block, 100 * block / peak, 100 * block_best / peak);
     printf("%s: FLOPs = %s per visible (query,key) pair; causal = bottom-right, visible "
-           "pairs only; median of %d runs after 1 warm-up\n\n",
-           backward ? "backward" : "forward", backward ? "2.5 x 2*(D+Dv)" : "2*(D+Dv)", reps);
+           "pairs only; median of at least %d runs and %.2g s of them after 1 warm-up\n\n",
+           backward ? "backward" : "forward", backward ? "2.5 x 2*(D+Dv)" : "2*(D+Dv)", reps,
+           min_time);
     printf("%-44s %9s %9s %8s %7s %8s %10s %9s %s\n", "shape", "t_med ms", "t_min ms", "GFLOP/s",
            "%peak", "GB/s", "scratch", "max err", "check");
   }
@@ -460,11 +473,14 @@ int cmd_bench(int argc, char **argv) {
     p.workspace = workspace, p.workspace_bytes = scratch;
     if (backward && st == ATTN_STATUS_OK)
       st = attn_backward(&p, q, k_in, v_in, o, lse, d_o, dq, dk, dv, NULL);
-    for (int r = 0; r < reps && st == ATTN_STATUS_OK; r++) {
+    int runs = 0;
+    for (double spent = 0; st == ATTN_STATUS_OK && runs < 1000 && (runs < reps || spent < min_time);
+         runs++) {
       double t0 = machine_now();
       st = backward ? attn_backward(&p, q, k_in, v_in, o, lse, d_o, dq, dk, dv, NULL)
                     : attn_forward(&p, q, k_in, v_in, o, NULL, NULL);
-      times[r] = machine_now() - t0;
+      times[runs] = machine_now() - t0;
+      spent += times[runs];
     }
     p.workspace = NULL, p.workspace_bytes = 0;
     free(workspace);
@@ -472,8 +488,8 @@ int cmd_bench(int argc, char **argv) {
       fprintf(stderr, "attn bench: %s\n", attn_last_error());
       return 1;
     }
-    qsort(times, (size_t)reps, sizeof times[0], cmp_double);
-    const double t_med = times[reps / 2], t_min = times[0];
+    qsort(times, (size_t)runs, sizeof times[0], cmp_double);
+    const double t_med = times[runs / 2], t_min = times[0];
     const double flops = (backward ? 2.5 : 1.0) * 2.0 * (double)(s->D + s->D) * visible_pairs(s) *
                          (double)(s->B * s->Hq);
     const double gflops = flops / t_med * 1e-9;
@@ -494,11 +510,11 @@ int cmd_bench(int argc, char **argv) {
              s->B, s->Hq, s->Hkv, s->Lq, s->Lk, s->D, s->causal ? " causal" : "");
     if (csv)
       printf("%s%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64
-             ",%d,%d,%s,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s,%" PRId64 "\n",
+             ",%d,%d,%s,%.4f,%.4f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3g,%s,%" PRId64 ",%d\n",
              backward ? "backward," : "forward,", attn_kernel_name(resolved), s->B, s->Hq, s->Hkv,
              s->Lq, s->Lk, s->D, s->causal, threads, attn_dtype_name(kv_dtype), t_med * 1e3,
              t_min * 1e3, gflops, pct(gflops, peak), gbs, decode ? pct(gbs, bandwidth) : 0.0,
-             (double)scratch / 1024, err, pass ? "PASS" : "FAIL", page_size);
+             (double)scratch / 1024, err, pass ? "PASS" : "FAIL", page_size, runs);
     else {
       char gbs_str[32] = "-";
       if (decode) snprintf(gbs_str, sizeof gbs_str, "%.1f", gbs);

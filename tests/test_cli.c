@@ -256,6 +256,9 @@ static void expect_bad(const char *why, const char *args, const char *needle) {
 static void test_bench_options(void) {
   expect_bad("bench threads word", "bench --no-machine --threads abc", "--threads 'abc'");
   expect_bad("bench reps junk", "bench --no-machine --reps 5x", "--reps '5x'");
+  expect_bad("bench min-time junk", "bench --no-machine --min-time 0.5s", "--min-time '0.5s'");
+  expect_bad("bench min-time negative", "bench --no-machine --min-time -1", "--min-time '-1'");
+  expect_bad("bench min-time nan", "bench --no-machine --min-time nan", "--min-time 'nan'");
   expect_bad("bench shape junk", "bench --no-machine --shape 1,2,2,64,64,64x", "--shape");
   expect_bad("bench shape short", "bench --no-machine --shape 1,2,2,64,64", "--shape");
   expect_bad("bench shape empty item", "bench --no-machine --shape 1,2,,64,64,64", "--shape");
