@@ -487,8 +487,8 @@ static void dq_item(void *ctx, int64_t item, int worker) {
 }
 
 /* Pass 2: item (b, KV head, slice). With one slice the item has the group's whole partial dQ at
- * its end, in cache, and writes dQ itself (B = 4, H = 8, L = 512, D = 64: pass 3 re-read 4 MiB of
- * partials after a barrier, 1.8 % of the samples). */
+ * its end, in cache, and writes dQ itself instead of a third pass that re-reads every partial
+ * after a barrier (2 threads: B = 32, H = 12, L = 128, D = 32 16.3–16.7 → 16.0–16.1 ms). */
 static void main_item(void *ctx, int64_t item, int worker) {
   const bwd_job *job = ctx;
   const attn_params *p = job->pr->p;
