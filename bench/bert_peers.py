@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from peers import settle  # bench/peers.py, beside this script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, ".venv-bench")
 WORDS = ["the", "river", "bank", "was", "covered", "in", "wild", "flowers", "and", "money",
@@ -79,9 +81,9 @@ def main():
         model.encode(texts, batch_size=32, normalize_embeddings=True)  # warm-up
         rounds = []
         for _ in range(max(1, args.rounds)):
-            time.sleep(0.3)  # torch's OpenMP threads busy-wait a while after a call: let them sleep
+            settle()  # (peers.py: the peers' threads busy-wait a while after a call)
             a = attn_sps(label)
-            time.sleep(0.3)  # (and attn-bert's process end) before either is timed
+            settle()
             times = []
             for _ in range(args.reps):
                 t0 = time.perf_counter()

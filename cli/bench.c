@@ -265,7 +265,7 @@ int cmd_bench(int argc, char **argv) {
   shape shapes[64];
   int n_shapes = 0, threads = 0, reps = 5, csv = 0, with_long = 0, quick = 0, backward = 0;
   int machine = 1, alloc = 0;
-  double min_time = 0.25; /* seconds of timed calls per shape, beyond the first reps */
+  double min_time = 0.25; /* seconds of timed calls per shape at least (and reps calls) */
   attn_kernel kernel = ATTN_KERNEL_AUTO;
   attn_dtype kv_dtype = ATTN_DTYPE_F32;
   int64_t page_size = 0; /* 0: K and V not paged */
